@@ -1,0 +1,37 @@
+# Two commands on a fresh machine (Python >= 3.11 and a C compiler): `make test`, `make bench`.
+# The first run creates .venv and installs tiercache with its Cython build; later runs reuse it.
+
+PYTHON ?= $(shell command -v python3.13 || command -v python3.12 || command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.tiercache-installed
+SOURCES := pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.pxd ext/*.h)
+
+.PHONY: test bench lint typecheck pytest install clean
+
+install: $(STAMP)
+
+$(STAMP): $(SOURCES)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "tiercache needs Python >= 3.11 (found $(PYTHON))"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev,local]"
+	@touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check tiercache tests benchmarks setup.py
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+pytest: $(STAMP)
+	$(PY) -m pytest tests
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(VENV)/bin/tiercache bench $(BENCH_ARGS)
+
+clean:
+	rm -rf build $(VENV) *.egg-info tiercache/_ext/*.so ext/*.c
