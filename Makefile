@@ -1,19 +1,21 @@
 # Two commands on a fresh machine (Python >= 3.11 and a C compiler): `make test`, `make bench`.
 # The first run creates .venv and installs tiercache with its Cython build; later runs reuse it.
 
-PYTHON ?= $(shell command -v python3.13 || command -v python3.12 || command -v python3.11 || command -v python3)
+# The first interpreter that actually runs and is >= 3.11 (pyenv shims can exist yet fail to run).
+PYTHON ?= $(shell for p in python3.11 python3.12 python3.13 python3; do \
+	  $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 && { command -v $$p; break; }; \
+	done)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tiercache-installed
-SOURCES := pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.pxd ext/*.h)
+SOURCES := pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.pxi ext/*.pxd ext/*.h)
 
 .PHONY: test bench lint typecheck pytest install clean
 
 install: $(STAMP)
 
 $(STAMP): $(SOURCES)
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
-		{ echo "tiercache needs Python >= 3.11 (found $(PYTHON))"; exit 1; }
+	@test -n "$(PYTHON)" || { echo "tiercache needs Python >= 3.11 on PATH"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev,local]"

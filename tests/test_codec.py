@@ -1,0 +1,249 @@
+"""The L2 codec: round-trips of every supported type, refusal of foreign/corrupt payloads."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import datetime as dt
+import math
+import uuid
+import zoneinfo
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import msgpack  # type: ignore[import-untyped]
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tiercache
+from tiercache import codec
+from tiercache.codec import CodecError
+
+ZONES = [zoneinfo.ZoneInfo(z) for z in ("UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata")]
+tzs = st.one_of(
+    st.none(),
+    st.just(dt.UTC),
+    st.sampled_from(ZONES),
+    st.integers(-23 * 60, 23 * 60).map(lambda m: dt.timezone(dt.timedelta(minutes=m))),
+)
+hashables = st.one_of(
+    st.integers(-(2**70), 2**70),
+    st.text(max_size=8),
+    st.binary(max_size=8),
+    st.booleans(),
+    st.none(),
+    st.uuids(),
+    st.dates(),
+)
+scalars = st.one_of(
+    hashables,
+    st.floats(allow_nan=False),
+    st.datetimes(timezones=tzs),
+    st.times(timezones=tzs),
+    st.timedeltas(),
+    st.decimals(allow_nan=False),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.tuples(inner, inner),
+        st.lists(inner, max_size=3).map(tuple),
+        st.dictionaries(st.one_of(st.text(max_size=5), hashables), inner, max_size=4),
+        st.sets(hashables, max_size=4),
+        st.frozensets(hashables, max_size=4),
+        st.dictionaries(st.tuples(hashables, hashables), inner, max_size=2),
+    ),
+    max_leaves=20,
+)
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equality that also checks exact types and tzinfo (== alone ignores both)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return (
+            a.keys() == b.keys()
+            and all(same(a[k], b[k]) for k in a)
+            and all(
+                same(ka, kb)
+                for ka, kb in zip(sorted(a, key=repr), sorted(b, key=repr), strict=True)
+            )
+        )
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dt.datetime | dt.time):
+        return bool(a == b and a.tzinfo == b.tzinfo and a.fold == b.fold)
+    if isinstance(a, Decimal):
+        return str(a) == str(b)
+    return bool(a == b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values)
+def test_roundtrip_entry(value: Any) -> None:
+    data = codec.pack_entry(value, stored_at=1700000000.5, ttl=30, load_time=0.25)
+    entry = codec.unpack_entry(data)
+    assert same(entry.value, value), (entry.value, value)
+    assert (entry.stored_at, entry.ttl, entry.load_time) == (1700000000.5, 30.0, 0.25)
+    assert same(codec.decode(codec.encode(value)), value)
+
+
+def test_specials() -> None:
+    naive = dt.datetime(2024, 3, 31, 2, 30)
+    paris = dt.datetime(2024, 10, 27, 2, 30, fold=1, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"))
+    cases: list[Any] = [
+        naive,
+        paris,
+        dt.time(23, 59, 59, 999999, tzinfo=dt.timezone(dt.timedelta(hours=-3, minutes=-30))),
+        Decimal("-0"),
+        Decimal("NaN"),
+        Decimal("sNaN"),
+        Decimal("-Infinity"),
+        2**64,
+        -(2**63) - 1,
+        math.inf,
+        (),
+        ((),),
+        [(1, [2, (3,)])],
+        {(1, "a"): frozenset({(2, 3)})},
+        b"\x00\xff",
+        uuid.UUID(int=0),
+    ]
+    for value in cases:
+        assert same(codec.decode(codec.encode(value)), value), value
+    decoded = codec.decode(codec.encode(paris))
+    assert (
+        decoded.tzinfo is zoneinfo.ZoneInfo("Europe/Paris")
+        and decoded.utcoffset() == paris.utcoffset()
+    )
+    assert codec.decode(codec.encode(naive)).tzinfo is None
+    assert math.isnan(codec.decode(codec.encode(math.nan)))
+    assert codec.unpack_entry(codec.pack_entry(1, stored_at=0)).ttl is None
+
+
+class Unknown:
+    pass
+
+
+@pytest.mark.parametrize(
+    "value", [Unknown(), {"k": [Unknown()]}, (1, {Unknown()}), object(), lambda: 1]
+)
+def test_unencodable_raises_type_error_naming_type(value: Any) -> None:
+    with pytest.raises(TypeError) as info:
+        codec.pack_entry(value, stored_at=0)
+    assert (
+        "Unknown" in str(info.value) or "object" in str(info.value) or "function" in str(info.value)
+    )
+
+
+def test_surrogates_are_a_type_error() -> None:
+    with pytest.raises(TypeError):
+        codec.encode("\ud800")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"\xc1TC",
+        b"\xc1TC\x01",
+        b"\xc1TC\x01\xff\xff",
+        b"\xc1TC\x01" + msgpack.packb([1, 2]),
+        b"\xc1TC\x01" + msgpack.packb([1, "x", None, 0]),
+        b"\xc1TC\x01" + msgpack.packb([msgpack.ExtType(99, b"x"), 0, None, 0]),
+        b"\xc1TC\x01" + msgpack.packb([msgpack.ExtType(4, b"\x93\x01"), 0, None, 0]),
+        b"\xc1TC\x01"
+        + msgpack.packb([msgpack.ExtType(32, msgpack.packb(["os.system", "x"])), 0, None, 0]),
+        b"\xc1TC\x01" + msgpack.packb({1: 2}),
+        b"\xc1TC\x00" + msgpack.packb([1, 0, None, 0]),
+        msgpack.packb({"value": 1}),
+        msgpack.packb([1, 0, None, 0]),
+        b'{"json": true}',
+        b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00\x8c\x01a\x94.",  # a pickle
+    ],
+)
+def test_foreign_or_corrupt_payload_is_codec_error(payload: bytes) -> None:
+    with pytest.raises(CodecError):
+        codec.unpack_entry(payload)
+
+
+def test_newer_version_refused_and_truncation() -> None:
+    good = codec.pack_entry({"a": (1, 2)}, stored_at=5.0)
+    with pytest.raises(CodecError, match="newer"):
+        codec.unpack_entry(good[:3] + bytes([codec.FORMAT_VERSION + 1]) + good[4:])
+    for cut in range(len(good)):
+        with pytest.raises(CodecError):
+            codec.unpack_entry(good[:cut])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=64))
+def test_random_bytes_never_escape_as_other_errors(junk: bytes) -> None:
+    for payload in (junk, b"\xc1TC\x01" + junk):
+        with contextlib.suppress(CodecError):
+            codec.unpack_entry(payload)
+
+
+class Money:
+    def __init__(self, amount: Decimal, currency: str) -> None:
+        self.amount, self.currency = amount, currency
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Money) and (self.amount, self.currency) == (
+            other.amount,
+            other.currency,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.amount, self.currency))
+
+
+class Point:
+    def __init__(self, x: int, y: int) -> None:
+        self.x, self.y = x, y
+
+
+def test_register_user_types() -> None:
+    codec.register(Money, lambda m: [m.amount, m.currency], lambda d: Money(*d))
+    codec.register(Point, lambda p: (p.x, p.y), lambda d: Point(*d), code=40)
+    try:
+        value = {"price": Money(Decimal("9.99"), "EUR"), "pts": [Point(1, 2)]}
+        out = codec.unpack_entry(codec.pack_entry(value, stored_at=0)).value
+        assert out["price"] == Money(Decimal("9.99"), "EUR")
+        assert (out["pts"][0].x, out["pts"][0].y) == (1, 2)
+        data = codec.pack_entry(Money(Decimal(1), "USD"), stored_at=0)
+        with pytest.raises(ValueError):
+            codec.register(Unknown, str, str, code=40)
+        with pytest.raises(ValueError):
+            codec.register(Unknown, str, str, code=5)
+    finally:
+        codec.unregister(Money)
+        codec.unregister(Point)
+    with pytest.raises(CodecError):  # a process that does not know the type: a miss
+        codec.unpack_entry(data)
+
+
+FORBIDDEN = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "marshal", "shelve"}
+
+
+def test_no_pickle_anywhere_in_the_package() -> None:
+    root = Path(tiercache.__file__).parent
+    offenders = []
+    for path in [*root.rglob("*.py"), *root.parent.joinpath("ext").glob("*.p*")]:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".py":
+            for node in ast.walk(ast.parse(text)):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    names = [node.module or ""]
+                if any(n.split(".")[0] in FORBIDDEN for n in names):
+                    offenders.append(str(path))
+        elif "pickle" in text.replace("auto_pickle", ""):
+            offenders.append(str(path))
+    assert not offenders

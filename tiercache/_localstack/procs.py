@@ -1,0 +1,273 @@
+"""Process plumbing shared by the Redis and Postgres halves of the local stack.
+
+Servers must never outlive the Python process that started them, even when it is SIGKILLed:
+each server is started in its own process group with ``PR_SET_PDEATHSIG``.  The kernel sends
+that signal when the *thread* that forked the child exits, so every long-lived server is
+spawned from one dedicated daemon thread that lives as long as the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import pwd
+import queue
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+_PR_SET_PDEATHSIG = 1
+
+
+class LocalStackError(RuntimeError):
+    """A local server could not be started or stopped."""
+
+
+def _set_pdeathsig() -> None:
+    """Run in the child (after any setuid, which would clear it): die with the parent."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """The unprivileged account servers run under when we are root (Postgres demands it)."""
+
+    user: str
+    uid: int
+    gid: int
+
+
+def unprivileged_user() -> RunAs | None:
+    """Return the account to drop to when running as root, creating one if needed."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "tiercache"):
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return RunAs(name, entry.pw_uid, entry.pw_gid)
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "tiercache"],
+        check=True, capture_output=True,
+    )
+    entry = pwd.getpwnam("tiercache")
+    return RunAs("tiercache", entry.pw_uid, entry.pw_gid)
+
+
+def _popen_kwargs(run_as: RunAs | None) -> dict[str, Any]:
+    if run_as is None:
+        return {}
+    return {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
+
+
+def run_tool(
+    argv: Sequence[str], *, run_as: RunAs | None, env: Mapping[str, str] | None = None,
+    stdin: str | None = None, timeout: float = 60.0,
+) -> str:
+    """Run a short-lived tool (initdb, single-user postgres) and return its output."""
+    proc = subprocess.run(
+        list(argv), input=stdin, capture_output=True, text=True, timeout=timeout,
+        env=dict(env) if env is not None else None, **_popen_kwargs(run_as),
+    )
+    if proc.returncode != 0:
+        raise LocalStackError(
+            f"{Path(argv[0]).name} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
+        )
+    return str(proc.stdout)
+
+
+class _Spawner:
+    """Owns the long-lived thread every server is forked from (see module docstring)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[tuple[Callable[[], subprocess.Popen[bytes]],
+                                      Future[subprocess.Popen[bytes]]]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _loop(self) -> None:
+        while True:
+            make, fut = self._jobs.get()
+            try:
+                fut.set_result(make())
+            except BaseException as exc:  # handed to the caller's thread
+                fut.set_exception(exc)
+
+    def spawn(self, make: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._loop, name="tiercache-localstack-spawner", daemon=True
+                )
+                self._thread.start()
+        fut: Future[subprocess.Popen[bytes]] = Future()
+        self._jobs.put((make, fut))
+        return fut.result(timeout=30)
+
+
+_SPAWNER = _Spawner()
+
+
+def spawn_server(
+    argv: Sequence[str], *, log_path: Path, run_as: RunAs | None,
+    env: Mapping[str, str] | None = None, cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a server in its own process group, tied to our life by PDEATHSIG."""
+    def make() -> subprocess.Popen[bytes]:
+        log: IO[bytes]
+        with open(log_path, "ab") as log:
+            return subprocess.Popen(
+                list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=dict(env) if env is not None else None, cwd=cwd, process_group=0,
+                preexec_fn=_set_pdeathsig, close_fds=True, **_popen_kwargs(run_as),
+            )
+    return _SPAWNER.spawn(make)
+
+
+def group_alive(pgid: int) -> bool:
+    """True while any non-zombie process is in process group *pgid* (Linux /proc scan).
+
+    Zombies are ignored: orphans are reaped by PID 1, which in containers may never happen.
+    """
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of *pid* (Postgres backends setsid(), so killpg does not reach them)."""
+    out = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) > 1 and int(fields[1]) == pid:
+            out.append(int(entry.name))
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    """True if *pid* exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:].split()[0] != b"Z"
+
+
+def stop_group(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
+    """Send *sig* to the server's process group, escalate to SIGKILL, wait until all are gone."""
+    stop_groups([proc], sig, timeout)
+
+
+def stop_groups(procs: Sequence[subprocess.Popen[bytes]], sig: int, timeout: float) -> None:
+    """Signal every group first, then wait for all: parallel without threads (works at exit)."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+    deadline = time.monotonic() + timeout
+    pending = list(procs)
+    killed = False
+    while pending:
+        for proc in list(pending):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.01)
+            if proc.returncode is not None and not group_alive(proc.pid):
+                pending.remove(proc)
+        if pending and time.monotonic() > deadline and not killed:
+            killed = True
+            for proc in pending:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        if pending and time.monotonic() > deadline + 10:
+            raise LocalStackError(f"process groups {[p.pid for p in pending]} did not exit")
+
+
+_ALLOCATED: set[int] = set()
+_ALLOC_LOCK = threading.Lock()
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(*, with_bus: bool = False) -> int:
+    """A free loopback port not handed out before by this process.
+
+    With ``with_bus`` port+10000 must be free too: Redis Cluster uses it for its node bus.
+    """
+    with _ALLOC_LOCK:
+        for _ in range(200):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = int(sock.getsockname()[1])
+            if port in _ALLOCATED:
+                continue
+            if with_bus and (port + 10000 > 65535 or port + 10000 in _ALLOCATED
+                             or not _bindable(port + 10000)):
+                continue
+            _ALLOCATED.add(port)
+            if with_bus:
+                _ALLOCATED.add(port + 10000)
+            return port
+    raise LocalStackError("no free loopback port found")
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str,
+               proc: subprocess.Popen[bytes] | None = None, log_path: Path | None = None,
+               interval: float = 0.02) -> None:
+    """Poll *check* until true; fail fast with the server log if the server died meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except Exception:  # not ready yet (connection refused, loading, ...)
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise LocalStackError(f"{what}: server exited with {proc.returncode}"
+                                  + log_tail(log_path))
+        if time.monotonic() > deadline:
+            raise LocalStackError(f"timed out after {timeout:.0f}s waiting for {what}"
+                                  + log_tail(log_path))
+        time.sleep(interval)
+
+
+def log_tail(path: Path | None, lines: int = 20) -> str:
+    if path is None:
+        return ""
+    try:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return f"\n--- {path} ---\n" + "\n".join(text)
