@@ -12,7 +12,12 @@ import pytest
 from pglast.parser import fingerprint as pg_fingerprint
 
 from tiercache.sharding._fanout import ShardFanoutError, fanout
-from tiercache.sharding._pool_metrics import EndpointMetrics, SlowQueryLog, fingerprint
+from tiercache.sharding._pool_metrics import (
+    LATENCY_BUCKETS_S,
+    EndpointMetrics,
+    SlowQueryLog,
+    fingerprint,
+)
 from tiercache.sharding._redact import Redactor, redact_dsn
 from tiercache.sharding.pool import ShardedPool, create_sharded_pool
 from tiercache.sharding.ring import HashRing
@@ -202,17 +207,25 @@ def test_metrics_snapshot() -> None:
     m.observe_acquire(1_000)
     m.error(asyncpg.UniqueViolationError("x"))
     m.error(asyncpg.UniqueViolationError("y"))
+    m.waiting = 2
     snap = m.snapshot()
     assert snap["queries"] == 2
-    assert snap["errors"] == {"UniqueViolationError": 2}
-    assert snap["errors_total"] == 2
-    buckets = snap["latency_ms"]["buckets"]
-    assert buckets["0.1"] == 1 and buckets["2.5"] == 1 and buckets["5.0"] == 2
-    assert buckets["+Inf"] == 2
-    assert snap["latency_ms"]["max"] == pytest.approx(3.0)
-    assert snap["acquire"]["count"] == 1
+    assert snap["errors"] == 2
+    assert snap["errors_by_class"] == {"UniqueViolationError": 2}
+    assert snap["waiters"] == 2
+    latency = snap["latency"]
+    assert latency["count"] == 2
+    assert latency["sum"] == pytest.approx(0.00305)
+    assert latency["max"] == pytest.approx(0.003)
+    buckets = dict(latency["buckets"])
+    assert list(buckets) == [*LATENCY_BUCKETS_S, float("inf")]
+    assert buckets[0.0001] == 1 and buckets[0.0025] == 1 and buckets[0.005] == 2
+    assert latency["buckets"][-1] == (float("inf"), 2)
+    wait = snap["acquire_wait"]
+    assert wait["count"] == 1 and wait["sum"] == pytest.approx(1e-6)
+    assert wait["buckets"][0] == (0.0001, 1)
     m.reset()
-    assert m.snapshot()["queries"] == 0
+    assert m.snapshot()["queries"] == 0 and m.snapshot()["waiters"] == 2
 
 
 def test_slow_query_log_bounded_and_ordered() -> None:

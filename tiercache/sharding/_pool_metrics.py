@@ -21,28 +21,41 @@ from bisect import bisect_left
 from collections import deque
 from typing import Any, Literal
 
-__all__ = ["LATENCY_BUCKETS_MS", "EndpointMetrics", "SlowQueryLog", "fingerprint"]
+__all__ = ["LATENCY_BUCKETS_S", "EndpointMetrics", "SlowQueryLog", "fingerprint"]
 
 log = logging.getLogger("tiercache.sharding.slowlog")
 
-#: Upper bounds of the latency histogram buckets, in milliseconds (Prometheus-style, with
-#: an implicit ``+Inf`` bucket after the last one).
-LATENCY_BUCKETS_MS: tuple[float, ...] = (
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0,
-    5000.0, 10000.0,
+#: Upper bounds of the latency and acquire-wait histogram buckets, in seconds
+#: (Prometheus-style, with an implicit ``+Inf`` bucket after the last one).  Finer than
+#: Prometheus' defaults at the low end: a loopback round trip is ~0.1 ms.
+LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
 )
-_BOUNDS_NS: tuple[int, ...] = tuple(int(b * 1_000_000) for b in LATENCY_BUCKETS_MS)
+BOUNDS_NS: tuple[int, ...] = tuple(round(b * 1e9) for b in LATENCY_BUCKETS_S)
+_LE: tuple[float, ...] = (*LATENCY_BUCKETS_S, float("inf"))
+
+
+def _histogram(count: int, sum_ns: int, max_ns: int, buckets: list[int]) -> dict[str, Any]:
+    """``{"count", "sum", "max", "buckets": [(le, cumulative), ...]}``, seconds, +Inf last."""
+    cumulative: list[tuple[float, int]] = []
+    running = 0
+    for le, n in zip(_LE, buckets, strict=True):
+        running += n
+        cumulative.append((le, running))
+    return {"count": count, "sum": sum_ns / 1e9, "max": max_ns / 1e9, "buckets": cumulative}
 
 
 class EndpointMetrics:
     """Counters for one asyncpg pool (a shard primary or one of its replicas).
 
-    ``waiting`` is a gauge: calls currently blocked in ``acquire()``.  Together with
-    ``acquire_wait_ns`` it answers the question asyncpg users keep asking -- "is my pool
+    ``waiting`` is a gauge: calls currently blocked in ``acquire()``.  Together with the
+    acquire-wait histogram it answers the question asyncpg users keep asking -- "is my pool
     saturated?" -- which ``get_idle_size()`` alone cannot.
     """
 
     __slots__ = (
+        "acquire_buckets",
         "acquire_wait_max_ns",
         "acquire_wait_ns",
         "acquires",
@@ -58,10 +71,11 @@ class EndpointMetrics:
     def __init__(self) -> None:
         self.queries = 0
         self.errors: dict[str, int] = {}
-        self.buckets = [0] * (len(_BOUNDS_NS) + 1)
+        self.buckets = [0] * (len(BOUNDS_NS) + 1)
         self.latency_ns = 0
         self.latency_max_ns = 0
         self.acquires = 0
+        self.acquire_buckets = [0] * (len(BOUNDS_NS) + 1)
         self.acquire_wait_ns = 0
         self.acquire_wait_max_ns = 0
         self.waiting = 0
@@ -73,7 +87,7 @@ class EndpointMetrics:
         self.latency_ns += elapsed_ns
         if elapsed_ns > self.latency_max_ns:
             self.latency_max_ns = elapsed_ns
-        self.buckets[bisect_left(_BOUNDS_NS, elapsed_ns)] += 1
+        self.buckets[bisect_left(BOUNDS_NS, elapsed_ns)] += 1
 
     def observe_acquire(self, wait_ns: int) -> None:
         """Count one successful ``acquire()`` that waited ``wait_ns`` for a connection."""
@@ -81,6 +95,7 @@ class EndpointMetrics:
         self.acquire_wait_ns += wait_ns
         if wait_ns > self.acquire_wait_max_ns:
             self.acquire_wait_max_ns = wait_ns
+        self.acquire_buckets[bisect_left(BOUNDS_NS, wait_ns)] += 1
 
     def error(self, exc: BaseException) -> None:
         """Count a failure under its class name (``UniqueViolationError``, ``TimeoutError``...)."""
@@ -88,33 +103,17 @@ class EndpointMetrics:
         self.errors[name] = self.errors.get(name, 0) + 1
 
     def snapshot(self) -> dict[str, Any]:
-        """A plain-dict copy of the counters, in milliseconds, with cumulative buckets."""
-        cumulative: dict[str, int] = {}
-        running = 0
-        for bound, count in zip((*LATENCY_BUCKETS_MS, "+Inf"), self.buckets, strict=True):
-            running += count
-            cumulative[str(bound)] = running
+        """A plain-dict copy of the counters; durations in seconds, cumulative buckets."""
         return {
             "queries": self.queries,
-            "errors": dict(self.errors),
-            "errors_total": sum(self.errors.values()),
+            "errors": sum(self.errors.values()),
+            "errors_by_class": dict(self.errors),
             "slow_queries": self.slow,
-            "latency_ms": {
-                "count": self.queries,
-                "sum": self.latency_ns / 1e6,
-                "max": self.latency_max_ns / 1e6,
-                "mean": (self.latency_ns / self.queries / 1e6) if self.queries else 0.0,
-                "buckets": cumulative,
-            },
-            "acquire": {
-                "count": self.acquires,
-                "waiting": self.waiting,
-                "wait_ms_sum": self.acquire_wait_ns / 1e6,
-                "wait_ms_max": self.acquire_wait_max_ns / 1e6,
-                "wait_ms_mean": (
-                    self.acquire_wait_ns / self.acquires / 1e6 if self.acquires else 0.0
-                ),
-            },
+            "latency": _histogram(self.queries, self.latency_ns, self.latency_max_ns,
+                                  self.buckets),
+            "waiters": self.waiting,
+            "acquire_wait": _histogram(self.acquires, self.acquire_wait_ns,
+                                       self.acquire_wait_max_ns, self.acquire_buckets),
         }
 
     def reset(self) -> None:

@@ -19,15 +19,14 @@ __all__ = ["OperationsMixin"]
 
 
 class OperationsMixin:
-    """``stats()``, ``reset_stats()``, ``slow_queries()``, ``health()``."""
+    """``name``, ``stats()``, ``reset_stats()``, ``slow_queries()``, ``health()``."""
 
     __slots__ = ()
 
     if TYPE_CHECKING:
+        _name: str
         _shards: dict[str, Shard]
         _slowlog: SlowQueryLog
-        _slow_ns: int
-        _initialized: bool
         _redactor: Redactor
         _retry_after: float
 
@@ -35,51 +34,57 @@ class OperationsMixin:
 
         async def _open(self, ep: Endpoint) -> None: ...
 
-        def get_size(self, *, shard_key: Any = None, shard: str | None = None) -> int: ...
-
-        def get_idle_size(self, *, shard_key: Any = None, shard: str | None = None) -> int: ...
+    @property
+    def name(self) -> str:
+        """The pool's name: the ``pool`` label of its exported metrics."""
+        return self._name
 
     def stats(self) -> dict[str, Any]:
-        """A plain-dict snapshot of per-shard counters and pool sizes.
+        """A plain-dict snapshot: ``{"name", "shards": {shard: {...}}, "totals", ...}``.
 
-        ``{"shards": {name: {...primary counters..., "pool": {...}, "replicas": [...]}},
-        "totals": {...}, "slow_query_threshold_ms": float}``.
+        Each shard entry holds its primary's ``queries``, ``errors`` (total),
+        ``errors_by_class``, ``slow_queries``, ``latency`` and ``acquire_wait`` histograms
+        (``{"count", "sum", "max", "buckets": [(le, cumulative), ...]}``, seconds, last ``le``
+        is ``inf``), ``size``, ``idle``, ``min_size``, ``max_size``, ``waiters`` (calls blocked
+        in acquire), ``weight``, ``healthy``, the redacted ``dsn``, and ``replicas``: the same
+        figures per replica, keyed by role (``"replica0"``...).  ``tiercache.metrics`` exports
+        any source whose ``stats()`` has ``"shards"`` as ``tiercache_pool_*`` metrics.
         """
-        out: dict[str, Any] = {}
+        shards: dict[str, Any] = {}
         total_queries = total_errors = 0
         for name, shard in self._shards.items():
             entry = self._endpoint_stats(shard.primary)
             entry["weight"] = shard.weight
-            entry["replicas"] = [self._endpoint_stats(ep) for ep in shard.replicas]
+            entry["replicas"] = {ep.role: self._endpoint_stats(ep) for ep in shard.replicas}
             for ep in shard.endpoints():
                 total_queries += ep.metrics.queries
                 total_errors += sum(ep.metrics.errors.values())
-            out[name] = entry
+            shards[name] = entry
         return {
-            "shards": out,
+            "name": self._name,
+            "shards": shards,
             "totals": {
                 "queries": total_queries,
                 "errors": total_errors,
-                "size": self.get_size() if self._initialized else 0,
-                "idle": self.get_idle_size() if self._initialized else 0,
+                "size": sum(s["size"] for s in shards.values()),
+                "idle": sum(s["idle"] for s in shards.values()),
+                "waiters": sum(s["waiters"] for s in shards.values()),
             },
-            "slow_query_threshold_ms": self._slow_ns / 1e6,
+            "slow_query_threshold_ms": self._slowlog.threshold_ns / 1e6,
         }
 
-    def _endpoint_stats(self, ep: Endpoint) -> dict[str, Any]:
+    @staticmethod
+    def _endpoint_stats(ep: Endpoint) -> dict[str, Any]:
         snap = ep.metrics.snapshot()
-        snap["role"] = ep.role
-        snap["dsn"] = ep.redacted
-        snap["healthy"] = ep.healthy
         pool = ep.pool
         if pool is not None:
-            size, idle = pool.get_size(), pool.get_idle_size()
-            snap["pool"] = {
-                "size": size, "idle": idle, "in_use": size - idle,
-                "min": pool.get_min_size(), "max": pool.get_max_size(),
-            }
+            snap.update(
+                size=pool.get_size(), idle=pool.get_idle_size(),
+                min_size=pool.get_min_size(), max_size=pool.get_max_size(),
+            )
         else:
-            snap["pool"] = {"size": 0, "idle": 0, "in_use": 0, "min": 0, "max": 0}
+            snap.update(size=0, idle=0, min_size=0, max_size=0)
+        snap.update(role=ep.role, dsn=ep.redacted, healthy=ep.healthy)
         return snap
 
     def reset_stats(self) -> None:
@@ -97,6 +102,17 @@ class OperationsMixin:
 
     def clear_slow_queries(self) -> None:
         self._slowlog.clear()
+
+    @property
+    def slow_query_threshold_ms(self) -> float:
+        """Statements at least this slow (ms) go to the slow-query log; settable."""
+        return self._slowlog.threshold_ns / 1e6
+
+    @slow_query_threshold_ms.setter
+    def slow_query_threshold_ms(self, value: float) -> None:
+        if value < 0:
+            raise ValueError("slow_query_threshold_ms must be >= 0")
+        self._slowlog.threshold_ns = int(value * 1_000_000)
 
     async def health(self, *, timeout: float = 5.0) -> dict[str, Any]:
         """Probe every primary and replica with ``SELECT 1``, concurrently.
