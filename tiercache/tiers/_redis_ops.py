@@ -1,0 +1,301 @@
+"""Shared state and helpers of :class:`~tiercache.tiers.redis.RedisTier` (both flavours).
+
+Holds what the async methods and their ``*_sync`` twins have in common: counters and
+latency histograms, the "Redis failure is not the caller's failure" handling (count,
+feed the breaker, log at most once per interval per operation), TTL jitter, and the
+derived keys (tag sets, leases) with their Lua scripts.
+
+Key layout (documented because other processes and versions must agree on it):
+
+* entries: the key the core built, used as-is;
+* tag index: ``tc:tag:{<tag>}`` -- a SET of entry keys. The tag is the hash tag, so one
+  tag's set lives in one slot and add/pop are single-slot scripts; the entries it indexes
+  live anywhere and are deleted grouped per slot/node;
+* lease: ``<key>:tc-lease`` when the key already has a hash tag, else ``{<key>}:tc-lease``
+  (both hash to the key's own slot); a key containing ``}`` without a valid tag gets a
+  short prefix tag chosen to hash to the key's slot.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from redis.crc import key_slot
+from redis.exceptions import DataError, ResponseError
+
+from tiercache._stats import LATENCY_BUCKETS, CounterMap, Histogram, hit_ratio
+from tiercache.codec import CodecError, Entry, pack_entry, unpack_entry
+from tiercache.tiers._breaker import CircuitBreaker
+from tiercache.tiers.base import MISSING, Missing
+
+if TYPE_CHECKING:
+    from tiercache.tiers._redis_conn import ConnSpec
+
+__all__ = [
+    "LEASE_SUFFIX",
+    "TAG_PREFIX",
+    "RedisTierBase",
+    "decode_members",
+    "lease_key",
+    "scan_cursor",
+    "tag_add_args",
+    "tag_key",
+]
+
+log = logging.getLogger("tiercache.redis")
+
+TAG_PREFIX: Final = "tc:tag:"
+LEASE_SUFFIX: Final = ":tc-lease"
+LOG_INTERVAL: Final = 10.0  # seconds between two warnings for the same operation
+LOCAL_LEASE_PREFIX: Final = "local:"
+
+# Compare-and-delete: only the holder's token releases the lease.
+RELEASE_LUA: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# Add one member; the set's expiry only ever grows (ARGV[2] ms, -1 = persist). Redis 6.2 has
+# no EXPIRE GT/NX, hence the script.
+TAG_ADD_LUA: Final = """
+local existed = redis.call('EXISTS', KEYS[1])
+redis.call('SADD', KEYS[1], ARGV[1])
+local want = tonumber(ARGV[2])
+if want < 0 then redis.call('PERSIST', KEYS[1]) return 1 end
+if existed == 0 then redis.call('PEXPIRE', KEYS[1], want) return 1 end
+local cur = redis.call('PTTL', KEYS[1])
+if cur >= 0 and cur < want then redis.call('PEXPIRE', KEYS[1], want) end
+return 1
+"""
+# Read and drop a tag set atomically: an entry tagged concurrently is either popped here or
+# lands in a fresh set, never lost between SMEMBERS and DEL.
+TAG_POP_LUA: Final = """
+local members = redis.call('SMEMBERS', KEYS[1])
+redis.call('DEL', KEYS[1])
+return members
+"""
+
+
+def tag_key(tag: str) -> str:
+    """The Redis key of a tag's index set (the tag itself is the hash tag)."""
+    return TAG_PREFIX + "{" + tag + "}"
+
+
+def _hash_tag(key: str) -> str | None:
+    start = key.find("{")
+    if start == -1:
+        return None
+    end = key.find("}", start + 1)
+    return key[start + 1:end] if end > start + 1 else None
+
+
+_slot_tags: dict[int, str] = {}
+
+
+def _tag_for_slot(slot: int) -> str:
+    """A short string hashing to ``slot`` (table built once, only if ever needed)."""
+    if not _slot_tags:
+        i = 0
+        while len(_slot_tags) < 16384:
+            _slot_tags.setdefault(key_slot(str(i).encode()), str(i))
+            i += 1
+    return _slot_tags[slot]
+
+
+def lease_key(key: str) -> str:
+    """A lease key in the same cluster slot as ``key``."""
+    if _hash_tag(key) is not None:
+        return key + LEASE_SUFFIX
+    if "}" not in key:
+        return "{" + key + "}" + LEASE_SUFFIX
+    return "{" + _tag_for_slot(key_slot(key.encode())) + "}" + key + LEASE_SUFFIX
+
+
+def tag_add_args(key: str, tags: Iterable[str], ttl: float | None) -> list[tuple[Any, ...]]:
+    """EVAL arguments indexing ``key`` under each tag; expiry = entry TTL + 1 s (or persist)."""
+    px = -1 if ttl is None or ttl == math.inf else int(max(ttl, 0.0) * 1000) + 1000
+    return [(TAG_ADD_LUA, 1, tag_key(tag), key, px) for tag in dict.fromkeys(tags)]
+
+
+def decode_members(replies: Iterable[Any]) -> list[Any]:
+    """Flatten the tag-pop replies into one de-duplicated key list."""
+    keys: dict[Any, None] = {}
+    for members in replies:
+        for member in members or ():
+            keys[member] = None
+    return list(keys)
+
+
+def scan_cursor(reply: Any, node: Any) -> tuple[int, list[Any]]:
+    """(next cursor, keys) from a SCAN reply; cluster replies map node name -> cursor."""
+    cursor, found = reply
+    if isinstance(cursor, dict):
+        cursor = cursor[node.name]
+    return int(cursor), list(found)
+
+
+def _is_outage(exc: BaseException) -> bool:
+    """Does ``exc`` say the server is unreachable/unhealthy (feed the breaker)?
+
+    A plain error reply (WRONGTYPE, NOSCRIPT...) means Redis is up; redis-py's cluster
+    errors (CLUSTERDOWN, TRYAGAIN, MOVED/ASK storms) subclass ResponseError but are outages.
+    """
+    return not (type(exc) is ResponseError or isinstance(exc, DataError))
+
+
+class RedisTierBase:
+    """Counters, failure handling and TTL policy shared by the async and sync methods."""
+
+    name = "l2"
+    _spec: ConnSpec
+
+    def __init__(self, ttl: float | None, ttl_jitter: float,
+                 breaker: CircuitBreaker | None) -> None:
+        if ttl is not None and ttl <= 0:
+            raise ValueError("ttl must be > 0 or None")
+        if not 0.0 <= ttl_jitter < 1.0:
+            raise ValueError("ttl_jitter must be in [0, 1)")
+        self.ttl = ttl
+        self.ttl_jitter = ttl_jitter
+        self.breaker = breaker or CircuitBreaker(failure_threshold=5, reset_timeout=2.0,
+                                                 on_change=self._breaker_changed)
+        self._rand = random.Random()
+        self.hits = 0
+        self.misses = 0
+        self.sets = 0
+        self.deletes = 0
+        self.errors = 0
+        self.errors_by_op = CounterMap()
+        self.latency: dict[str, Histogram] = {}
+        self._lat_get = self._histogram("get")
+        self._lat_get_many = self._histogram("get_many")
+        self._lat_set = self._histogram("set")
+        self._log_last: dict[str, float] = {}
+        self._log_suppressed = CounterMap()
+
+    def _histogram(self, op: str) -> Histogram:
+        hist = self.latency.get(op)
+        if hist is None:
+            hist = self.latency[op] = Histogram(LATENCY_BUCKETS)
+        return hist
+
+    # ------------------------------------------------------------ failure handling
+
+    def _breaker_changed(self, old: str, new: str) -> None:
+        level = logging.WARNING if new == "open" else logging.INFO
+        log.log(level, "redis tier %s: circuit breaker %s -> %s", self._spec.redacted, old, new)
+
+    def _skip(self) -> None:
+        """The breaker is open: count it, skip the call (no log per call)."""
+        self.errors += 1
+        self.errors_by_op.inc("breaker_open")
+
+    def _failed(self, op: str, exc: Exception) -> None:
+        self.errors += 1
+        self.errors_by_op.inc(op)
+        if _is_outage(exc):
+            self.breaker.record_failure()
+        else:
+            self.breaker.record_success()  # Redis answered; the request was the problem
+        self._warn(op, "redis %s failed on %s: %s: %s", op, self._spec.redacted,
+                   type(exc).__name__, self._spec.redactor.text(str(exc)))
+
+    def _corrupt(self, key: str, exc: CodecError) -> Missing:
+        self.errors += 1
+        self.errors_by_op.inc("decode")
+        self._warn("decode", "unreadable L2 entry %r treated as a miss: %s", key, exc)
+        return MISSING
+
+    def _warn(self, op: str, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._log_last.get(op, -math.inf) < LOG_INTERVAL:
+            self._log_suppressed.inc(op)
+            return
+        self._log_last[op] = now
+        suppressed = self._log_suppressed.pop(op, 0)
+        if suppressed:
+            msg += " (%d similar suppressed)"
+            args = (*args, suppressed)
+        log.warning(msg, *args)
+
+    # ------------------------------------------------------------ TTL
+
+    def _expiry(self, ttl: float | None) -> tuple[float | None, int | None]:
+        """``(ttl seconds stored in the envelope, PX milliseconds)``; PX 0 = do not store.
+
+        None means the tier default; ``math.inf`` (or a None default) means no expiry. The
+        jittered TTL is uniform in ``[ttl * (1 - jitter), ttl]`` so hot keys written together
+        do not expire together.
+        """
+        if ttl is None:
+            ttl = self.ttl
+        if ttl is None or ttl == math.inf:
+            return None, None
+        if ttl <= 0:
+            return 0.0, 0
+        if self.ttl_jitter:
+            ttl *= 1.0 - self.ttl_jitter * self._rand.random()
+        return ttl, max(1, int(ttl * 1000))
+
+    # ------------------------------------------------------------ encoding
+
+    def _pack(self, value: Any, ttl: float | None, load_time: float) -> tuple[bytes, int | None]:
+        """(envelope, PX ms); raises ``TypeError`` for an unencodable value."""
+        ttl_s, px = self._expiry(ttl)
+        return pack_entry(value, stored_at=time.time(), ttl=ttl_s, load_time=load_time), px
+
+    def _pack_many(self, mapping: Mapping[str, Any],
+                   ttl: float | None) -> list[tuple[str, bytes, int | None]]:
+        """Encode every value before anything is written (all or nothing on TypeError)."""
+        return [(key, *self._pack(value, ttl, 0.0)) for key, value in mapping.items()]
+
+    # ------------------------------------------------------------ decoding
+
+    def _decode(self, key: str, raw: Any) -> Entry | Missing:
+        if raw is None:
+            self.misses += 1
+            return MISSING
+        try:
+            entry = unpack_entry(raw)
+        except CodecError as exc:
+            return self._corrupt(key, exc)
+        self.hits += 1
+        return entry
+
+    def _decode_many(self, keys: list[str], raws: list[Any]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        misses = 0
+        for key, raw in zip(keys, raws, strict=True):
+            if raw is None:
+                misses += 1
+                continue
+            try:
+                found[key] = unpack_entry(raw).value
+            except CodecError as exc:
+                self._corrupt(key, exc)
+        self.hits += len(found)
+        self.misses += misses
+        return found
+
+    # ------------------------------------------------------------ stats
+
+    def stats(self) -> dict[str, Any]:
+        """Counter snapshot; failed calls count in ``errors`` only (not as misses)."""
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "sets": self.sets,
+            "deletes": self.deletes,
+            "evictions": 0,  # Redis evicts/expires on its own; not observable per client
+            "errors": self.errors,
+            "errors_by_op": self.errors_by_op.snapshot(),
+            "hit_ratio": hit_ratio(self.hits, self.misses),
+            "breaker": self.breaker.state,
+            "breaker_opened": self.breaker.opened_total,
+            "latency": {op: h.snapshot() for op, h in self.latency.items()},
+            "size": None,
+        }
