@@ -1,0 +1,280 @@
+"""Keeping L1 coherent: which L1 entries hold which L2 key, and the pub/sub bus between processes.
+
+Why an index: L1 entries are keyed by argument tuples (``f(1)`` and ``f(x=1)`` are two entries
+for one L2 key), so invalidating by L2 key, tag or pattern needs the reverse mapping. It is
+filled only on the miss path (never on a hit) and pruned of entries L1 has since dropped.
+
+Why a bus: another process's L1 copy would otherwise survive an invalidation for a full L1
+TTL. Messages go to ``tiercache:inv:{namespace}`` (classic PUBLISH reaches every node of a
+cluster). A lost message costs at most one L1 TTL: on every (re)subscription the owner flushes
+its L1, because messages may have been missed while disconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import threading
+import uuid
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any
+
+from tiercache import codec
+
+__all__ = ["InvalidationBus", "L1Index", "glob_to_regex"]
+
+log = logging.getLogger("tiercache.invalidation")
+
+_MIN_PRUNE = 4096
+
+
+def glob_to_regex(pattern: str) -> re.Pattern[str]:
+    """Redis ``MATCH`` glob semantics (``* ? [abc] [^a] [a-z] \\x``) as a regex."""
+    out, i, n = [], 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "\\" and i + 1 < n:
+            i += 1
+            out.append(re.escape(pattern[i]))
+        elif c == "[":
+            j = pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("^", "!") else i + 1)
+            if j < 0:
+                out.append(re.escape(c))
+            else:
+                body = pattern[i + 1 : j]
+                if body[:1] in ("^", "!"):
+                    body = "^" + body[1:].replace("\\", "\\\\")
+                else:
+                    body = body.replace("\\", "\\\\")
+                out.append(f"[{body}]")
+                i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+class L1Index:
+    """relative L2 key -> [(segment, L1 key)], and tag -> relative L2 keys (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._keys: dict[str, list[tuple[Any, Hashable]]] = {}
+        self._tags: dict[str, set[str]] = {}
+        self._limit = _MIN_PRUNE
+
+    def add(self, key: str, segment: Any, l1key: Hashable, tags: Iterable[str]) -> None:
+        with self._lock:
+            holders = self._keys.get(key)
+            if holders is None:
+                self._keys[key] = [(segment, l1key)]
+            elif not any(s is segment and k == l1key for s, k in holders):
+                holders.append((segment, l1key))
+            for tag in tags:
+                self._tags.setdefault(tag, set()).add(key)
+            if len(self._keys) > self._limit:
+                self._prune()
+
+    def _prune(self) -> None:
+        """Forget keys no longer in L1 (evicted/expired); amortised O(1) per add."""
+        live = {}
+        for key, holders in self._keys.items():
+            kept = [(s, k) for s, k in holders if k in s]
+            if kept:
+                live[key] = kept
+        self._keys = live
+        for tag in list(self._tags):
+            self._tags[tag] &= live.keys()
+            if not self._tags[tag]:
+                del self._tags[tag]
+        self._limit = max(_MIN_PRUNE, 2 * len(live))
+
+    def drop_keys(self, keys: Iterable[str]) -> int:
+        """Delete the L1 entries of these L2 keys; how many L1 entries went."""
+        n = 0
+        with self._lock:
+            for key in keys:
+                for segment, l1key in self._keys.pop(key, ()):
+                    n += bool(segment.delete(l1key))
+        return n
+
+    def drop_tags(self, tags: Iterable[str]) -> int:
+        with self._lock:
+            keys: set[str] = set()
+            for tag in tags:
+                keys |= self._tags.pop(tag, set())
+            return self.drop_keys(keys)
+
+    def drop_matching(self, regex: re.Pattern[str]) -> int:
+        with self._lock:
+            return self.drop_keys([k for k in self._keys if regex.fullmatch(k)])
+
+    def drop_segments(self, segments: Iterable[Any]) -> None:
+        """Clear whole segments and forget their index entries."""
+        doomed = list(segments)
+        with self._lock:
+            for segment in doomed:
+                segment.clear()
+            for key in list(self._keys):
+                kept = [(s, k) for s, k in self._keys[key] if all(s is not d for d in doomed)]
+                if kept:
+                    self._keys[key] = kept
+                else:
+                    del self._keys[key]
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+Handler = Callable[[dict[str, Any]], None]
+
+
+class InvalidationBus:
+    """Subscriber loop (one coroutine) hosted by the caller's event loop or a daemon thread.
+
+    ``on_message`` gets decoded messages from other processes (own ones are skipped);
+    ``on_connect`` runs after each successful (re)subscription, before any message.
+    """
+
+    def __init__(self, l2: Any, namespace: str, on_message: Handler,
+                 on_connect: Callable[[], None]) -> None:
+        self.l2 = l2
+        self.channel = f"tiercache:inv:{namespace}"
+        self.source = uuid.uuid4().hex
+        self._on_message, self._on_connect = on_message, on_connect
+        self._lock = threading.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
+        self._thread_loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._closed = False
+        self.connected = False
+        self.stats = {"published": 0, "received": 0, "connects": 0, "errors": 0}
+
+    # ------------------------------------------------------------------ messages
+
+    def encode(self, **parts: Any) -> bytes:
+        return codec.encode({"v": 1, "src": self.source, **{k: v for k, v in parts.items() if v}})
+
+    def _handle(self, data: Any) -> None:
+        try:
+            msg = codec.decode(data if isinstance(data, bytes) else str(data).encode())
+            if not isinstance(msg, dict) or msg.get("v") != 1:
+                raise codec.CodecError("not a tiercache invalidation message")
+        except codec.CodecError as exc:
+            self.stats["errors"] += 1
+            log.warning("tiercache: ignoring malformed message on %s: %s", self.channel, exc)
+            return
+        if msg.get("src") == self.source:
+            return
+        self.stats["received"] += 1
+        self._on_message(msg)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def running(self) -> bool:
+        if self._task is not None:
+            return not self._task.done() and not self._task.get_loop().is_closed()
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> threading.Event:
+        """Start listening if not already (task in the running loop, else a thread)."""
+        with self._lock:
+            if self._closed or self.running():
+                return self._ready
+            self._ready.clear()
+            self._task = None
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._thread = threading.Thread(
+                    target=self._thread_main, name=f"tiercache-bus-{self.channel}", daemon=True
+                )
+                self._thread.start()
+            else:
+                self._task = loop.create_task(self._run(), name=f"tiercache-bus-{self.channel}")
+            return self._ready
+
+    def _thread_main(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._thread_loop = loop
+        try:
+            loop.run_until_complete(self._run())
+        except asyncio.CancelledError:
+            pass
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while not self._closed:
+            client = pubsub = None
+            try:
+                client = self.l2.pubsub_client()
+                pubsub = client.pubsub()
+                await pubsub.subscribe(self.channel)
+                while not self._closed:
+                    msg = await pubsub.get_message(timeout=1.0)
+                    if msg is None:
+                        continue
+                    if msg.get("type") == "subscribe":
+                        # first subscription, or redis-py reconnected and resubscribed on its
+                        # own: either way messages may have been missed before this point
+                        self.connected = True
+                        self.stats["connects"] += 1
+                        self._on_connect()
+                        self._ready.set()
+                        delay = 0.05
+                    elif msg.get("type") == "message":
+                        self._handle(msg["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.stats["errors"] += 1
+                log.info("tiercache: invalidation bus %s disconnected: %r", self.channel, exc)
+            finally:
+                self.connected = False
+                await _close_quietly(pubsub, client)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def stop(self) -> None:
+        """Stop listening (idempotent); safe from any thread."""
+        with self._lock:
+            self._closed = True
+            task, thread, loop = self._task, self._thread, self._thread_loop
+        if task is not None and not task.get_loop().is_closed():
+            task.get_loop().call_soon_threadsafe(task.cancel)
+        if thread is not None and loop is not None:
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                loop.call_soon_threadsafe(_cancel_all, loop)
+            if thread is not threading.current_thread():
+                thread.join(timeout=5)
+
+    async def astop(self) -> None:
+        self.stop()
+        task = self._task
+        if task is not None and task.get_loop() is asyncio.get_running_loop():
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
+    for task in asyncio.all_tasks(loop):
+        task.cancel()
+
+
+async def _close_quietly(pubsub: Any, client: Any) -> None:
+    for closer in (getattr(pubsub, "aclose", None), getattr(client, "aclose", None)):
+        if closer is None:
+            continue
+        try:
+            await asyncio.wait_for(closer(), 2.0)
+        except Exception:  # closing a dead connection may fail; it is going away anyway
+            log.debug("tiercache: error closing bus connection", exc_info=True)

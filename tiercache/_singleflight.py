@@ -1,0 +1,218 @@
+"""One core, two shells: flows run sync or async; and single-flight for concurrent misses.
+
+The read path, invalidation and health checks are written once, as generators that *yield*
+the I/O they need (an :class:`Op`: an L2 call, a loader call, a sleep, a shared flight). The
+sync shell runs each op with the tiers' ``*_sync`` twins, the async shell awaits the async
+methods; everything else (ordering, counting, races) is the same code for both.
+
+Single-flight, why: without it, N callers missing the same hot key at once all run the
+loader (a thundering herd against the database). Asyncio callers share a task; threads share
+a result slot. The two never mix: a key loaded on an event loop and in a thread at once loads
+twice, which is harmless and avoids blocking a loop on a thread (or the reverse).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import time
+from collections.abc import Awaitable, Callable, Generator, Hashable
+from typing import Any, TypeVar
+
+__all__ = ["Call", "Flight", "Flow", "Op", "SingleFlight", "Sleep", "TierOp", "Wait",
+           "drive_async", "drive_sync"]
+
+T = TypeVar("T")
+
+
+class Op:
+    """One unit of I/O a flow asks its shell to perform."""
+
+    __slots__ = ()
+
+    def run_sync(self) -> Any:
+        raise NotImplementedError
+
+    async def run_async(self) -> Any:
+        raise NotImplementedError
+
+
+Flow = Generator[Op, Any, T]
+
+
+class TierOp(Op):
+    """``tier.<name>(...)``: ``<name>_sync`` in the sync shell, awaited in the async one."""
+
+    __slots__ = ("args", "kwargs", "name", "tier")
+
+    def __init__(self, tier: Any, name: str, *args: Any, **kwargs: Any) -> None:
+        self.tier, self.name, self.args, self.kwargs = tier, name, args, kwargs
+
+    def run_sync(self) -> Any:
+        return getattr(self.tier, f"{self.name}_sync")(*self.args, **self.kwargs)
+
+    async def run_async(self) -> Any:
+        return await getattr(self.tier, self.name)(*self.args, **self.kwargs)
+
+
+class Call(Op):
+    """Call a user function (the loader); awaited when it returns an awaitable."""
+
+    __slots__ = ("args", "func", "kwargs")
+
+    def __init__(self, func: Callable[..., Any], args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> None:
+        self.func, self.args, self.kwargs = func, args, kwargs
+
+    def run_sync(self) -> Any:
+        return self.func(*self.args, **self.kwargs)
+
+    async def run_async(self) -> Any:
+        result = self.func(*self.args, **self.kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+
+class Sleep(Op):
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def run_sync(self) -> None:
+        time.sleep(self.seconds)
+
+    async def run_async(self) -> None:
+        await asyncio.sleep(self.seconds)
+
+
+class Wait(Op):
+    """Wait (bounded) for a threading.Event set by another thread or task; True if set."""
+
+    __slots__ = ("event", "timeout")
+
+    def __init__(self, event: threading.Event, timeout: float) -> None:
+        self.event, self.timeout = event, timeout
+
+    def run_sync(self) -> bool:
+        return self.event.wait(self.timeout)
+
+    async def run_async(self) -> bool:
+        deadline = time.monotonic() + self.timeout
+        while not self.event.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)  # the setter may be a task on this very loop
+        return self.event.is_set()
+
+
+class Flight(Op):
+    """Run ``make()`` (a flow) once per ``key`` among concurrent callers of this process."""
+
+    __slots__ = ("flights", "key", "make")
+
+    def __init__(self, flights: SingleFlight, key: Hashable, make: Callable[[], Flow[Any]]):
+        self.flights, self.key, self.make = flights, key, make
+
+    def run_sync(self) -> Any:
+        return self.flights.do_sync(self.key, lambda: drive_sync(self.make()))
+
+    async def run_async(self) -> Any:
+        return await self.flights.do_async(self.key, lambda: drive_async(self.make()))
+
+
+def drive_sync(flow: Flow[T]) -> T:
+    """The sync shell: perform each op in this thread; op errors are thrown into the flow."""
+    send: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            op = flow.throw(error) if error is not None else flow.send(send)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        error = None
+        try:
+            send = op.run_sync()
+        except BaseException as exc:
+            send, error = None, exc
+
+
+async def drive_async(flow: Flow[T]) -> T:
+    """The async shell: same as :func:`drive_sync`, awaiting each op."""
+    send: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            op = flow.throw(error) if error is not None else flow.send(send)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        error = None
+        try:
+            send = await op.run_async()
+        except BaseException as exc:
+            send, error = None, exc
+
+
+class _Call:
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+class SingleFlight:
+    """``do_sync(key, fn)`` / ``await do_async(key, make)``: one call per key at a time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: dict[Hashable, _Call] = {}
+        self._tasks: dict[Hashable, asyncio.Task[Any]] = {}
+        self.waits = 0  # callers that joined somebody else's load
+
+    def do_sync(self, key: Hashable, fn: Callable[[], Any]) -> Any:
+        with self._lock:
+            call = self._calls.get(key)
+            leader = call is None
+            if call is None:
+                call = self._calls[key] = _Call()
+            else:
+                self.waits += 1
+        if not leader:
+            call.done.wait()
+            if call.error is not None:
+                raise call.error
+            return call.value
+        try:
+            call.value = fn()
+        except BaseException as exc:
+            call.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._calls[key]
+            call.done.set()
+        return call.value
+
+    async def do_async(self, key: Hashable, make: Callable[[], Awaitable[Any]]) -> Any:
+        loop = asyncio.get_running_loop()
+        flight = (id(loop), key)
+        task = self._tasks.get(flight)
+        if task is not None and task.get_loop() is loop and not task.done():
+            self.waits += 1
+        else:
+            task = asyncio.ensure_future(make())
+            self._tasks[flight] = task
+            task.add_done_callback(lambda t: self._forget(flight, t))
+        # shield: one caller being cancelled must not cancel the load the others wait for
+        return await asyncio.shield(task)
+
+    def _forget(self, flight: Hashable, task: asyncio.Task[Any]) -> None:
+        if self._tasks.get(flight) is task:
+            del self._tasks[flight]
+        if not task.cancelled():
+            task.exception()  # retrieved: no "exception never retrieved" noise
+
+    def __len__(self) -> int:
+        return len(self._calls) + len(self._tasks)

@@ -1,0 +1,535 @@
+"""TierCache: the one core behind ``@cache.cached`` and the get/set API, sync and async.
+
+Read path: L1 (answered in C by the wrapper, never reaching this module) -> L2 -> loader,
+with single-flight per key. Every method here is a *flow* (see :mod:`tiercache._singleflight`)
+run by a thin sync or async shell, so both entry points share one implementation.
+
+Coherence rule: after an ``invalidate*``/``set``/``delete`` returns, no tier of this process
+serves the old value. A global generation number is bumped by every invalidation (local or
+from the bus); a load that overlapped one neither fills L1 nor keeps its L2 write, and callers
+arriving after it start a new flight instead of joining the old one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from tiercache import health as _health
+from tiercache._invalidation import InvalidationBus, L1Index, glob_to_regex
+from tiercache._singleflight import (
+    Call,
+    Flight,
+    Flow,
+    SingleFlight,
+    Sleep,
+    TierOp,
+    Wait,
+    drive_async,
+    drive_sync,
+)
+from tiercache._stats import LOADER_BUCKETS, Histogram
+from tiercache.decorators import FunctionSpec, KeyFn, TagsArg, make_cached
+from tiercache.tiers.base import MISSING
+
+__all__ = ["LoaderStats", "TierCache"]
+
+log = logging.getLogger("tiercache")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class LoaderStats:
+    """Loader counters (plain ints + one histogram: only the miss path touches them)."""
+
+    def __init__(self) -> None:
+        self.calls = self.failures = self.lock_waits = self.encode_errors = 0
+        self.duration = Histogram(LOADER_BUCKETS)
+
+    def observe(self, seconds: float, failed: bool) -> None:
+        self.calls += 1
+        self.failures += failed
+        self.duration.observe(seconds)
+
+    def snapshot(self, singleflight_waits: int) -> dict[str, Any]:
+        return {
+            "calls": self.calls, "failures": self.failures,
+            "seconds_total": self.duration.sum, "singleflight_waits": singleflight_waits,
+            "lock_waits": self.lock_waits, "encode_errors": self.encode_errors,
+            "duration": self.duration.snapshot(),
+        }
+
+
+class TierCache:
+    """L1 (MemoryTier) + L2 (RedisTier) in front of loaders; either tier may be None.
+
+    ``cache_none``: cache ``None`` results (negative caching) by default. ``bus``: keep other
+    processes' L1 coherent through Redis pub/sub (needs both tiers). ``lock_wait``: how long a
+    ``lock=True`` caller waits for another process's load before loading itself;
+    ``lease_ttl``: lifetime of that lease. ``min_hit_ratio``/``min_requests``/
+    ``max_error_rate``: thresholds for :meth:`health`.
+    """
+
+    def __init__(
+        self,
+        l1: Any = None,
+        l2: Any = None,
+        namespace: str = "default",
+        name: str | None = None,
+        *,
+        cache_none: bool = True,
+        bus: bool = True,
+        lock_wait: float = 3.0,
+        lease_ttl: float = 10.0,
+        bus_wait: float = 1.0,
+        min_hit_ratio: float = 0.8,
+        min_requests: int = 100,
+        max_error_rate: float = 0.05,
+    ) -> None:
+        if ":" in namespace or not namespace:
+            raise ValueError("namespace must be a non-empty string without ':'")
+        self.l1, self.l2, self.namespace = l1, l2, namespace
+        self.name = name or namespace
+        self.cache_none = cache_none
+        self.lock_wait, self.lease_ttl, self.bus_wait = lock_wait, lease_ttl, bus_wait
+        self.thresholds = {"min_hit_ratio": min_hit_ratio, "min_requests": min_requests,
+                           "max_error_rate": max_error_rate}
+        self.loader = LoaderStats()
+        self._flights = SingleFlight()
+        self._index = L1Index()
+        self._gen = 0
+        self._specs: dict[str, FunctionSpec] = {}
+        self._segments: dict[str, Any] = {}
+        self._kv = self._segment(f"{namespace}:") if l1 is not None else None
+        self._prefix = f"{namespace}:"
+        self._bus: InvalidationBus | None = None
+        if bus and l1 is not None and l2 is not None:
+            self._bus = InvalidationBus(l2, namespace, self._on_bus_message, self._on_bus_connect)
+
+    # ------------------------------------------------------------------ decorating
+
+    def cached(
+        self,
+        ttl: float | None = None,
+        tags: TagsArg = None,
+        key: KeyFn | None = None,
+        lock: bool = False,
+        cache_none: bool | None = None,
+        l1_ttl: float | None = None,
+    ) -> Callable[[F], F]:
+        """Cache a sync or async function; see :mod:`tiercache.decorators` for keys."""
+
+        def decorate(func: F) -> F:
+            return make_cached(self, func, ttl=ttl, tags=tags, key=key, lock=lock,  # type: ignore[no-any-return]
+                               cache_none=cache_none, l1_ttl=l1_ttl)
+
+        return decorate
+
+    def _segment(self, name: str) -> Any:
+        segment = self._segments.get(name)
+        if segment is None and self.l1 is not None:
+            segment = self._segments[name] = self.l1.segment(name)
+        return segment
+
+    def register(self, spec: FunctionSpec) -> Any:
+        """Record a decorated function; returns its L1 segment (None without L1)."""
+        if spec.name in self._specs:
+            log.warning("tiercache: %s decorated twice in cache %r; entries are shared",
+                        spec.name, self.name)
+        self._specs[spec.name] = spec
+        return self._segment(f"{self.namespace}:{spec.name}")
+
+    def full_key(self, key: str) -> str:
+        return self._prefix + key
+
+    # ------------------------------------------------------------------ read path
+
+    def read_sync(self, spec: FunctionSpec, l1key: Hashable | None, args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> Any:
+        return drive_sync(self._read(spec, l1key, args, kwargs))
+
+    def read_async(self, spec: FunctionSpec, l1key: Hashable | None, args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> Any:
+        return drive_async(self._read(spec, l1key, args, kwargs))
+
+    def _read(self, spec: FunctionSpec, l1key: Hashable | None, args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> Flow[Any]:
+        rel = spec.relative_key(args, kwargs)
+        tags = spec.tags_for(args, kwargs)
+        yield from self._bus_ready()
+        gen = self._gen
+        value, cacheable, ttl = yield Flight(
+            self._flights, (rel, gen), lambda: self._fetch(spec, rel, args, kwargs, tags, gen))
+        if cacheable and l1key is not None:
+            self._fill(self._segment(f"{self.namespace}:{spec.name}"), rel, l1key, value,
+                       self._l1_ttl(spec.l1_ttl, ttl), tags, gen)
+        return value
+
+    def _fetch(self, spec: FunctionSpec, rel: str, args: tuple[Any, ...],
+               kwargs: dict[str, Any], tags: list[str], gen: int) -> Flow[Any]:
+        """L2, then (optionally under a lease) the loader; -> (value, cacheable, ttl)."""
+        full, l2 = self.full_key(rel), self.l2
+        if l2 is not None:
+            entry = yield TierOp(l2, "get_entry", full)
+            if entry is not MISSING:
+                return entry.value, True, _remaining(entry)
+        token = None
+        if spec.lock and l2 is not None and _breaker_state(l2) != "open":
+            token = yield TierOp(l2, "acquire_lease", full, int(self.lease_ttl * 1000))
+            if token is None:  # another process is loading: wait for its value, bounded
+                self.loader.lock_waits += 1
+                deadline, delay = time.monotonic() + self.lock_wait, 0.005
+                while time.monotonic() < deadline:
+                    yield Sleep(delay)
+                    delay = min(delay * 2, 0.1)
+                    entry = yield TierOp(l2, "get_entry", full)
+                    if entry is not MISSING:
+                        return entry.value, True, _remaining(entry)
+        try:
+            value, seconds = yield from self._load(spec.func, args, kwargs)
+            if value is None and not spec.cache_none:
+                return value, False, None
+            if l2 is not None and gen == self._gen:
+                yield from self._l2_write(full, value, spec.ttl, seconds, tags)
+            ttl = spec.ttl if spec.ttl is not None or l2 is None else getattr(l2, "ttl", None)
+            return value, gen == self._gen, ttl
+        finally:
+            if token is not None:
+                yield TierOp(l2, "release_lease", full, token)
+
+    def _load(self, func: Callable[..., Any], args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> Flow[tuple[Any, float]]:
+        began = time.perf_counter()
+        try:
+            value = yield Call(func, args, kwargs)
+        except BaseException:
+            self.loader.observe(time.perf_counter() - began, True)
+            raise
+        seconds = time.perf_counter() - began
+        self.loader.observe(seconds, False)
+        return value, seconds
+
+    def _l2_write(self, full: str, value: Any, ttl: float | None, seconds: float,
+                  tags: list[str]) -> Flow[None]:
+        gen = self._gen
+        try:
+            yield TierOp(self.l2, "set", full, value, ttl, load_time=seconds)
+        except TypeError as exc:  # unencodable: serve it, keep it in L1 only, say so
+            self.loader.encode_errors += 1
+            log.warning("tiercache: %s not stored in L2: %s", full, exc)
+            return
+        if tags:
+            yield TierOp(self.l2, "add_tags", full, tags, ttl)
+        if gen != self._gen:  # an invalidation raced this write: do not leave it behind
+            yield TierOp(self.l2, "delete", full)
+
+    def _l1_ttl(self, l1_ttl: float | None, ttl: float | None) -> float | None:
+        """min(L1 TTL, the entry's TTL); None = the MemoryTier's default."""
+        if l1_ttl is None and self.l1 is not None:
+            l1_ttl = self.l1.store.ttl
+        candidates = [t for t in (l1_ttl, ttl) if t is not None]
+        return min(candidates) if candidates else None
+
+    def _fill(self, segment: Any, rel: str, l1key: Hashable, value: Any, ttl: float | None,
+              tags: Iterable[str], gen: int) -> None:
+        if segment is None or gen != self._gen or (ttl is not None and ttl <= 0):
+            return
+        if l1key in segment:  # a flight partner with the same call form already filled it
+            return
+        segment.put(l1key, value, ttl)
+        self._index.add(rel, segment, l1key, tags)
+        if gen != self._gen:  # invalidated while we were writing: undo
+            segment.delete(l1key)
+
+    def _bus_ready(self) -> Flow[None]:
+        """Subscribe before the first L1 fill, so no invalidation can slip past."""
+        bus = self._bus
+        if bus is not None and not bus.running():
+            yield Wait(bus.start(), self.bus_wait)
+
+    # ------------------------------------------------------------------ key/value API
+
+    def _get(self, key: str, default: Any) -> Flow[Any]:
+        if self._kv is not None:
+            value = self._kv.get(key, MISSING)
+            if value is not MISSING:
+                return value
+        if self.l2 is None:
+            return default
+        yield from self._bus_ready()
+        gen = self._gen
+        entry = yield TierOp(self.l2, "get_entry", self.full_key(key))
+        if entry is MISSING:
+            return default
+        self._fill(self._kv, key, key, entry.value, self._l1_ttl(None, _remaining(entry)), (),
+                   gen)
+        return entry.value
+
+    def _get_many(self, keys: list[str]) -> Flow[dict[str, Any]]:
+        found: dict[str, Any] = {}
+        if self._kv is not None:
+            for key in keys:
+                value = self._kv.get(key, MISSING)
+                if value is not MISSING:
+                    found[key] = value
+        rest = [k for k in keys if k not in found]
+        if rest and self.l2 is not None:
+            yield from self._bus_ready()
+            gen = self._gen
+            hits = yield TierOp(self.l2, "get_many", [self.full_key(k) for k in rest])
+            cut = len(self._prefix)
+            for full, value in hits.items():
+                found[full[cut:]] = value
+                self._fill(self._kv, full[cut:], full[cut:], value, self._l1_ttl(None, None),
+                           (), gen)
+        return found
+
+    def _set_many(self, mapping: Mapping[str, Any], ttl: float | None,
+                  tags: list[str]) -> Flow[None]:
+        if self.l2 is not None:
+            full = {self.full_key(k): v for k, v in mapping.items()}
+            if len(full) == 1:
+                ((key, value),) = full.items()
+                yield TierOp(self.l2, "set", key, value, ttl)
+            else:
+                yield TierOp(self.l2, "set_many", full, ttl)
+            if tags:
+                for key in full:
+                    yield TierOp(self.l2, "add_tags", key, tags, ttl)
+        self._gen += 1  # loads that began before this write must not overwrite it in L1
+        self._index.drop_keys(mapping)
+        gen, l1ttl = self._gen, self._l1_ttl(None, ttl)
+        for key, value in mapping.items():
+            if self._kv is not None:
+                self._kv.delete(key)
+            self._fill(self._kv, key, key, value, l1ttl, tags, gen)
+        yield from self._publish(keys=list(mapping))
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """The value under ``key`` (relative to the namespace) or ``default``."""
+        return await drive_async(self._get(key, default))
+
+    def get_sync(self, key: str, default: Any = None) -> Any:
+        return drive_sync(self._get(key, default))
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Only the hits, keyed as given."""
+        return await drive_async(self._get_many(list(keys)))
+
+    def get_many_sync(self, keys: Iterable[str]) -> dict[str, Any]:
+        return drive_sync(self._get_many(list(keys)))
+
+    async def set(self, key: str, value: Any, ttl: float | None = None,
+                  tags: Iterable[str] = ()) -> None:
+        """Write every tier; other processes drop their L1 copy."""
+        await drive_async(self._set_many({key: value}, ttl, list(tags)))
+
+    def set_sync(self, key: str, value: Any, ttl: float | None = None,
+                 tags: Iterable[str] = ()) -> None:
+        drive_sync(self._set_many({key: value}, ttl, list(tags)))
+
+    async def set_many(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
+        await drive_async(self._set_many(mapping, ttl, []))
+
+    def set_many_sync(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
+        drive_sync(self._set_many(mapping, ttl, []))
+
+    async def delete(self, key: str) -> bool:
+        """Remove ``key`` from every tier here and from other processes' L1."""
+        return bool(await drive_async(self._invalidate(keys=[key])))
+
+    def delete_sync(self, key: str) -> bool:
+        return bool(drive_sync(self._invalidate(keys=[key])))
+
+    # ------------------------------------------------------------------ invalidation
+
+    def _invalidate(self, keys: Iterable[str] = (), tags: Iterable[str] = (),
+                    patterns: Iterable[str] = (), functions: Iterable[str] = (),
+                    everything: bool = False) -> Flow[int]:
+        """L2 first, then this process's L1, then the bus; returns what L2 (or L1) dropped."""
+        keys, tags, patterns, functions = list(keys), list(tags), list(patterns), list(functions)
+        removed = 0
+        if self.l2 is not None:
+            if keys:
+                removed += yield TierOp(self.l2, "delete_many", [self.full_key(k) for k in keys])
+            if tags:
+                removed += yield TierOp(self.l2, "invalidate_tags", tags)
+            l2_patterns = [*patterns, *(f"{_glob_escape(f)}:*" for f in functions)]
+            if everything:
+                l2_patterns = ["*"]
+            for pattern in l2_patterns:
+                removed += yield TierOp(self.l2, "delete_pattern",
+                                        _glob_escape(self._prefix) + pattern)
+        local = self._apply_local(keys, tags, patterns, functions, everything)
+        yield from self._publish(keys=keys, tags=tags, patterns=patterns, functions=functions,
+                                 everything=everything)
+        return removed if self.l2 is not None else local
+
+    def _apply_local(self, keys: list[str], tags: list[str], patterns: list[str],
+                     functions: list[str], everything: bool) -> int:
+        self._gen += 1
+        index = self._index
+        n = index.drop_keys(keys) + index.drop_tags(tags)
+        if self._kv is not None:
+            n += sum(bool(self._kv.delete(k)) for k in keys)
+        for pattern in patterns:
+            n += index.drop_matching(glob_to_regex(pattern))
+        segments = self._segments.values() if everything else [
+            s for f in functions if (s := self._segments.get(f"{self.namespace}:{f}"))]
+        if segments:
+            n += sum(len(s) for s in segments)
+            index.drop_segments(segments)
+        return n
+
+    def _publish(self, **parts: Any) -> Flow[None]:
+        bus = self._bus
+        if bus is None:
+            return
+        message = bus.encode(k=parts.get("keys"), t=parts.get("tags"), p=parts.get("patterns"),
+                             f=parts.get("functions"), a=[1] if parts.get("everything") else [])
+        yield TierOp(self.l2, "publish", bus.channel, message)
+        bus.stats["published"] += 1
+
+    def _on_bus_message(self, msg: dict[str, Any]) -> None:
+        self._apply_local(list(msg.get("k", ())), list(msg.get("t", ())),
+                          list(msg.get("p", ())), list(msg.get("f", ())), bool(msg.get("a")))
+
+    def _on_bus_connect(self) -> None:
+        """(Re)subscribed: invalidations may have been missed, so drop every L1 copy."""
+        self._gen += 1
+        self._index.drop_segments(self._segments.values())
+
+    async def invalidate_tags(self, *tags: str) -> int:
+        """Drop every entry tagged with any of ``tags`` (all tiers, all processes)."""
+        return await drive_async(self._invalidate(tags=tags))
+
+    def invalidate_tags_sync(self, *tags: str) -> int:
+        return drive_sync(self._invalidate(tags=tags))
+
+    async def invalidate_pattern(self, pattern: str) -> int:
+        """Drop keys matching a Redis glob relative to the namespace, e.g. ``"user:*"``."""
+        return await drive_async(self._invalidate(patterns=[pattern]))
+
+    def invalidate_pattern_sync(self, pattern: str) -> int:
+        return drive_sync(self._invalidate(patterns=[pattern]))
+
+    async def invalidate_call(self, spec: FunctionSpec, args: tuple[Any, ...],
+                              kwargs: dict[str, Any]) -> int:
+        return await drive_async(self._invalidate(keys=[spec.relative_key(args, kwargs)]))
+
+    def invalidate_call_sync(self, spec: FunctionSpec, args: tuple[Any, ...],
+                             kwargs: dict[str, Any]) -> int:
+        return drive_sync(self._invalidate(keys=[spec.relative_key(args, kwargs)]))
+
+    async def invalidate_function(self, spec: FunctionSpec) -> int:
+        """Every entry of one function (L2 too unless it uses a custom ``key=``)."""
+        return await drive_async(self._invalidate_function(spec))
+
+    def invalidate_function_sync(self, spec: FunctionSpec) -> int:
+        return drive_sync(self._invalidate_function(spec))
+
+    def _invalidate_function(self, spec: FunctionSpec) -> Flow[int]:
+        if spec.key is not None:
+            log.info("tiercache: %s uses key=; invalidate_all clears L1 only", spec.name)
+        return (yield from self._invalidate(functions=[spec.name]))
+
+    async def clear(self) -> int:
+        """Drop everything in this namespace (every tier, every process's L1)."""
+        return await drive_async(self._invalidate(everything=True))
+
+    def clear_sync(self) -> int:
+        return drive_sync(self._invalidate(everything=True))
+
+    # ------------------------------------------------------------------ warm, stats, health
+
+    async def warm(self, fn: Callable[..., Any], list_of_args: Iterable[Any],
+                   concurrency: int = 16) -> int:
+        """Preload entries through ``fn`` (a cached function), at most ``concurrency`` at once."""
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(item: Any) -> None:
+            args, kwargs = _as_call(item)
+            async with gate:
+                if getattr(fn, "spec", None) is not None and fn.spec.is_async:  # type: ignore[attr-defined]
+                    await fn(*args, **kwargs)
+                else:
+                    await asyncio.to_thread(fn, *args, **kwargs)
+
+        items = list(list_of_args)
+        await asyncio.gather(*(one(item) for item in items))
+        return len(items)
+
+    def warm_sync(self, fn: Callable[..., Any], list_of_args: Iterable[Any],
+                  concurrency: int = 16) -> int:
+        """:meth:`warm` for sync functions, on a thread pool."""
+        items = [_as_call(item) for item in list_of_args]
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            for future in [pool.submit(fn, *a, **kw) for a, kw in items]:
+                future.result()
+        return len(items)
+
+    def stats(self) -> dict[str, Any]:
+        """Plain snapshot: ``name``, ``l1`` (this cache's segments), ``l2``, ``loader``, ``bus``."""
+        return _health.snapshot(self)
+
+    async def health(self) -> dict[str, Any]:
+        """``{"status": healthy|degraded|unhealthy, "reasons": [...], "checks": {...}}``."""
+        return await drive_async(_health.check(self))
+
+    def health_sync(self) -> dict[str, Any]:
+        return drive_sync(_health.check(self))
+
+    @property
+    def bus(self) -> InvalidationBus | None:
+        return self._bus
+
+    @property
+    def flights(self) -> SingleFlight:
+        return self._flights
+
+    @property
+    def segments(self) -> dict[str, Any]:
+        return dict(self._segments)
+
+    async def aclose(self) -> None:
+        """Stop the bus and close L2 (L1 is left as is: it may be shared)."""
+        if self._bus is not None:
+            await self._bus.astop()
+        if self.l2 is not None:
+            await self.l2.close()
+
+    def close(self) -> None:
+        if self._bus is not None:
+            self._bus.stop()
+        if self.l2 is not None:
+            self.l2.close_sync()
+
+    def __repr__(self) -> str:
+        return (f"TierCache(name={self.name!r}, l1={self.l1 is not None}, "
+                f"l2={self.l2 is not None}, functions={len(self._specs)})")
+
+
+def _remaining(entry: Any) -> float | None:
+    if entry.ttl is None:
+        return None
+    return max(0.0, float(entry.ttl) - (time.time() - float(entry.stored_at)))
+
+
+def _breaker_state(l2: Any) -> str:
+    breaker = getattr(l2, "breaker", None)
+    return str(getattr(breaker, "state", "closed"))
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _as_call(item: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(item, tuple):
+        return item, {}
+    if isinstance(item, dict):
+        return (), item
+    return (item,), {}

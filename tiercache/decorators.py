@@ -1,0 +1,217 @@
+"""``@cache.cached``: what a decorated function is, and how its L2 keys are built.
+
+Key stability (the L2 key is shared by every process and survives restarts and upgrades):
+
+* the key is ``"{namespace}:{module}.{qualname}:{digest}"``; ``digest`` is the blake2b-128 hex
+  of a canonical msgpack encoding of the call's arguments **bound to the signature** with
+  defaults applied, keyed by parameter name. So ``f(1)``, ``f(x=1)`` and ``f(1, y=<default>)``
+  share one L2 entry, and the key depends neither on ``hash()``/``PYTHONHASHSEED``, nor on dict
+  insertion order or set iteration order, nor on the process or the Python version.
+* it changes when the namespace, module, qualname or a parameter name changes, or a default
+  value changes (the result probably changed too), or :data:`KEY_SCHEME` is bumped.
+* argument values: None/bool/int/float/str/bytes, list/tuple/dict/set/frozenset of them,
+  Enum members, everything :mod:`tiercache.codec` encodes (datetime, Decimal, UUID, registered
+  types), and objects with a ``__cache_key__()`` method (e.g. ``self`` of a cached method).
+  Anything else raises ``TypeError`` naming the argument: we never fall back to ``repr()``,
+  whose output is not stable (memory addresses) and would silently break sharing.
+* ``key=`` replaces the digest part: ``key(*args, **kwargs)`` returns the key relative to the
+  namespace (e.g. ``"user:42"``), which is what ``invalidate_pattern("user:*")`` matches.
+* relative keys longer than :data:`MAX_KEY_LENGTH` keep a readable prefix and end in a hash.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import inspect
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+import msgpack
+
+from tiercache import codec
+from tiercache.tiers.memory import MemoryTier
+
+if TYPE_CHECKING:
+    from tiercache.cache import TierCache
+
+__all__ = ["KEY_SCHEME", "MAX_KEY_LENGTH", "FunctionSpec", "canonical_digest", "make_cached"]
+
+KEY_SCHEME: Final = b"tiercache-key-v1"
+MAX_KEY_LENGTH: Final = 200
+
+TagsArg = Iterable[str] | Callable[..., Iterable[str]] | None
+KeyFn = Callable[..., str]
+
+# ext codes private to the digest encoding (never stored, never decoded)
+_LIST, _TUPLE, _DICT, _SET, _FROZENSET, _ENUM, _OBJ, _LEAF = range(1, 9)
+_NATIVE: Final = (str, int, float, bool, bytes, type(None))
+
+
+def _canon(value: Any) -> Any:
+    """A msgpack-encodable structure that is equal for equal arguments."""
+    cls = type(value)
+    if cls in _NATIVE:
+        if cls is int and not -(2**63) <= value < 2**64:
+            return msgpack.ExtType(_LEAF, codec.encode(value))
+        return value
+    if cls is list:
+        return msgpack.ExtType(_LIST, _pack([_canon(v) for v in value]))
+    if cls is tuple:
+        return msgpack.ExtType(_TUPLE, _pack([_canon(v) for v in value]))
+    if cls is dict:
+        items = sorted([_pack(_canon(k)), _pack(_canon(v))] for k, v in value.items())
+        return msgpack.ExtType(_DICT, _pack(items))
+    if cls is set or cls is frozenset:
+        code = _SET if cls is set else _FROZENSET
+        return msgpack.ExtType(code, _pack(sorted(_pack(_canon(v)) for v in value)))
+    if isinstance(value, enum.Enum):
+        return msgpack.ExtType(_ENUM, _pack([_type_name(cls), _canon(value.value)]))
+    custom = getattr(value, "__cache_key__", None)
+    if custom is not None and callable(custom):
+        return msgpack.ExtType(_OBJ, _pack([_type_name(cls), _canon(custom())]))
+    return msgpack.ExtType(_LEAF, codec.encode(value))  # TypeError for unknown types
+
+
+def _type_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _pack(obj: Any) -> bytes:
+    data: bytes = msgpack.packb(obj, use_bin_type=True, strict_types=True)
+    return data
+
+
+def canonical_digest(arguments: dict[str, Any]) -> str:
+    """blake2b-128 hex of the named arguments (see the module docstring for the guarantees)."""
+    items = []
+    for name in sorted(arguments):
+        try:
+            items.append([name, _canon(arguments[name])])
+        except TypeError as exc:
+            raise TypeError(
+                f"cannot build a cache key from argument {name!r}: {exc}. Give the type a "
+                "__cache_key__() method, register it with tiercache.codec.register(), or pass "
+                "key= to @cached"
+            ) from exc
+    return hashlib.blake2b(KEY_SCHEME + _pack(items), digest_size=16).hexdigest()
+
+
+def shorten(key: str) -> str:
+    """Keep keys bounded: a readable prefix plus a hash of the whole key."""
+    if len(key) <= MAX_KEY_LENGTH:
+        return key
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    return f"{key[:100]}#{digest}"
+
+
+@dataclass(eq=False)
+class FunctionSpec:
+    """Everything the core needs to serve one decorated function."""
+
+    func: Callable[..., Any]
+    name: str  # "module.qualname": the L2 key prefix and the L1 segment name
+    ttl: float | None
+    tags: TagsArg
+    key: KeyFn | None
+    lock: bool
+    cache_none: bool
+    l1_ttl: float | None
+    is_async: bool
+    signature: inspect.Signature | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        try:
+            self.signature = inspect.signature(self.func)
+        except (TypeError, ValueError):  # some builtins: bind nothing, key by position
+            self.signature = None
+
+    def relative_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """The L2 key of a call without the namespace (what ``key_for`` returns)."""
+        if self.key is not None:
+            custom = self.key(*args, **kwargs)
+            if not isinstance(custom, str):
+                raise TypeError(f"key= function must return str, got {type(custom).__name__}")
+            return shorten(custom)
+        return shorten(f"{self.name}:{canonical_digest(self.bind(args, kwargs))}")
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Arguments by parameter name, defaults applied (the key's stable form)."""
+        if self.signature is None:
+            return {"*args": args, "**kwargs": kwargs}
+        bound = self.signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+    def tags_for(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
+        if self.tags is None:
+            return []
+        tags = self.tags(*args, **kwargs) if callable(self.tags) else self.tags
+        return [str(t) for t in tags]
+
+
+def make_cached(
+    cache: TierCache,
+    func: Callable[..., Any],
+    *,
+    ttl: float | None,
+    tags: TagsArg,
+    key: KeyFn | None,
+    lock: bool,
+    cache_none: bool | None,
+    l1_ttl: float | None,
+) -> Any:
+    """Wrap ``func``: the MemoryTier's C hit path in front, the core behind it on a miss.
+
+    The returned wrapper also carries ``invalidate(*args, **kw)`` (a coroutine function for
+    async ``func``), ``invalidate_all()``, ``key_for(*args, **kw)`` and ``cache``.
+    """
+    if isinstance(tags, str):
+        raise TypeError("tags= must be a list of tags or a callable, not a str")
+    is_async = inspect.iscoroutinefunction(func)
+    spec = FunctionSpec(
+        func=func,
+        name=f"{func.__module__}.{func.__qualname__}",
+        ttl=ttl,
+        tags=tags if tags is None or callable(tags) else list(tags),
+        key=key,
+        lock=lock,
+        cache_none=cache.cache_none if cache_none is None else cache_none,
+        l1_ttl=l1_ttl,
+        is_async=is_async,
+    )
+    segment = cache.register(spec)
+
+    if is_async:
+
+        def miss(l1key: Hashable | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            return cache.read_async(spec, l1key, args, kwargs)
+
+        async def invalidate(*args: Any, **kwargs: Any) -> int:
+            return await cache.invalidate_call(spec, args, kwargs)
+
+        async def invalidate_all() -> int:
+            return await cache.invalidate_function(spec)
+
+    else:
+
+        def miss(l1key: Hashable | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            return cache.read_sync(spec, l1key, args, kwargs)
+
+        def invalidate(*args: Any, **kwargs: Any) -> int:  # type: ignore[misc]
+            return cache.invalidate_call_sync(spec, args, kwargs)
+
+        def invalidate_all() -> int:  # type: ignore[misc]
+            return cache.invalidate_function_sync(spec)
+
+    def key_for(*args: Any, **kwargs: Any) -> str:
+        return spec.relative_key(args, kwargs)
+
+    wrapper: Any = MemoryTier.wrap_segment(func, segment, miss)
+    wrapper.invalidate = invalidate
+    wrapper.invalidate_all = invalidate_all
+    wrapper.key_for = key_for
+    wrapper.cache = cache
+    wrapper.spec = spec
+    return wrapper

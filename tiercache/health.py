@@ -1,0 +1,118 @@
+"""``cache.stats()`` snapshot and ``cache.health()`` verdict.
+
+Why a verdict and not just numbers: load balancers and dashboards want one word with reasons.
+The cache keeps *answering* when Redis is down (L1 + loader), so "unhealthy" means "the shared
+tier is gone — the database takes the whole load", and "degraded" means "working, but below
+what it should be" (hit ratio, error rate, a half-open breaker, a disconnected bus).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from tiercache._singleflight import Flow, TierOp
+
+if TYPE_CHECKING:
+    from tiercache.cache import TierCache
+
+__all__ = ["check", "snapshot"]
+
+_L1_COUNTERS = ("hits", "misses", "sets", "deletes", "evictions_size", "evictions_expired",
+                "size")
+
+
+def _l1_stats(cache: TierCache) -> dict[str, Any]:
+    """Sums over this cache's segments only: a MemoryTier may be shared by several caches."""
+    total = dict.fromkeys(_L1_COUNTERS, 0)
+    functions = {}
+    for name, segment in cache.segments.items():
+        seg = segment.stats()
+        functions[name] = seg
+        for counter in _L1_COUNTERS:
+            total[counter] += seg[counter]
+    gets = total["hits"] + total["misses"]
+    return {
+        **total,
+        "evictions": total["evictions_size"] + total["evictions_expired"],
+        "errors": 0,
+        "hit_ratio": total["hits"] / gets if gets else 0.0,
+        "maxsize": cache.l1.store.maxsize if cache.l1 is not None else None,
+        "segments": functions,
+    }
+
+
+def snapshot(cache: TierCache) -> dict[str, Any]:
+    flights = cache.flights
+    out: dict[str, Any] = {
+        "name": cache.name,
+        "namespace": cache.namespace,
+        "l1": _l1_stats(cache) if cache.l1 is not None else None,
+        "l2": cache.l2.stats() if cache.l2 is not None else None,
+        "loader": cache.loader.snapshot(flights.waits),
+    }
+    bus = cache.bus
+    if bus is not None:
+        out["bus"] = {**bus.stats, "connected": bus.connected, "running": bus.running()}
+    return out
+
+
+def _request_hit_ratio(stats: dict[str, Any]) -> tuple[int, float]:
+    """Share of requests answered by some tier (L2 hits count only after L1 misses)."""
+    l1, l2 = stats["l1"], stats["l2"]
+    if l1 is not None:
+        requests = l1["hits"] + l1["misses"]
+        hits = l1["hits"] + (l2["hits"] if l2 is not None else 0)
+    else:
+        requests = l2["hits"] + l2["misses"]
+        hits = l2["hits"]
+    return requests, min(1.0, hits / requests) if requests else 1.0
+
+
+def check(cache: TierCache) -> Flow[dict[str, Any]]:
+    """Ping L2, read the breaker, compare ratios with the cache's thresholds."""
+    limits = cache.thresholds
+    checks: dict[str, Any] = {}
+    unhealthy: list[str] = []
+    degraded: list[str] = []
+    if cache.l2 is not None:
+        began = time.perf_counter()
+        try:
+            latency = yield TierOp(cache.l2, "ping")
+            checks["redis"] = {"ok": True, "latency_seconds": float(latency)}
+        except Exception as exc:
+            checks["redis"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
+                               "seconds": time.perf_counter() - began}
+            unhealthy.append(f"redis unreachable: {type(exc).__name__}")
+        state = _state_name(getattr(getattr(cache.l2, "breaker", None), "state", "closed"))
+        checks["breaker"] = state
+        if state == "open":
+            unhealthy.append("circuit breaker open: L2 calls are skipped")
+        elif state in ("half_open", "half-open"):
+            degraded.append("circuit breaker half-open: probing L2")
+    stats = snapshot(cache)
+    requests, ratio = _request_hit_ratio(stats)
+    checks["hit_ratio"] = {"value": ratio, "requests": requests,
+                           "min": limits["min_hit_ratio"], "min_requests": limits["min_requests"]}
+    if requests >= limits["min_requests"] and ratio < limits["min_hit_ratio"]:
+        degraded.append(f"hit ratio {ratio:.2f} below {limits['min_hit_ratio']:.2f}")
+    l2 = stats["l2"]
+    if l2 is not None:
+        ops = l2["hits"] + l2["misses"] + l2["sets"] + l2["deletes"]
+        rate = l2["errors"] / ops if ops else 0.0
+        checks["error_rate"] = {"value": rate, "max": limits["max_error_rate"]}
+        if ops >= limits["min_requests"] and rate > limits["max_error_rate"]:
+            degraded.append(f"L2 error rate {rate:.2f} above {limits['max_error_rate']:.2f}")
+    bus = stats.get("bus")
+    if bus is not None:
+        checks["bus"] = {"connected": bus["connected"], "running": bus["running"]}
+        if bus["running"] and not bus["connected"]:
+            degraded.append("invalidation bus disconnected (L1 may lag other processes)")
+    status = "unhealthy" if unhealthy else "degraded" if degraded else "healthy"
+    return {"status": status, "reasons": unhealthy + degraded, "checks": checks}
+
+
+def _state_name(state: Any) -> str:
+    """Breaker states may be strings or enums; report a lowercase name."""
+    name = getattr(state, "value", state)
+    return str(getattr(state, "name", name) if not isinstance(name, str) else name).lower()
