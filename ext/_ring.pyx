@@ -1,4 +1,5 @@
 # cython: freethreading_compatible = False
+# cython: always_allow_keywords = False
 """Hot path of the consistent-hash ring: key hashing and continuum lookup, in C.
 
 The node bookkeeping (weights, modes, arcs, diffs) lives once, in Python, in
@@ -15,7 +16,6 @@ from cpython.sequence cimport PySequence_Fast, PySequence_Fast_GET_SIZE
 from cpython.unicode cimport PyUnicode_CheckExact
 from libc.stdint cimport uint8_t, uint32_t, int64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
@@ -25,31 +25,46 @@ cdef extern from "Python.h":
 cdef extern from "tc_md5.h":
     int TC_MD5_ONE_BLOCK_MAX
     void tc_md5_words(const uint8_t *msg, size_t length, uint32_t out[4]) nogil
+    uint32_t tc_md5_a(const uint8_t *msg, size_t length) nogil
     void tc_md5_x8(const uint8_t *const msgs[8], const size_t lens[8], uint32_t out[8]) nogil
 
 cdef enum:
     INT_BUF = 24   # room for a signed 64-bit decimal
 
 
-cdef inline Py_ssize_t format_int(long long value, char *buf) noexcept nogil:
-    """Decimal digits of value into buf (str(int) without a Python object)."""
-    cdef char tmp[INT_BUF]
-    cdef Py_ssize_t n = 0, i
-    cdef unsigned long long v
+cdef const char *DIGIT_PAIRS = (
+    b"00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    b"40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    b"8081828384858687888990919293949596979899"
+)
+
+
+cdef inline Py_ssize_t format_int(long long value, char *tmp) noexcept nogil:
+    """Decimal digits of value, right-aligned in tmp[0:INT_BUF]; returns where they start.
+
+    ``str(int)`` without a Python object, two digits at a time, written in place (no copy:
+    the MD5 block is loaded straight from here)."""
+    cdef Py_ssize_t pos = INT_BUF
+    cdef unsigned long long v, pair
     cdef bint negative = value < 0
     v = <unsigned long long>(-(value + 1)) + 1 if negative else <unsigned long long>value
-    while True:
-        tmp[n] = <char>(48 + v % 10)
-        n += 1
-        v //= 10
-        if v == 0:
-            break
+    while v >= 100:
+        pair = (v % 100) * 2
+        v //= 100
+        pos -= 2
+        tmp[pos] = DIGIT_PAIRS[pair]
+        tmp[pos + 1] = DIGIT_PAIRS[pair + 1]
+    if v >= 10:
+        pos -= 2
+        tmp[pos] = DIGIT_PAIRS[v * 2]
+        tmp[pos + 1] = DIGIT_PAIRS[v * 2 + 1]
+    else:
+        pos -= 1
+        tmp[pos] = <char>(48 + v)
     if negative:
-        tmp[n] = b'-'
-        n += 1
-    for i in range(n):
-        buf[i] = tmp[n - 1 - i]
-    return n
+        pos -= 1
+        tmp[pos] = b'-'
+    return pos
 
 
 cdef object key_view(object key, const uint8_t **data, Py_ssize_t *length, char *intbuf):
@@ -61,6 +76,7 @@ cdef object key_view(object key, const uint8_t **data, Py_ssize_t *length, char 
     """
     cdef int overflow = 0
     cdef long long iv
+    cdef Py_ssize_t start
     if PyUnicode_CheckExact(key):
         data[0] = <const uint8_t*>PyUnicode_AsUTF8AndSize(key, length)
         return None
@@ -71,8 +87,9 @@ cdef object key_view(object key, const uint8_t **data, Py_ssize_t *length, char 
     if PyLong_CheckExact(key):
         iv = PyLong_AsLongLongAndOverflow(key, &overflow)
         if not overflow:
-            length[0] = format_int(iv, intbuf)
-            data[0] = <const uint8_t*>intbuf
+            start = format_int(iv, intbuf)
+            data[0] = <const uint8_t*>(intbuf + start)
+            length[0] = INT_BUF - start
             return None
     cdef bytes owner
     if isinstance(key, (bytearray, memoryview)):
@@ -86,13 +103,11 @@ cdef object key_view(object key, const uint8_t **data, Py_ssize_t *length, char 
 
 cpdef uint32_t hash_key(object key) except? 0xFFFFFFFF:
     """Ketama hash (replica 0) of a key: the first four MD5 bytes, little-endian."""
-    cdef uint32_t words[4]
     cdef const uint8_t *data
     cdef Py_ssize_t length
     cdef char intbuf[INT_BUF]
     cdef object owner = key_view(key, &data, &length, intbuf)
-    tc_md5_words(data, <size_t>length, words)
-    return words[0]
+    return tc_md5_a(data, <size_t>length)
 
 
 def hash_points(str name, Py_ssize_t count, int replicas):
@@ -202,14 +217,12 @@ cdef class Continuum:
 
     def get_node(self, key):
         """The node that owns ``key``."""
-        cdef uint32_t words[4]
         cdef const uint8_t *data
         cdef Py_ssize_t length
         cdef char intbuf[INT_BUF]
         self._check_nonempty()
         cdef object owner = key_view(key, &data, &length, intbuf)
-        tc_md5_words(data, <size_t>length, words)
-        return self._names[self._owners[self._index(words[0])]]
+        return self._names[self._owners[self._index(tc_md5_a(data, <size_t>length))]]
 
     def get_node_many(self, keys):
         """``[get_node(k) for k in keys]`` in one call, hashing eight keys at a time."""
@@ -224,7 +237,6 @@ cdef class Continuum:
         cdef size_t lens[8]
         cdef Py_ssize_t slots[8]
         cdef uint32_t hashes[8]
-        cdef uint32_t words[4]
         cdef const uint8_t *data
         cdef Py_ssize_t length
         cdef object owner
@@ -232,8 +244,7 @@ cdef class Continuum:
             if i < n:
                 owner = key_view(<object>items[i], &data, &length, intbufs[pending])
                 if length > TC_MD5_ONE_BLOCK_MAX:
-                    tc_md5_words(data, <size_t>length, words)
-                    self._set_owner(result, i, words[0])
+                    self._set_owner(result, i, tc_md5_a(data, <size_t>length))
                     continue
                 if owner is not None:
                     owners[pending] = owner

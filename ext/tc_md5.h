@@ -3,6 +3,7 @@
  * Why here and not hashlib: the ring hashes every key it routes, and a call into hashlib
  * costs far more than the hash itself. Two entry points:
  *   tc_md5_words  one message of any length -> the four little-endian state words
+ *   tc_md5_a      one message -> word A only (the ketama routing hash), a little cheaper
  *   tc_md5_x8     eight messages of <= 55 bytes (one block each) -> word A of each, computed
  *                 in lock-step with GCC/Clang vector extensions, so batch routing
  *                 (get_node_many) runs several hashes per instruction.
@@ -17,18 +18,26 @@
 
 #define TC_MD5_ONE_BLOCK_MAX 55
 
-#define TC_F(x, y, z) ((z) ^ ((x) & ((y) ^ (z))))
-#define TC_G(x, y, z) ((y) ^ ((z) & ((x) ^ (y))))
-#define TC_H(x, y, z) ((x) ^ (y) ^ (z))
-#define TC_I(x, y, z) ((y) ^ ((x) | ~(z)))
+/* Each round function split into the part that does not depend on the newest word x
+ * (added early, off the critical path) and the part that does (added last). */
+#define TC_F_EARLY(x, y, z) 0
+#define TC_F_LATE(x, y, z) ((z) ^ ((x) & ((y) ^ (z))))
+#define TC_G_EARLY(x, y, z) ((y) & ~(z))
+#define TC_G_LATE(x, y, z) ((x) & (z))
+#define TC_H_EARLY(x, y, z) 0
+#define TC_H_LATE(x, y, z) ((x) ^ (y) ^ (z))
+#define TC_I_EARLY(x, y, z) 0
+#define TC_I_LATE(x, y, z) ((y) ^ ((x) | ~(z)))
 #define TC_ROTL(x, s) (((x) << (s)) | ((x) >> (32 - (s))))
 #define TC_STEP(f, a, b, c, d, x, t, s) \
-    (a) += f((b), (c), (d)) + (x) + (uint32_t)(t); \
+    (a) += (x) + (uint32_t)(t) + f##_EARLY((b), (c), (d)); \
+    (a) += f##_LATE((b), (c), (d)); \
     (a) = TC_ROTL((a), s); \
     (a) += (b);
 
-/* The 64 steps of one compression, generic over the word type (scalar or vector). */
-#define TC_MD5_ROUNDS(a, b, c, d, M) \
+/* The first 61 of the 64 steps of one compression, generic over the word type (scalar or
+ * vector); step 61 is the last to write a. */
+#define TC_MD5_ROUNDS_TO_A(a, b, c, d, M) \
     TC_STEP(TC_F, a, b, c, d, M[0], 0xd76aa478, 7)  TC_STEP(TC_F, d, a, b, c, M[1], 0xe8c7b756, 12) \
     TC_STEP(TC_F, c, d, a, b, M[2], 0x242070db, 17) TC_STEP(TC_F, b, c, d, a, M[3], 0xc1bdceee, 22) \
     TC_STEP(TC_F, a, b, c, d, M[4], 0xf57c0faf, 7)  TC_STEP(TC_F, d, a, b, c, M[5], 0x4787c62a, 12) \
@@ -59,7 +68,11 @@
     TC_STEP(TC_I, c, d, a, b, M[10], 0xffeff47d, 15) TC_STEP(TC_I, b, c, d, a, M[1], 0x85845dd1, 21) \
     TC_STEP(TC_I, a, b, c, d, M[8], 0x6fa87e4f, 6)   TC_STEP(TC_I, d, a, b, c, M[15], 0xfe2ce6e0, 10) \
     TC_STEP(TC_I, c, d, a, b, M[6], 0xa3014314, 15)  TC_STEP(TC_I, b, c, d, a, M[13], 0x4e0811a1, 21) \
-    TC_STEP(TC_I, a, b, c, d, M[4], 0xf7537e82, 6)   TC_STEP(TC_I, d, a, b, c, M[11], 0xbd3af235, 10) \
+    TC_STEP(TC_I, a, b, c, d, M[4], 0xf7537e82, 6)
+
+/* The last three steps only change d, c and b: routing (word A) can skip them. */
+#define TC_MD5_LAST3(a, b, c, d, M) \
+    TC_STEP(TC_I, d, a, b, c, M[11], 0xbd3af235, 10) \
     TC_STEP(TC_I, c, d, a, b, M[2], 0x2ad7d2bb, 15)  TC_STEP(TC_I, b, c, d, a, M[9], 0xeb86d391, 21)
 
 #define TC_MD5_A0 0x67452301u
@@ -75,7 +88,8 @@ static inline void tc_md5_compress(uint32_t st[4], const uint8_t block[64]) {
     uint32_t M[16];
     for (int j = 0; j < 16; j++) M[j] = tc_load_le32(block + 4 * j);
     uint32_t a = st[0], b = st[1], c = st[2], d = st[3];
-    TC_MD5_ROUNDS(a, b, c, d, M)
+    TC_MD5_ROUNDS_TO_A(a, b, c, d, M)
+    TC_MD5_LAST3(a, b, c, d, M)
     st[0] += a; st[1] += b; st[2] += c; st[3] += d;
 }
 
@@ -99,6 +113,26 @@ static inline void tc_md5_words(const uint8_t *msg, size_t len, uint32_t out[4])
     int blocks = tc_md5_pad(tail, msg + full, len - full, (uint64_t)len);
     for (int i = 0; i < blocks; i++) tc_md5_compress(st, tail + 64 * i);
     out[0] = st[0]; out[1] = st[1]; out[2] = st[2]; out[3] = st[3];
+}
+
+/* Word A (= ketama replica 0) of the MD5 of any message: the routing hash. Messages of at
+ * most 55 bytes (nearly every key) take one block, built in place, and stop after step 61. */
+static inline uint32_t tc_md5_a(const uint8_t *msg, size_t len) {
+    if (len > TC_MD5_ONE_BLOCK_MAX) {
+        uint32_t words[4];
+        tc_md5_words(msg, len, words);
+        return words[0];
+    }
+    union { uint8_t bytes[64]; uint32_t words[16]; } blk;
+    memset(blk.bytes, 0, 64);
+    memcpy(blk.bytes, msg, len);
+    blk.bytes[len] = 0x80;
+    uint32_t M[16];
+    for (int j = 0; j < 16; j++) M[j] = tc_load_le32(blk.bytes + 4 * j);
+    M[14] = (uint32_t)(len * 8u);
+    uint32_t a = TC_MD5_A0, b = TC_MD5_B0, c = TC_MD5_C0, d = TC_MD5_D0;
+    TC_MD5_ROUNDS_TO_A(a, b, c, d, M)
+    return a + TC_MD5_A0;
 }
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -130,7 +164,7 @@ static void tc_md5_x8(const uint8_t *const msgs[8], const size_t lens[8], uint32
         for (int l = 0; l < 8; l++) M[j][l] = tc_load_le32(blocks[l] + 4 * j);
     tc_v8u a = {0}, b = {0}, c = {0}, d = {0};
     a += TC_MD5_A0; b += TC_MD5_B0; c += TC_MD5_C0; d += TC_MD5_D0;
-    TC_MD5_ROUNDS(a, b, c, d, M)
+    TC_MD5_ROUNDS_TO_A(a, b, c, d, M)
     a += TC_MD5_A0;
     for (int l = 0; l < 8; l++) out[l] = a[l];
 }

@@ -8,7 +8,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
-__all__ = ["BenchContext", "Progress", "Row", "SuiteError", "ratio_row"]
+__all__ = [
+    "BenchContext", "Progress", "Row", "SuiteError", "best_ns_interleaved", "best_ns_per_op",
+    "ratio_row",
+]
 
 
 class SuiteError(RuntimeError):
@@ -114,6 +117,23 @@ def _fmt_ns(ns: float) -> str:
     if ns >= 1e3:
         return f"{ns / 1e3:.2f} us"
     return f"{ns:.1f} ns"
+
+
+def best_ns_interleaved(
+    fns: dict[str, Callable[[], Any]], ops: int, repeats: int
+) -> dict[str, float]:
+    """Best-of-``repeats`` ns per op for each callable, run in alternation.
+
+    Alternating (A, B, A, B, ...) exposes both sides to the same background load, so the
+    ratio of the two minima is fair on a shared machine.
+    """
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter_ns()
+            fn()
+            best[name] = min(best[name], (time.perf_counter_ns() - start) / ops)
+    return best
 
 
 def best_ns_per_op(fn: Callable[[], Any], ops: int, repeats: int) -> float:

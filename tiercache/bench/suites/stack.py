@@ -1,0 +1,110 @@
+"""``tiercache bench --suite stack``: the raw client baselines every tier is compared with.
+
+redis-py GET / MGET on the Redis Cluster (sync and asyncio clients, hiredis parser) and
+asyncpg ``fetchval`` on each Postgres shard. Values are checked before timing. Figures are
+medians of per-call latency over sequential calls (loopback round trips).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import asyncpg
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
+
+from tiercache.bench.base import BenchContext, Row, SuiteError
+
+NAME = "stack"
+DESCRIPTION = "raw redis-py GET/MGET on the cluster and raw asyncpg fetchval per shard"
+NEEDS = ("redis", "pg")
+
+
+def _row(name: str, samples_ns: list[float], extra: dict[str, Any] | None = None) -> Row:
+    median = statistics.median(samples_ns)
+    p99 = statistics.quantiles(samples_ns, n=100)[98] if len(samples_ns) >= 100 else max(samples_ns)
+    return {
+        "name": name,
+        "summary": f"median {median / 1e3:.1f} us, p99 {p99 / 1e3:.1f} us "
+                   f"({len(samples_ns)} calls)",
+        "target": None,
+        "ok": None,
+        "data": {"median_ns": median, "p99_ns": p99, "calls": len(samples_ns), **(extra or {})},
+    }
+
+
+def _time_sync(fn: Callable[[], Any], n: int) -> list[float]:
+    samples = []
+    clock = time.perf_counter_ns
+    for _ in range(n):
+        start = clock()
+        fn()
+        samples.append(float(clock() - start))
+    return samples
+
+
+async def _time_async(fn: Callable[[], Awaitable[Any]], n: int) -> list[float]:
+    samples = []
+    clock = time.perf_counter_ns
+    for _ in range(n):
+        start = clock()
+        await fn()
+        samples.append(float(clock() - start))
+    return samples
+
+
+async def _redis_rows(url: str, calls: int) -> list[Row]:
+    keys = [f"tiercache-bench:stack:{i}" for i in range(100)]
+    value = b"x" * 100
+    sync_client = RedisCluster.from_url(url)
+    async_client = AsyncRedisCluster.from_url(url)
+    try:
+        for key in keys:
+            sync_client.set(key, value, ex=300)
+        if sync_client.get(keys[0]) != value or await async_client.get(keys[0]) != value:
+            raise SuiteError("Redis GET returned the wrong value")
+        if sync_client.mget_nonatomic(keys) != [value] * 100:
+            raise SuiteError("Redis MGET returned the wrong values")
+        rows = [
+            _row("redis-py GET (sync cluster)",
+                 _time_sync(lambda: sync_client.get(keys[0]), calls)),
+            _row("redis-py GET (asyncio cluster)",
+                 await _time_async(lambda: async_client.get(keys[0]), calls)),
+            _row("redis-py MGET x100 (sync, mget_nonatomic)",
+                 _time_sync(lambda: sync_client.mget_nonatomic(keys), calls // 5)),
+            _row("redis-py MGET x100 (asyncio, mget_nonatomic)",
+                 await _time_async(lambda: async_client.mget_nonatomic(keys), calls // 5)),
+        ]
+        sync_client.delete(*keys[:1])
+        return rows
+    finally:
+        sync_client.close()
+        await async_client.aclose()
+
+
+async def _pg_rows(dsns: dict[str, str], calls: int) -> list[Row]:
+    rows: list[Row] = []
+    for shard, dsn in dsns.items():
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+        try:
+            if await pool.fetchval("SELECT $1::int + 1", 41) != 42:
+                raise SuiteError(f"shard {shard}: fetchval returned the wrong value")
+            samples = await _time_async(partial(pool.fetchval, "SELECT $1::int + 1", 41), calls)
+            rows.append(_row(f"asyncpg fetchval, shard {shard}", samples, {"shard": shard}))
+        finally:
+            await pool.close()
+    return rows
+
+
+async def run(ctx: BenchContext) -> list[Row]:
+    calls = ctx.scale(5000, 500)
+    with ctx.progress("stack: raw redis-py + asyncpg", 2) as bar:
+        rows = await _redis_rows(ctx.require_redis(), calls)
+        bar.advance()
+        rows += await _pg_rows(ctx.require_pg(), calls)
+        bar.advance()
+    return rows
