@@ -22,8 +22,9 @@ from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 from tiercache import codec
+from tiercache._singleflight import Flow, TierOp
 
-__all__ = ["InvalidationBus", "L1Index", "glob_to_regex"]
+__all__ = ["Coherence", "InvalidationBus", "L1Index", "glob_to_regex"]
 
 log = logging.getLogger("tiercache.invalidation")
 
@@ -278,3 +279,89 @@ async def _close_quietly(pubsub: Any, client: Any) -> None:
             await asyncio.wait_for(closer(), 2.0)
         except Exception:  # closing a dead connection may fail; it is going away anyway
             log.debug("tiercache: error closing bus connection", exc_info=True)
+
+
+class Coherence:
+    """The invalidation half of :class:`~tiercache.cache.TierCache` (one flow, both shells).
+
+    Order matters: L2 first (a reader arriving later cannot refill from it), then the
+    generation bump and this process's L1 (loads that overlapped the invalidation discard
+    their result), then the bus for every other process.
+    """
+
+    l2: Any
+    namespace: str
+    _prefix: str
+    _gen: int
+    _index: L1Index
+    _kv: Any
+    _segments: dict[str, Any]
+    _bus: InvalidationBus | None
+
+    def full_key(self, key: str) -> str:
+        return self._prefix + key
+
+    def _invalidate(self, keys: Iterable[str] = (), tags: Iterable[str] = (),
+                    patterns: Iterable[str] = (), functions: Iterable[str] = (),
+                    everything: bool = False) -> Flow[int]:
+        """L2 first, then this process's L1, then the bus; returns what L2 (or L1) dropped."""
+        keys, tags, patterns, functions = list(keys), list(tags), list(patterns), list(functions)
+        removed = 0
+        if self.l2 is not None:
+            if keys:
+                removed += yield TierOp(self.l2, "delete_many", [self.full_key(k) for k in keys])
+            if tags:
+                removed += yield TierOp(self.l2, "invalidate_tags", tags)
+            l2_patterns = [*patterns, *(f"{_glob_escape(f)}:*" for f in functions)]
+            if everything:
+                l2_patterns = ["*"]
+            for pattern in l2_patterns:
+                removed += yield TierOp(self.l2, "delete_pattern",
+                                        _glob_escape(self._prefix) + pattern)
+        local = self._apply_local(keys, tags, patterns, functions, everything)
+        yield from self._publish(keys=keys, tags=tags, patterns=patterns, functions=functions,
+                                 everything=everything)
+        return removed if self.l2 is not None else local
+
+    def _apply_local(self, keys: list[str], tags: list[str], patterns: list[str],
+                     functions: list[str], everything: bool) -> int:
+        self._gen += 1
+        index = self._index
+        n = index.drop_keys(keys) + index.drop_tags(tags)
+        if self._kv is not None:
+            n += sum(bool(self._kv.delete(k)) for k in keys)
+        for pattern in patterns:
+            n += index.drop_matching(glob_to_regex(pattern))
+        segments = self._segments.values() if everything else [
+            s for f in functions if (s := self._segments.get(f"{self.namespace}:{f}"))]
+        if segments:
+            n += sum(len(s) for s in segments)
+            index.drop_segments(segments)
+        return n
+
+    def _publish(self, **parts: Any) -> Flow[None]:
+        bus = self._bus
+        if bus is None:
+            return
+        message = bus.encode(k=parts.get("keys"), t=parts.get("tags"), p=parts.get("patterns"),
+                             f=parts.get("functions"), a=[1] if parts.get("everything") else [])
+        yield TierOp(self.l2, "publish", bus.channel, message)
+        bus.stats["published"] += 1
+
+    def _on_bus_message(self, msg: dict[str, Any]) -> None:
+        self._apply_local(list(msg.get("k", ())), list(msg.get("t", ())),
+                          list(msg.get("p", ())), list(msg.get("f", ())), bool(msg.get("a")))
+
+    def _on_bus_connect(self) -> None:
+        """(Re)subscribed: invalidations may have been missed, so drop every L1 copy."""
+        self._gen += 1
+        self._index.drop_segments(self._segments.values())
+
+    def _invalidate_function(self, spec: Any) -> Flow[int]:
+        if spec.key is not None:
+            log.info("tiercache: %s uses key=; invalidate_all clears L1 only", spec.name)
+        return (yield from self._invalidate(functions=[spec.name]))
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

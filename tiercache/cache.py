@@ -12,15 +12,13 @@ arriving after it start a new flight instead of joining the old one.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from tiercache import health as _health
-from tiercache._invalidation import InvalidationBus, L1Index, glob_to_regex
+from tiercache._invalidation import Coherence, InvalidationBus, L1Index
 from tiercache._singleflight import (
     Call,
     Flight,
@@ -32,8 +30,8 @@ from tiercache._singleflight import (
     drive_async,
     drive_sync,
 )
-from tiercache._stats import LOADER_BUCKETS, Histogram
-from tiercache.decorators import FunctionSpec, KeyFn, TagsArg, make_cached
+from tiercache.decorators import FunctionSpec, KeyFn, TagsArg, make_cached, warm, warm_sync
+from tiercache.health import LoaderStats
 from tiercache.tiers.base import MISSING
 
 __all__ = ["LoaderStats", "TierCache"]
@@ -42,28 +40,7 @@ log = logging.getLogger("tiercache")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class LoaderStats:
-    """Loader counters (plain ints + one histogram: only the miss path touches them)."""
-
-    def __init__(self) -> None:
-        self.calls = self.failures = self.lock_waits = self.encode_errors = 0
-        self.duration = Histogram(LOADER_BUCKETS)
-
-    def observe(self, seconds: float, failed: bool) -> None:
-        self.calls += 1
-        self.failures += failed
-        self.duration.observe(seconds)
-
-    def snapshot(self, singleflight_waits: int) -> dict[str, Any]:
-        return {
-            "calls": self.calls, "failures": self.failures,
-            "seconds_total": self.duration.sum, "singleflight_waits": singleflight_waits,
-            "lock_waits": self.lock_waits, "encode_errors": self.encode_errors,
-            "duration": self.duration.snapshot(),
-        }
-
-
-class TierCache:
+class TierCache(Coherence):
     """L1 (MemoryTier) + L2 (RedisTier) in front of loaders; either tier may be None.
 
     ``cache_none``: cache ``None`` results (negative caching) by default. ``bus``: keep other
@@ -141,9 +118,6 @@ class TierCache:
                         spec.name, self.name)
         self._specs[spec.name] = spec
         return self._segment(f"{self.namespace}:{spec.name}")
-
-    def full_key(self, key: str) -> str:
-        return self._prefix + key
 
     # ------------------------------------------------------------------ read path
 
@@ -346,62 +320,6 @@ class TierCache:
 
     # ------------------------------------------------------------------ invalidation
 
-    def _invalidate(self, keys: Iterable[str] = (), tags: Iterable[str] = (),
-                    patterns: Iterable[str] = (), functions: Iterable[str] = (),
-                    everything: bool = False) -> Flow[int]:
-        """L2 first, then this process's L1, then the bus; returns what L2 (or L1) dropped."""
-        keys, tags, patterns, functions = list(keys), list(tags), list(patterns), list(functions)
-        removed = 0
-        if self.l2 is not None:
-            if keys:
-                removed += yield TierOp(self.l2, "delete_many", [self.full_key(k) for k in keys])
-            if tags:
-                removed += yield TierOp(self.l2, "invalidate_tags", tags)
-            l2_patterns = [*patterns, *(f"{_glob_escape(f)}:*" for f in functions)]
-            if everything:
-                l2_patterns = ["*"]
-            for pattern in l2_patterns:
-                removed += yield TierOp(self.l2, "delete_pattern",
-                                        _glob_escape(self._prefix) + pattern)
-        local = self._apply_local(keys, tags, patterns, functions, everything)
-        yield from self._publish(keys=keys, tags=tags, patterns=patterns, functions=functions,
-                                 everything=everything)
-        return removed if self.l2 is not None else local
-
-    def _apply_local(self, keys: list[str], tags: list[str], patterns: list[str],
-                     functions: list[str], everything: bool) -> int:
-        self._gen += 1
-        index = self._index
-        n = index.drop_keys(keys) + index.drop_tags(tags)
-        if self._kv is not None:
-            n += sum(bool(self._kv.delete(k)) for k in keys)
-        for pattern in patterns:
-            n += index.drop_matching(glob_to_regex(pattern))
-        segments = self._segments.values() if everything else [
-            s for f in functions if (s := self._segments.get(f"{self.namespace}:{f}"))]
-        if segments:
-            n += sum(len(s) for s in segments)
-            index.drop_segments(segments)
-        return n
-
-    def _publish(self, **parts: Any) -> Flow[None]:
-        bus = self._bus
-        if bus is None:
-            return
-        message = bus.encode(k=parts.get("keys"), t=parts.get("tags"), p=parts.get("patterns"),
-                             f=parts.get("functions"), a=[1] if parts.get("everything") else [])
-        yield TierOp(self.l2, "publish", bus.channel, message)
-        bus.stats["published"] += 1
-
-    def _on_bus_message(self, msg: dict[str, Any]) -> None:
-        self._apply_local(list(msg.get("k", ())), list(msg.get("t", ())),
-                          list(msg.get("p", ())), list(msg.get("f", ())), bool(msg.get("a")))
-
-    def _on_bus_connect(self) -> None:
-        """(Re)subscribed: invalidations may have been missed, so drop every L1 copy."""
-        self._gen += 1
-        self._index.drop_segments(self._segments.values())
-
     async def invalidate_tags(self, *tags: str) -> int:
         """Drop every entry tagged with any of ``tags`` (all tiers, all processes)."""
         return await drive_async(self._invalidate(tags=tags))
@@ -431,11 +349,6 @@ class TierCache:
     def invalidate_function_sync(self, spec: FunctionSpec) -> int:
         return drive_sync(self._invalidate_function(spec))
 
-    def _invalidate_function(self, spec: FunctionSpec) -> Flow[int]:
-        if spec.key is not None:
-            log.info("tiercache: %s uses key=; invalidate_all clears L1 only", spec.name)
-        return (yield from self._invalidate(functions=[spec.name]))
-
     async def clear(self) -> int:
         """Drop everything in this namespace (every tier, every process's L1)."""
         return await drive_async(self._invalidate(everything=True))
@@ -447,29 +360,16 @@ class TierCache:
 
     async def warm(self, fn: Callable[..., Any], list_of_args: Iterable[Any],
                    concurrency: int = 16) -> int:
-        """Preload entries through ``fn`` (a cached function), at most ``concurrency`` at once."""
-        gate = asyncio.Semaphore(concurrency)
+        """Preload entries through ``fn`` (a cached function), at most ``concurrency`` at once.
 
-        async def one(item: Any) -> None:
-            args, kwargs = _as_call(item)
-            async with gate:
-                if getattr(fn, "spec", None) is not None and fn.spec.is_async:  # type: ignore[attr-defined]
-                    await fn(*args, **kwargs)
-                else:
-                    await asyncio.to_thread(fn, *args, **kwargs)
-
-        items = list(list_of_args)
-        await asyncio.gather(*(one(item) for item in items))
-        return len(items)
+        Each item is an args tuple, a kwargs dict, or a single argument.
+        """
+        return await warm(fn, list_of_args, concurrency)
 
     def warm_sync(self, fn: Callable[..., Any], list_of_args: Iterable[Any],
                   concurrency: int = 16) -> int:
         """:meth:`warm` for sync functions, on a thread pool."""
-        items = [_as_call(item) for item in list_of_args]
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            for future in [pool.submit(fn, *a, **kw) for a, kw in items]:
-                future.result()
-        return len(items)
+        return warm_sync(fn, list_of_args, concurrency)
 
     def stats(self) -> dict[str, Any]:
         """Plain snapshot: ``name``, ``l1`` (this cache's segments), ``l2``, ``loader``, ``bus``."""
@@ -521,15 +421,3 @@ def _remaining(entry: Any) -> float | None:
 def _breaker_state(l2: Any) -> str:
     breaker = getattr(l2, "breaker", None)
     return str(getattr(breaker, "state", "closed"))
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-
-
-def _as_call(item: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if isinstance(item, tuple):
-        return item, {}
-    if isinstance(item, dict):
-        return (), item
-    return (item,), {}

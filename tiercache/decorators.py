@@ -21,10 +21,12 @@ Key stability (the L2 key is shared by every process and survives restarts and u
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hashlib
 import inspect
 from collections.abc import Callable, Hashable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -36,7 +38,15 @@ from tiercache.tiers.memory import MemoryTier
 if TYPE_CHECKING:
     from tiercache.cache import TierCache
 
-__all__ = ["KEY_SCHEME", "MAX_KEY_LENGTH", "FunctionSpec", "canonical_digest", "make_cached"]
+__all__ = [
+    "KEY_SCHEME",
+    "MAX_KEY_LENGTH",
+    "FunctionSpec",
+    "canonical_digest",
+    "make_cached",
+    "warm",
+    "warm_sync",
+]
 
 KEY_SCHEME: Final = b"tiercache-key-v1"
 MAX_KEY_LENGTH: Final = 200
@@ -215,3 +225,39 @@ def make_cached(
     wrapper.cache = cache
     wrapper.spec = spec
     return wrapper
+
+
+async def warm(fn: Callable[..., Any], list_of_args: Iterable[Any], concurrency: int = 16) -> int:
+    """Call ``fn`` once per item, at most ``concurrency`` at once (sync fns on threads)."""
+    gate = asyncio.Semaphore(concurrency)
+    spec = getattr(fn, "spec", None)
+    is_async = spec.is_async if isinstance(spec, FunctionSpec) else inspect.iscoroutinefunction(fn)
+
+    async def one(item: Any) -> None:
+        args, kwargs = _as_call(item)
+        async with gate:
+            if is_async:
+                await fn(*args, **kwargs)
+            else:
+                await asyncio.to_thread(fn, *args, **kwargs)
+
+    items = list(list_of_args)
+    await asyncio.gather(*(one(item) for item in items))
+    return len(items)
+
+
+def warm_sync(fn: Callable[..., Any], list_of_args: Iterable[Any], concurrency: int = 16) -> int:
+    """:func:`warm` for sync functions, on a thread pool."""
+    items = [_as_call(item) for item in list_of_args]
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        for future in [pool.submit(fn, *a, **kw) for a, kw in items]:
+            future.result()
+    return len(items)
+
+
+def _as_call(item: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(item, tuple):
+        return item, {}
+    if isinstance(item, dict):
+        return (), item
+    return (item,), {}

@@ -12,14 +12,36 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from tiercache._singleflight import Flow, TierOp
+from tiercache._stats import LOADER_BUCKETS, Histogram
 
 if TYPE_CHECKING:
     from tiercache.cache import TierCache
 
-__all__ = ["check", "snapshot"]
+__all__ = ["LoaderStats", "check", "snapshot"]
 
 _L1_COUNTERS = ("hits", "misses", "sets", "deletes", "evictions_size", "evictions_expired",
                 "size")
+
+
+class LoaderStats:
+    """Loader counters (plain ints + one histogram: only the miss path touches them)."""
+
+    def __init__(self) -> None:
+        self.calls = self.failures = self.lock_waits = self.encode_errors = 0
+        self.duration = Histogram(LOADER_BUCKETS)
+
+    def observe(self, seconds: float, failed: bool) -> None:
+        self.calls += 1
+        self.failures += failed
+        self.duration.observe(seconds)
+
+    def snapshot(self, singleflight_waits: int) -> dict[str, Any]:
+        return {
+            "calls": self.calls, "failures": self.failures,
+            "seconds_total": self.duration.sum, "singleflight_waits": singleflight_waits,
+            "lock_waits": self.lock_waits, "encode_errors": self.encode_errors,
+            "duration": self.duration.snapshot(),
+        }
 
 
 def _l1_stats(cache: TierCache) -> dict[str, Any]:
