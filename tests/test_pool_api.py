@@ -9,8 +9,10 @@ from typing import Any
 
 import asyncpg
 import pytest
+import uhashring
 from pglast.parser import fingerprint as pg_fingerprint
 
+from tiercache.sharding import pool as pool_module
 from tiercache.sharding._fanout import ShardFanoutError, fanout
 from tiercache.sharding._pool_metrics import (
     LATENCY_BUCKETS_S,
@@ -80,8 +82,23 @@ def test_create_sharded_pool_accepts_every_create_pool_parameter() -> None:
             assert any(p.kind is inspect.Parameter.VAR_KEYWORD for p in ours.values())
             continue
         assert pname in ours, pname
+        assert ours[pname].kind == param.kind, pname
         assert ours[pname].default == param.default, pname
     assert list(ours)[:2] == ["shards", "ring"]
+
+
+def test_docs_list_every_method_and_parameter() -> None:
+    """The module docstring is the API reference users read; it must not fall behind."""
+    doc = pool_module.__doc__ or ""
+    for name in _public_pool_methods():
+        assert f"``{name}``" in doc, name
+    create_doc = create_sharded_pool.__doc__ or ""
+    assert "Every :func:`asyncpg.create_pool` parameter" in create_doc
+    for pname in inspect.signature(create_sharded_pool).parameters:
+        if pname not in inspect.signature(asyncpg.create_pool).parameters and pname not in (
+            "shards", "ring", "connect_kwargs"
+        ):
+            assert f"``{pname}``" in create_doc, pname
 
 
 def _unopened(**kwargs: Any) -> ShardedPool:
@@ -127,6 +144,32 @@ def test_shard_for_matches_hashring() -> None:
     assert [pool.shard_for(k) for k in keys] == [ring.get_node(k) for k in keys]
     assert {pool.shard_for(k) for k in keys} == {"s1", "s2"}
     assert pool.shards == ("s1", "s2")
+
+
+def test_shard_for_is_uhashring_ketama_placement() -> None:
+    """The design promises uhashring's ketama placement; check it end to end from the pool."""
+    names = ["s1", "s2", "s3"]
+    pool = create_sharded_pool({n: "postgresql://h/db" for n in names})
+    theirs = uhashring.HashRing(names, hash_fn="ketama")
+    keys: list[Any] = [*range(1000), *(f"tenant:{i}" for i in range(1000))]
+    assert [pool.shard_for(k) for k in keys] == [theirs.get_node(k) for k in keys]
+
+
+def test_ring_add_and_remove_node_in_place_reroute_at_once() -> None:
+    ring = HashRing(["s1", "s2"])
+    pool = create_sharded_pool(
+        {n: "postgresql://h/db" for n in ("s1", "s2", "s3")}, ring
+    )
+    keys = range(2000)
+    before = [pool.shard_for(k) for k in keys]
+    ring.add_node("s3")
+    after = [pool.shard_for(k) for k in keys]
+    assert after == ring.get_node_many(keys) == [HashRing(["s1", "s2", "s3"]).get_node(k)
+                                                  for k in keys]
+    moved = [b for b, a in zip(before, after, strict=True) if a != b]
+    assert moved and all(a == "s3" for b, a in zip(before, after, strict=True) if a != b)
+    ring.remove_node("s3")
+    assert [pool.shard_for(k) for k in keys] == before
 
 
 def test_weighted_default_ring_and_custom_ring() -> None:

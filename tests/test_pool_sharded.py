@@ -25,6 +25,7 @@ import asyncpg
 import pytest
 from pglast.parser import fingerprint as pg_fingerprint
 
+from tiercache._stats import merge_snapshots
 from tiercache.sharding._redact import dsn_password
 from tiercache.sharding.pool import ShardedPool, ShardFanoutError, create_sharded_pool
 from tiercache.sharding.ring import HashRing
@@ -240,6 +241,9 @@ async def test_stats_count_queries_errors_and_latency(pool: ShardedPool) -> None
     assert s1["acquire_wait"]["count"] == 6
     assert s1["max_size"] == 5 and s1["idle"] == s1["size"] and s1["waiters"] == 0
     assert stats["totals"]["queries"] == 6 and stats["totals"]["errors"] == 1
+    # Same histogram shape and bounds as every tier: merges (and exports) like the cache's.
+    merged = merge_snapshots(s["latency"] for s in stats["shards"].values())
+    assert merged["count"] == 6 and merged["buckets"][-1] == (float("inf"), 6)
 
 
 async def test_slow_query_log(dsns: dict[str, str]) -> None:
@@ -250,18 +254,25 @@ async def test_slow_query_log(dsns: dict[str, str]) -> None:
         await pool.fetchval(query, 0.12, shard="s3")
         assert await pool.fetchval("SELECT 1 FROM pg_sleep(0.01)", shard="s2") == 1
         slow = pool.slow_queries()
-        assert len(slow) == 1
-        entry = slow[0]
-        assert entry["shard"] == "s3" and entry["method"] == "fetchval"
-        assert entry["query"] == query and entry["duration_ms"] >= 100
+        # Only the invariant is asserted: a loaded CI box may make a fast statement slow too.
+        assert all(e["duration_ms"] >= 100 for e in slow)
+        entry = next(e for e in slow if e["shard"] == "s3")
+        assert entry["method"] == "fetchval" and entry["role"] == "primary"
+        assert entry["query"] == query and entry["duration_ms"] >= 120
         assert entry["fingerprint"] == pg_fingerprint(query)
-        assert entry["failed"] is False
+        assert entry["failed"] is False and "args" not in entry
         assert pool.stats()["shards"]["s3"]["slow_queries"] == 1
         pool.slow_query_threshold_ms = 5
         await pool.fetchval("SELECT 1 FROM pg_sleep(0.01)", shard="s2")
         assert pool.slow_queries(1)[0]["shard"] == "s2"
-        assert len(pool.slow_queries(10, order="slowest")) == 2
+        assert len(pool.slow_queries(1)) == 1
         assert pool.slow_queries(10, order="slowest")[0]["shard"] == "s3"
+        failing = "SELECT pg_sleep(0.01)::text::int"  # fails after the sleep, at run time
+        with pytest.raises(asyncpg.InvalidTextRepresentationError):
+            await pool.fetchval(failing, shard="s1")
+        entry = pool.slow_queries(1)[0]
+        assert entry["query"] == failing and entry["failed"] is True
+        assert entry["duration_ms"] >= 10
 
 
 async def test_replica_round_robin_and_readonly(dsns: dict[str, str]) -> None:

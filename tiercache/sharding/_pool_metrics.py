@@ -21,23 +21,23 @@ from bisect import bisect_left
 from collections import deque
 from typing import Any, Literal
 
+from tiercache._stats import LATENCY_BUCKETS
+
 __all__ = ["LATENCY_BUCKETS_S", "EndpointMetrics", "SlowQueryLog", "fingerprint"]
 
 log = logging.getLogger("tiercache.sharding.slowlog")
 
-#: Upper bounds of the latency and acquire-wait histogram buckets, in seconds
-#: (Prometheus-style, with an implicit ``+Inf`` bucket after the last one).  Finer than
-#: Prometheus' defaults at the low end: a loopback round trip is ~0.1 ms.
-LATENCY_BUCKETS_S: tuple[float, ...] = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0,
-)
+#: Upper bounds of the latency and acquire-wait histogram buckets, in seconds (Prometheus
+#: ``le``, an implicit ``+Inf`` bucket follows): the bounds every tier uses, so pool
+#: histograms merge and export like the cache's.
+LATENCY_BUCKETS_S: tuple[float, ...] = LATENCY_BUCKETS
 BOUNDS_NS: tuple[int, ...] = tuple(round(b * 1e9) for b in LATENCY_BUCKETS_S)
 _LE: tuple[float, ...] = (*LATENCY_BUCKETS_S, float("inf"))
 
 
 def _histogram(count: int, sum_ns: int, max_ns: int, buckets: list[int]) -> dict[str, Any]:
-    """``{"count", "sum", "max", "buckets": [(le, cumulative), ...]}``, seconds, +Inf last."""
+    """``{"count", "sum", "max", "buckets": [(le, cumulative), ...]}``, seconds, +Inf last:
+    :class:`tiercache._stats.Histogram`'s snapshot plus ``max``."""
     cumulative: list[tuple[float, int]] = []
     running = 0
     for le, n in zip(_LE, buckets, strict=True):
