@@ -1,0 +1,35 @@
+"""HashRing vs uhashring (ketama): ``pytest benchmarks/bench_ring.py --benchmark-only``.
+
+The same placement is asserted before timing; each round routes 10k keys.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import uhashring
+
+from tiercache import HashRing
+
+NODES = {"s1": 1, "s2": 2, "s3": 1, "s4": 3}
+KEYS = [f"user:{random.Random(1).randrange(10**12) + i}" for i in range(10_000)]
+OURS = HashRing(NODES)
+THEIRS = uhashring.HashRing({n: {"weight": w} for n, w in NODES.items()}, hash_fn="ketama")
+EXPECTED = [THEIRS.get_node(k) for k in KEYS]
+
+ROUTERS: dict[str, Callable[[], list[str]]] = {
+    "uhashring-get_node": lambda: list(map(THEIRS.get_node, KEYS)),
+    "tiercache-get_node": lambda: list(map(OURS.get_node, KEYS)),
+    "tiercache-get_node_many": lambda: OURS.get_node_many(KEYS),
+}
+
+
+@pytest.mark.benchmark(group="ring-route-10k-keys")
+@pytest.mark.parametrize("name", list(ROUTERS))
+def test_route_10k_keys(benchmark: Any, name: str) -> None:
+    route = ROUTERS[name]
+    assert route() == EXPECTED
+    assert benchmark(route) == EXPECTED
