@@ -306,6 +306,36 @@ async def test_replica_round_robin_and_readonly(dsns: dict[str, str]) -> None:
         assert stats["max_size"] == 2 and pool.get_max_size() == 2  # primaries only
 
 
+async def test_least_latency_replica_selection(dsns: dict[str, str]) -> None:
+    d1 = dsns["s1"]
+    shards = {
+        "s1": {
+            "dsn": d1,
+            "replicas": [
+                {"dsn": d1, "server_settings": {"application_name": "replica0"}},
+                {"dsn": d1, "server_settings": {"application_name": "replica1"}},
+            ],
+        }
+    }
+    q = "SELECT current_setting('application_name')"
+    async with create_sharded_pool(
+        shards, min_size=1, max_size=1, replica_selection="least_latency"
+    ) as pool:
+        # Pick 1: nothing measured yet, the first replica; a 50 ms statement makes it "slow".
+        assert await pool.fetchval(
+            "SELECT current_setting('application_name') FROM pg_sleep(0.05)",
+            shard="s1", readonly=True,
+        ) == "replica0"
+        # Picks 2..7 go to the replica with the lower moving average ...
+        assert [await pool.fetchval(q, shard="s1", readonly=True) for _ in range(6)] == [
+            "replica1"
+        ] * 6
+        # ... and pick 8 is round-robin, so the slow one is measured again, not starved.
+        assert await pool.fetchval(q, shard="s1", readonly=True) == "replica0"
+    with pytest.raises(ValueError, match="replica_selection"):
+        create_sharded_pool(shards, replica_selection="random")  # type: ignore[arg-type]
+
+
 async def test_dead_replica_is_skipped_and_primary_is_the_fallback(
     dsns: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -182,6 +182,7 @@ class ConnectionsMixin:
                 m.latency_ns += elapsed
                 if elapsed > m.latency_max_ns:
                     m.latency_max_ns = elapsed
+                m.latency_ewma_ns += (elapsed - m.latency_ewma_ns) >> 3
                 m.buckets[bisect_left(BOUNDS_NS, elapsed)] += 1
                 if elapsed >= self._slowlog.threshold_ns:
                     m.slow += 1

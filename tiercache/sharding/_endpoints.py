@@ -1,11 +1,14 @@
 """Shard specifications, endpoints (one asyncpg pool each) and replica selection.
 
 A shard is one primary plus zero or more read replicas; each of those is an *endpoint* owning
-one ``asyncpg.Pool`` and its own counters.  Replica choice is round-robin over the replicas
-that are healthy; a replica that failed with a connection-level error is skipped for
-``retry_after`` seconds and then tried again (half-open, like a circuit breaker), and when no
-replica is usable reads fall back to the primary.  That keeps a dead replica from turning
-into failed reads while still noticing quickly when it comes back.
+one ``asyncpg.Pool`` and its own counters.  Replica choice is round-robin over the healthy
+replicas, or "least latency": the lowest moving average of recent statement latency, scaled
+by the calls queued for a connection, with every 8th pick round-robin so a replica that was
+slow once is measured again instead of starved forever.  A replica that failed with a
+connection-level error is skipped for ``retry_after`` seconds and then tried again
+(half-open, like a circuit breaker), and when no replica is usable reads fall back to the
+primary.  That keeps a dead replica from turning into failed reads while still noticing
+quickly when it comes back.
 """
 
 from __future__ import annotations
@@ -20,7 +23,11 @@ import asyncpg.exceptions as pgexc
 from tiercache.sharding._pool_metrics import EndpointMetrics
 from tiercache.sharding._redact import redact_dsn
 
-__all__ = ["CONNECTION_ERRORS", "Endpoint", "Shard", "parse_shards"]
+__all__ = ["CONNECTION_ERRORS", "REPLICA_SELECTION", "Endpoint", "Shard", "parse_shards"]
+
+#: Replica selection strategies for ``readonly=True`` calls.
+REPLICA_SELECTION = ("round_robin", "least_latency")
+_EXPLORE_EVERY = 8
 
 #: Failures that say "this server is unreachable or going away", as opposed to a problem
 #: with the statement.  A replica failing like this is taken out of the read rotation.
@@ -89,22 +96,37 @@ class Endpoint:
 class Shard:
     """A named shard: its ring weight, primary endpoint and replica endpoints."""
 
-    __slots__ = ("_rr", "name", "primary", "replicas", "weight")
+    __slots__ = ("_picks", "_rr", "least_latency", "name", "primary", "replicas", "weight")
 
     def __init__(
-        self, name: str, weight: int, primary: Endpoint, replicas: Sequence[Endpoint]
+        self, name: str, weight: int, primary: Endpoint, replicas: Sequence[Endpoint],
+        least_latency: bool = False,
     ) -> None:
         self.name = name
         self.weight = weight
         self.primary = primary
         self.replicas = tuple(replicas)
+        self.least_latency = least_latency
         self._rr = 0
+        self._picks = 0
 
     def endpoints(self) -> tuple[Endpoint, ...]:
         return (self.primary, *self.replicas)
 
     def pick_read(self) -> Endpoint:
-        """Next usable replica, round-robin; the primary when none is usable."""
+        """The replica for the next read-only call; the primary when none is usable."""
+        if self.least_latency:
+            self._picks += 1
+            if self._picks % _EXPLORE_EVERY:
+                best: Endpoint | None = None
+                best_score = 0
+                for ep in self.replicas:
+                    if ep.usable():
+                        m = ep.metrics
+                        score = m.latency_ewma_ns * (m.waiting + 1)
+                        if best is None or score < best_score:
+                            best, best_score = ep, score
+                return best if best is not None else self.primary
         replicas = self.replicas
         n = len(replicas)
         start = self._rr
@@ -136,8 +158,14 @@ def _endpoint_spec(raw: Any) -> tuple[str | None, dict[str, Any]]:
     raise TypeError(f"a shard or replica must be a DSN string or a mapping, not {type(raw)!r}")
 
 
-def parse_shards(shards: Mapping[str, Any]) -> dict[str, Shard]:
+def parse_shards(
+    shards: Mapping[str, Any], replica_selection: str = "round_robin"
+) -> dict[str, Shard]:
     """Turn the user's ``{name: dsn | {"dsn", "weight", "replicas", ...}}`` into shards."""
+    if replica_selection not in REPLICA_SELECTION:
+        raise ValueError(
+            f"replica_selection must be one of {REPLICA_SELECTION}, not {replica_selection!r}"
+        )
     if not isinstance(shards, Mapping):
         raise TypeError(
             "shards must be a mapping of shard name to DSN (or to a dict with 'dsn', "
@@ -161,7 +189,8 @@ def parse_shards(shards: Mapping[str, Any]) -> dict[str, Shard]:
         for i, replica in enumerate(raw_replicas):
             rdsn, rextra = _endpoint_spec(replica)
             replicas.append(Endpoint(name, f"replica{i}", rdsn, {**extra, **rextra}))
-        parsed[name] = Shard(name, weight, primary, replicas)
+        least_latency = replica_selection == "least_latency"
+        parsed[name] = Shard(name, weight, primary, replicas, least_latency)
     return parsed
 
 

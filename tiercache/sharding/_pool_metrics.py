@@ -61,6 +61,7 @@ class EndpointMetrics:
         "acquires",
         "buckets",
         "errors",
+        "latency_ewma_ns",
         "latency_max_ns",
         "latency_ns",
         "queries",
@@ -74,6 +75,7 @@ class EndpointMetrics:
         self.buckets = [0] * (len(BOUNDS_NS) + 1)
         self.latency_ns = 0
         self.latency_max_ns = 0
+        self.latency_ewma_ns = 0  # moving average (weight 1/8) for least-latency reads
         self.acquires = 0
         self.acquire_buckets = [0] * (len(BOUNDS_NS) + 1)
         self.acquire_wait_ns = 0
@@ -87,6 +89,7 @@ class EndpointMetrics:
         self.latency_ns += elapsed_ns
         if elapsed_ns > self.latency_max_ns:
             self.latency_max_ns = elapsed_ns
+        self.latency_ewma_ns += (elapsed_ns - self.latency_ewma_ns) >> 3
         self.buckets[bisect_left(BOUNDS_NS, elapsed_ns)] += 1
 
     def observe_acquire(self, wait_ns: int) -> None:

@@ -9,7 +9,7 @@ the same parameters, kinds and defaults, plus keyword-only routing arguments:
   ``pool.shard_for(k) == HashRing(...).get_node(k)`` always holds;
 * ``shard=`` -- a shard name, for maintenance, migrations and tests;
 * ``readonly=True`` (``fetch*``, ``copy_from_*``, ``acquire``, ``transaction``) -- run on a
-  healthy replica of that shard, round-robin, falling back to the primary.
+  healthy replica of that shard (round-robin or least-latency), falling back to the primary.
 
 Routing is *required* by ``execute``, ``executemany``, ``fetch``, ``fetchval``, ``fetchrow``,
 ``fetchmany``, ``copy_from_query``, ``copy_from_table``, ``copy_to_table``,
@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
@@ -81,9 +81,10 @@ class ShardedPool(
         slow_query_log_size: int,
         fanout_concurrency: int,
         replica_retry_after: float,
+        replica_selection: str,
     ) -> None:
         self._name = name
-        self._shards: dict[str, Shard] = parse_shards(shards)
+        self._shards: dict[str, Shard] = parse_shards(shards, replica_selection)
         self._shard_names = tuple(self._shards)
         self._redactor = Redactor()
         self._redactor.add(pool_kwargs.get("password"))
@@ -358,6 +359,7 @@ def create_sharded_pool(
     slow_query_log_size: int = 1000,
     fanout_concurrency: int = 16,
     replica_retry_after: float = 5.0,
+    replica_selection: Literal["round_robin", "least_latency"] = "round_robin",
     **connect_kwargs: Any,
 ) -> ShardedPool:
     """Create a :class:`ShardedPool`: ``pool = await create_sharded_pool({...})``.
@@ -371,8 +373,9 @@ def create_sharded_pool(
     to each shard (and replica) pool; ``min_size``/``max_size`` are *per shard*.  Extra
     tiercache parameters: ``name`` (the ``pool`` label of exported metrics),
     ``slow_query_ms`` (slow-query log threshold), ``slow_query_log_size``,
-    ``fanout_concurrency`` (default bound of the ``*_all`` methods) and
-    ``replica_retry_after`` (seconds a failed replica stays out of the read rotation).
+    ``fanout_concurrency`` (default bound of the ``*_all`` methods), ``replica_retry_after``
+    (seconds a failed replica stays out of the read rotation) and ``replica_selection``
+    (``"round_robin"`` or ``"least_latency"`` for ``readonly=True`` calls).
 
     Like ``asyncpg.create_pool`` the result must be awaited or used with ``async with``.
     """
@@ -393,4 +396,5 @@ def create_sharded_pool(
         slow_query_log_size=slow_query_log_size,
         fanout_concurrency=fanout_concurrency,
         replica_retry_after=replica_retry_after,
+        replica_selection=replica_selection,
     )
