@@ -55,6 +55,9 @@ _SETTINGS = {
     "max_wal_senders": "10",
     "logging_collector": "off",
     "log_min_messages": "warning",
+    # DSM segments as files in the data dir (not /dev/shm/PostgreSQL.*): a SIGKILLed server
+    # then leaves nothing behind once its temp dir is removed.
+    "dynamic_shared_memory_type": "mmap",
 }
 
 
