@@ -17,6 +17,7 @@ import contextlib
 import logging
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
@@ -154,6 +155,7 @@ class InvalidationBus:
         self._thread: threading.Thread | None = None
         self._thread_loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
+        self._started_at = 0.0
         self._closed = False
         self.connected = False
         self.stats = {"published": 0, "received": 0, "connects": 0, "errors": 0}
@@ -179,6 +181,15 @@ class InvalidationBus:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def gate(self, window: float) -> tuple[threading.Event, float] | None:
+        """Start if needed; while the first subscription is pending (at most ``window``
+        seconds after the start), the event to wait on and the time left, else None."""
+        if self._ready.is_set() and self.running():
+            return None
+        event = self.start()
+        left = self._started_at + window - time.monotonic()
+        return (event, left) if left > 0 and not event.is_set() else None
+
     def running(self) -> bool:
         if self._task is not None:
             return not self._task.done() and not self._task.get_loop().is_closed()
@@ -190,6 +201,7 @@ class InvalidationBus:
             if self._closed or self.running():
                 return self._ready
             self._ready.clear()
+            self._started_at = time.monotonic()
             self._task = None
             try:
                 loop = asyncio.get_running_loop()

@@ -102,7 +102,7 @@ class Wait(Op):
     async def run_async(self) -> bool:
         deadline = time.monotonic() + self.timeout
         while not self.event.is_set() and time.monotonic() < deadline:
-            await asyncio.sleep(0.002)  # the setter may be a task on this very loop
+            await asyncio.sleep(0.005)  # the setter may be a task on this very loop
         return self.event.is_set()
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from tiercache import health as _health
 from tiercache._invalidation import Coherence, InvalidationBus, L1Index
@@ -30,14 +30,15 @@ from tiercache._singleflight import (
     drive_async,
     drive_sync,
 )
-from tiercache.decorators import FunctionSpec, KeyFn, TagsArg, make_cached, warm, warm_sync
+from tiercache.decorators import Cached, FunctionSpec, KeyFn, TagsArg, make_cached, warm, warm_sync
 from tiercache.health import LoaderStats
 from tiercache.tiers.base import MISSING
 
 __all__ = ["LoaderStats", "TierCache"]
 
 log = logging.getLogger("tiercache")
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class TierCache(Coherence):
@@ -96,12 +97,13 @@ class TierCache(Coherence):
         lock: bool = False,
         cache_none: bool | None = None,
         l1_ttl: float | None = None,
-    ) -> Callable[[F], F]:
+    ) -> Callable[[Callable[P, R]], Cached[P, R]]:
         """Cache a sync or async function; see :mod:`tiercache.decorators` for keys."""
 
-        def decorate(func: F) -> F:
-            return make_cached(self, func, ttl=ttl, tags=tags, key=key, lock=lock,  # type: ignore[no-any-return]
-                               cache_none=cache_none, l1_ttl=l1_ttl)
+        def decorate(func: Callable[P, R]) -> Cached[P, R]:
+            wrapper: Cached[P, R] = make_cached(self, func, ttl=ttl, tags=tags, key=key,
+                                                lock=lock, cache_none=cache_none, l1_ttl=l1_ttl)
+            return wrapper
 
         return decorate
 
@@ -220,9 +222,10 @@ class TierCache(Coherence):
 
     def _bus_ready(self) -> Flow[None]:
         """Subscribe before the first L1 fill, so no invalidation can slip past."""
-        bus = self._bus
-        if bus is not None and not bus.running():
-            yield Wait(bus.start(), self.bus_wait)
+        if self._bus is not None:
+            pending = self._bus.gate(self.bus_wait)
+            if pending is not None:
+                yield Wait(*pending)
 
     # ------------------------------------------------------------------ key/value API
 

@@ -28,7 +28,7 @@ import inspect
 from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, Protocol, TypeVar
 
 import msgpack
 
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "KEY_SCHEME",
     "MAX_KEY_LENGTH",
+    "Cached",
     "FunctionSpec",
     "canonical_digest",
     "make_cached",
@@ -50,6 +51,36 @@ __all__ = [
 
 KEY_SCHEME: Final = b"tiercache-key-v1"
 MAX_KEY_LENGTH: Final = 200
+
+P = ParamSpec("P")
+R_co = TypeVar("R_co", covariant=True)
+
+
+class Cached(Protocol[P, R_co]):
+    """What ``@cache.cached`` returns: the function (same signature) plus cache controls.
+
+    ``invalidate`` returns an ``int`` for sync functions and a coroutine for async ones.
+    """
+
+    spec: FunctionSpec
+    cache: TierCache
+    segment: Any  # the L1 segment (None without L1)
+    __name__: str
+    __qualname__: str
+    __wrapped__: Callable[..., Any]
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any: ...
+
+    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> Any: ...
+
+    def invalidate_all(self) -> Any: ...
+
+    def key_for(self, *args: P.args, **kwargs: P.kwargs) -> str: ...
+
+    def l1_key(self, *args: P.args, **kwargs: P.kwargs) -> Hashable: ...
+
 
 TagsArg = Iterable[str] | Callable[..., Iterable[str]] | None
 KeyFn = Callable[..., str]

@@ -1,0 +1,205 @@
+"""Single-flight (one load per key per process) and the Redis lease (one load across processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable
+from types import ModuleType
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from tiercache import _impl
+from tiercache._singleflight import Call, Flow, SingleFlight, Sleep, drive_async, drive_sync
+from tiercache.cache import TierCache
+from tiercache.tiers import memory
+from tiercache.tiers.memory import MemoryTier
+from tiercache.tiers.redis import RedisTier
+
+IMPLS = _impl.both("_lru")
+Factory = Callable[..., TierCache]
+
+
+@pytest.fixture(params=IMPLS, ids=lambda m: m.__name__.split(".")[1])
+def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.setattr(memory, "lru_impl", request.param)
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def make_cache(impl: ModuleType, tiercache_stack: Any,
+                     redis_cluster_client: Any) -> AsyncIterator[Factory]:
+    made: list[TierCache] = []
+    namespace = f"sf{uuid.uuid4().hex[:8]}"
+
+    def factory(l1: bool = True, **kw: Any) -> TierCache:
+        cache = TierCache(l1=MemoryTier(maxsize=5000) if l1 else None,
+                          l2=RedisTier(tiercache_stack.redis_url, ttl=60),
+                          namespace=namespace, **kw)
+        made.append(cache)
+        return cache
+
+    yield factory
+    for cache in made:
+        await cache.aclose()
+
+
+async def test_1000_concurrent_async_misses_call_the_loader_once(make_cache: Factory) -> None:
+    cache = make_cache()
+    calls: list[int] = []
+    release = asyncio.Event()
+
+    @cache.cached(ttl=30)
+    async def get(x: int) -> dict[str, int]:
+        calls.append(x)
+        await release.wait()
+        return {"x": x}
+
+    tasks = [asyncio.create_task(get(7)) for _ in range(1000)]
+    await asyncio.sleep(0.05)
+    release.set()
+    results = await asyncio.gather(*tasks)
+    assert calls == [7]
+    assert all(r == {"x": 7} for r in results)
+    st = cache.stats()
+    assert st["loader"]["calls"] == 1 and st["loader"]["singleflight_waits"] == 999
+    assert len(cache.flights) == 0
+
+
+async def test_l1_less_cache_single_flights_too(make_cache: Factory) -> None:
+    cache = make_cache(l1=False)
+    calls: list[int] = []
+
+    @cache.cached(ttl=30)
+    async def get(x: int) -> int:
+        calls.append(x)
+        await asyncio.sleep(0.02)
+        return x
+
+    assert await asyncio.gather(*(get(1) for _ in range(200))) == [1] * 200
+    assert calls == [1]
+
+
+def test_threads_share_one_sync_load(make_cache: Factory) -> None:
+    cache = make_cache()
+    calls: list[int] = []
+    gate = threading.Event()
+
+    @cache.cached(ttl=30)
+    def get(x: int) -> int:
+        calls.append(x)
+        gate.wait(5)
+        return x * 3
+
+    results: list[int] = []
+    threads = [threading.Thread(target=lambda: results.append(get(4))) for _ in range(32)]
+    for t in threads:
+        t.start()
+    while cache.flights.waits < 31 and any(t.is_alive() for t in threads):
+        gate.wait(0.01)
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert results == [12] * 32 and calls == [4]
+
+
+async def test_failure_reaches_every_waiter_and_is_not_cached(make_cache: Factory) -> None:
+    cache = make_cache()
+    calls: list[int] = []
+
+    @cache.cached()
+    async def get(x: int) -> int:
+        calls.append(x)
+        await asyncio.sleep(0.02)
+        if len(calls) == 1:
+            raise LookupError("row vanished")
+        return x
+
+    results = await asyncio.gather(*(get(1) for _ in range(50)), return_exceptions=True)
+    assert all(isinstance(r, LookupError) for r in results) and calls == [1]
+    assert await get(1) == 1 and calls == [1, 1]
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_shared_load(make_cache: Factory) -> None:
+    cache = make_cache()
+    calls: list[int] = []
+
+    @cache.cached()
+    async def get(x: int) -> int:
+        calls.append(x)
+        await asyncio.sleep(0.05)
+        return x
+
+    first = asyncio.create_task(get(9))
+    second = asyncio.create_task(get(9))
+    await asyncio.sleep(0.01)
+    first.cancel()
+    assert await second == 9
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert calls == [9]
+
+
+async def test_lease_makes_one_process_load(make_cache: Factory) -> None:
+    """Two caches = two processes (own L1 and own single-flight), one lease in Redis."""
+    a, b = make_cache(), make_cache()
+    calls: list[str] = []
+
+    async def slow(x: int) -> int:
+        calls.append("load")
+        await asyncio.sleep(0.1)
+        return x + 1
+
+    fa, fb = a.cached(lock=True)(slow), b.cached(lock=True)(slow)
+    assert list(await asyncio.gather(fa(1), fb(1), fa(1), fb(1))) == [2, 2, 2, 2]
+    assert calls == ["load"]
+    assert a.stats()["loader"]["lock_waits"] + b.stats()["loader"]["lock_waits"] == 1
+
+
+def test_lease_wait_is_bounded_then_loads_itself(make_cache: Factory) -> None:
+    cache = make_cache(lock_wait=0.2)
+    calls: list[int] = []
+
+    @cache.cached(lock=True)
+    def get(x: int) -> int:
+        calls.append(x)
+        return x
+
+    stuck = cache.l2.acquire_lease_sync(cache.full_key(get.key_for(3)), 60_000)
+    assert stuck is not None  # a "crashed" process holds the lease and never writes
+    assert get(3) == 3 and calls == [3]
+    assert cache.stats()["loader"]["lock_waits"] == 1
+    # the holder's lease is untouched; ours was never taken, so nothing to release
+    assert cache.l2.release_lease_sync(cache.full_key(get.key_for(3)), stuck)
+
+
+def test_drivers_run_one_flow_both_ways() -> None:
+    log: list[str] = []
+
+    def flow(n: int) -> Flow[int]:
+        total = 0
+        for i in range(n):
+            yield Sleep(0)
+            total += yield Call(lambda v: v * 2, (i,), {})
+        try:
+            yield Call(_boom, (), {})
+        except KeyError:
+            log.append("caught")
+        return total
+
+    assert drive_sync(flow(4)) == 12
+    assert asyncio.run(drive_async(flow(4))) == 12
+    assert log == ["caught", "caught"]
+
+
+def _boom() -> None:
+    raise KeyError("x")
+
+
+def test_singleflight_sync_reentrancy_free_keys() -> None:
+    flights = SingleFlight()
+    assert flights.do_sync("a", lambda: flights.do_sync("b", lambda: 5)) == 5
+    assert len(flights) == 0 and flights.waits == 0
