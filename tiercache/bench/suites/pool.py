@@ -133,7 +133,7 @@ async def _overhead(dsns: Mapping[str, str], rounds: int, batch: int, bar: Progr
         "name": "fetchval overhead (shard_key=)",
         "summary": (
             f"{sharded_us:.1f} us vs asyncpg {asyncpg_us:.1f} us: {(ratio - 1) * 100:+.1f}% "
-            f"(shard= {(by_name - 1) * 100:+.1f}%; median of {rounds} paired rounds)"
+            f"(shard= {(by_name - 1) * 100:+.1f}%)"
         ),
         "target": f"<= +{(OVERHEAD_TARGET - 1) * 100:.0f}% vs asyncpg",
         "ok": ratio <= OVERHEAD_TARGET,
@@ -203,12 +203,12 @@ async def _fanout_one(
     )
     slowest_us = statistics.median(per_shard[slowest]) * 1e6
     fan_us = statistics.median(fan_s) * 1e6
-    note = "" if judged else f"; info only: {cores} cores < shards + 1"
+    note = "" if judged else f"; not judged on {cores} cores"
     return {
         "name": f"fan-out x{len(pool.shards)} {label}",
         "summary": (
-            f"fetch_all {fan_us:.1f} us vs slowest shard {slowest_us:.1f} us: {ratio:.2f}x "
-            f"(raw asyncio.gather: {floor:.2f}x; fetch_all/raw {vs_raw:.2f}x){note}"
+            f"{fan_us:.0f} us vs slowest shard {slowest_us:.0f} us: {ratio:.2f}x "
+            f"(raw gather {floor:.2f}x{note})"
         ),
         "target": f"<= {FANOUT_TARGET}x slowest shard",
         "ok": ratio <= FANOUT_TARGET if judged else None,
