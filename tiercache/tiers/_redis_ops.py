@@ -161,8 +161,9 @@ class RedisTierBase:
             raise ValueError("ttl_jitter must be in [0, 1)")
         self.ttl = ttl
         self.ttl_jitter = ttl_jitter
-        self.breaker = breaker or CircuitBreaker(failure_threshold=5, reset_timeout=2.0,
-                                                 on_change=self._breaker_changed)
+        self.breaker = breaker or CircuitBreaker(failure_threshold=5, reset_timeout=2.0)
+        if self.breaker._on_change is None:  # log transitions unless the owner listens
+            self.breaker._on_change = self._breaker_changed
         self._rand = random.Random()
         self.hits = 0
         self.misses = 0

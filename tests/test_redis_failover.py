@@ -1,0 +1,293 @@
+"""Redis failure is not the caller's failure: unreachable and hung servers, a master and
+then the whole cluster killed under load (their own LocalStack: the session stack stays
+intact), a standalone (non-cluster) Redis, and no passwords in logs, reprs or errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import redis
+
+from tiercache._localstack.binaries import find_redis
+from tiercache._localstack.procs import free_port
+from tiercache.local import LocalStack
+from tiercache.tiers._breaker import CircuitBreaker
+from tiercache.tiers.base import MISSING
+from tiercache.tiers.redis import RedisTier
+
+SECRET = "pa55-w0rd-never-shown"
+
+
+def dead_url() -> str:
+    return f"redis://app:{SECRET}@127.0.0.1:{free_port()}"
+
+
+# ------------------------------------------------------------------ unreachable / hung
+
+
+def test_unreachable_redis_sync_never_raises(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="tiercache")
+    t = RedisTier(dead_url(), breaker=CircuitBreaker(failure_threshold=3, reset_timeout=60))
+    assert t.get_sync("k") is MISSING
+    t.set_sync("k", 1)
+    assert t.get_many_sync(["a", "b"]) == {}
+    assert t.breaker.state == "open"
+    t.set_many_sync({"a": 1})
+    assert t.delete_sync("k") is False
+    assert t.delete_many_sync(["a"]) == 0
+    assert t.delete_pattern_sync("*") == 0
+    t.add_tags_sync("k", ["x"])
+    assert t.invalidate_tags_sync(["x"]) == 0
+    token = t.acquire_lease_sync("k", 1000)
+    assert token is not None and token.startswith("local:")  # nobody to wait for: load now
+    assert t.release_lease_sync("k", token) is True
+    t.publish_sync("bus", b"x")
+    s = t.stats()
+    assert s["errors_by_op"]["get"] == 1 and s["errors_by_op"]["breaker_open"] == 8
+    assert s["hits"] == s["misses"] == s["sets"] == 0
+    assert s["breaker"] == "open" and s["breaker_opened"] == 1
+    with pytest.raises(redis.ConnectionError) as info:
+        t.ping_sync()
+    assert SECRET not in str(info.value)
+    text = caplog.text + repr(t) + str(t.stats())
+    assert SECRET not in text and "***" in repr(t)
+    assert "circuit breaker closed -> open" in caplog.text
+    t.close_sync()
+
+
+async def test_unreachable_redis_async_never_raises(caplog: pytest.LogCaptureFixture) -> None:
+    t = RedisTier(dead_url())
+    for _ in range(20):
+        assert await t.get(f"k{_}") is MISSING
+        await t.set("k", {"v": 1})
+    assert await t.get_many(["a"]) == {}
+    assert await t.delete("k") is False
+    assert await t.invalidate_tags(["t"]) == 0
+    assert await t.delete_pattern("*") == 0
+    s = t.stats()
+    assert s["errors"] == 44 and s["errors_by_op"]["breaker_open"] >= 30  # 5 real tries
+    # one warning per operation, the rest suppressed: a dead Redis must not flood the log
+    assert len([r for r in caplog.records if "redis get failed" in r.getMessage()]) == 1
+    assert SECRET not in caplog.text
+    with pytest.raises(redis.ConnectionError):
+        await t.ping()
+    await t.close()
+
+
+@pytest.fixture
+def blackhole() -> Iterator[int]:
+    """A TCP port that accepts connections and never answers (a hung server)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    conns: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        srv.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                conns.append(srv.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield srv.getsockname()[1]
+    stop.set()
+    thread.join()
+    for c in conns:
+        c.close()
+    srv.close()
+
+
+async def test_hung_server_times_out_into_misses(blackhole: int) -> None:
+    t = RedisTier(f"redis://127.0.0.1:{blackhole}", cluster=False, socket_timeout=0.05,
+                  breaker=CircuitBreaker(failure_threshold=2, reset_timeout=60))
+    assert await t.get("k") is MISSING
+    await t.set("k", 1)
+    assert await t.get("k") is MISSING  # breaker open: skipped without waiting
+    s = t.stats()
+    assert s["errors_by_op"] == {"get": 1, "set": 1, "breaker_open": 1}
+    assert s["breaker"] == "open"
+    assert t.get_sync("k") is MISSING
+    await t.close()
+
+
+# ------------------------------------------------------------------ standalone Redis
+
+
+@pytest.fixture(scope="module")
+def standalone_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis-single")
+    proc = subprocess.Popen(
+        [str(find_redis().server), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = redis.Redis(port=port)
+        for _ in range(200):
+            with contextlib.suppress(redis.ConnectionError):
+                if client.ping():
+                    break
+            time.sleep(0.02)
+        client.close()
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_standalone_redis_is_detected_and_fully_served(standalone_url: str) -> None:
+    t = RedisTier(standalone_url)
+    t.set_many_sync({f"s:{i}": i for i in range(30)})
+    assert t.cluster is False
+    assert t.get_many_sync([f"s:{i}" for i in range(35)]) == {f"s:{i}": i for i in range(30)}
+    t.add_tags_sync("s:1", ["one"])
+    assert t.invalidate_tags_sync(["one"]) == 1
+    assert t.delete_pattern_sync("s:*") == 29
+    token = t.acquire_lease_sync("s:x", 1000)
+    assert token and t.release_lease_sync("s:x", token)
+    assert t.ping_sync() > 0
+    t.clear_sync()
+    t.close_sync()
+
+
+async def test_standalone_redis_async(standalone_url: str) -> None:
+    t = RedisTier(standalone_url)
+    await t.set("a:1", (1, 2))
+    assert await t.get("a:1") == (1, 2)
+    assert await t.get_many(["a:1", "a:2"]) == {"a:1": (1, 2)}
+    assert t.cluster is False
+    sub = t.pubsub_client()
+    assert await sub.ping()
+    await sub.aclose()
+    await t.clear()
+    assert await t.get("a:1") is MISSING
+    await t.close()
+
+
+# ------------------------------------------------------------------ kill under load
+
+
+def expected(key: str) -> dict[str, Any]:
+    return {"key": key, "n": len(key)}
+
+
+class Callers:
+    """Async tasks and sync threads doing read-through against a tier; records exceptions."""
+
+    def __init__(self, url: str) -> None:
+        self.tier = RedisTier(url, ttl=30, breaker=CircuitBreaker(5, reset_timeout=0.5))
+        self.keys = [f"load:{i}" for i in range(300)]
+        self.failures: list[BaseException] = []
+        self.wrong = 0
+        self.calls = 0
+        self.stop = threading.Event()
+
+    def _check(self, key: str, value: Any) -> None:
+        self.calls += 1
+        if value != expected(key):
+            self.wrong += 1
+
+    async def async_caller(self) -> None:
+        rng = random.Random()
+        while not self.stop.is_set():
+            key = rng.choice(self.keys)
+            try:
+                value = await self.tier.get(key)
+                if value is MISSING:
+                    value = expected(key)
+                    await self.tier.set(key, value)
+                self._check(key, value)
+                if rng.random() < 0.05:
+                    found = await self.tier.get_many(rng.sample(self.keys, 20))
+                    for k, v in found.items():
+                        self._check(k, v)
+            except BaseException as exc:  # the whole point: nothing may reach the caller
+                self.failures.append(exc)
+            await asyncio.sleep(0.001)
+
+    def sync_caller(self) -> None:
+        rng = random.Random()
+        while not self.stop.is_set():
+            key = rng.choice(self.keys)
+            try:
+                value = self.tier.get_sync(key)
+                if value is MISSING:
+                    value = expected(key)
+                    self.tier.set_sync(key, value)
+                self._check(key, value)
+            except BaseException as exc:
+                self.failures.append(exc)
+            time.sleep(0.001)
+
+    async def wait_for(self, what: str, predicate: Any, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out waiting for {what}: {self.tier.stats()}")
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def own_stack() -> Iterator[LocalStack]:
+    with LocalStack(redis_masters=3, pg_shards=0) as stack:
+        yield stack
+
+
+async def _run_outage(stack: LocalStack, victims: list[int]) -> Callers:
+    callers = Callers(stack.redis_url)
+    tasks = [asyncio.create_task(callers.async_caller()) for _ in range(6)]
+    pool = ThreadPoolExecutor(3)
+    threads = [asyncio.get_running_loop().run_in_executor(pool, callers.sync_caller)
+               for _ in range(3)]
+    try:
+        await callers.wait_for("warm hits", lambda: callers.tier.hits > 200)
+        for index in victims:
+            stack.kill_redis_node(index)
+        await callers.wait_for("breaker to open", lambda: callers.tier.breaker.opened_total > 0)
+        await asyncio.sleep(0.5)  # callers keep running against a dead L2
+        with ThreadPoolExecutor(len(victims)) as restarter:
+            await asyncio.gather(*(asyncio.get_running_loop().run_in_executor(
+                restarter, stack.restart_redis_node, index) for index in victims))
+        hits_after = callers.tier.hits
+        await callers.wait_for(
+            "recovery (breaker closed, hits again)",
+            lambda: callers.tier.breaker.state == "closed" and callers.tier.hits > hits_after + 50)
+    finally:
+        callers.stop.set()
+        await asyncio.gather(*tasks, *threads)
+        pool.shutdown()
+        await callers.tier.close()
+    return callers
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_killing_a_master_under_load(own_stack: LocalStack) -> None:
+    callers = await _run_outage(own_stack, [0])
+    assert callers.failures == []
+    assert callers.wrong == 0 and callers.calls > 500
+    s = callers.tier.stats()
+    assert s["breaker_opened"] >= 1 and s["errors_by_op"].get("breaker_open", 0) > 0
+    assert s["errors"] > 0 and s["breaker"] == "closed"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_killing_the_whole_cluster_under_load(own_stack: LocalStack) -> None:
+    callers = await _run_outage(own_stack, [0, 1, 2])
+    assert callers.failures == []
+    assert callers.wrong == 0
+    assert callers.tier.stats()["breaker"] == "closed"
