@@ -142,6 +142,7 @@ def test_shard_for_matches_hashring() -> None:
     ring = HashRing(["s1", "s2"])
     keys: list[Any] = [*range(500), *(f"user:{i}" for i in range(500))]
     assert [pool.shard_for(k) for k in keys] == [ring.get_node(k) for k in keys]
+    assert pool.shard_for_many(keys) == ring.get_node_many(keys)
     assert {pool.shard_for(k) for k in keys} == {"s1", "s2"}
     assert pool.shards == ("s1", "s2")
 
@@ -354,7 +355,7 @@ def test_ring_changes_take_effect_at_once() -> None:
     pool = create_sharded_pool(
         {"s1": "postgresql://h/db", "s2": "postgresql://h/db"}, ring
     )
-    assert pool.shard_for(1) == "s1"
+    assert pool.shard_for(1) == "s1" and pool.shard_for_many([1, 2]) == ["s1", "s1"]
     ring.node = "s2"
     assert pool.shard_for(1) == "s2"
     ring.node = "s9"

@@ -93,8 +93,13 @@ async def test_each_shard_is_its_server(pool: ShardedPool, dsns: dict[str, str])
 
 async def test_rows_land_on_the_ring_shard(pool: ShardedPool, table: str) -> None:
     keys = list(range(1, 121))
-    for key in keys:
+    for key in keys[:20]:
         await pool.execute(f"INSERT INTO {table} VALUES ($1, $2)", key, f"v{key}", shard_key=key)
+    batches: dict[str, list[tuple[int, str]]] = {}  # the rest: one executemany per shard
+    for key, shard in zip(keys[20:], pool.shard_for_many(keys[20:]), strict=True):
+        batches.setdefault(shard, []).append((key, f"v{key}"))
+    for shard, batch in batches.items():
+        await pool.executemany(f"INSERT INTO {table} VALUES ($1, $2)", batch, shard=shard)
     per_shard = await pool.fetch_all(f"SELECT id FROM {table}")
     seen = []
     for shard, rows in per_shard.items():
@@ -186,7 +191,8 @@ async def test_fanout_with_one_shard_down(
             assert "s2" in str(err)
             assert password is None or password not in str(err)
             health = await pool.health(timeout=3)
-            assert health["ok"] is False
+            assert health["ok"] is False and health["status"] == "unhealthy"
+            assert [r.split(":")[0] for r in health["reasons"]] == ["shard s2"]
             assert health["shards"]["s2"]["ok"] is False
             assert health["shards"]["s1"]["ok"] and health["shards"]["s3"]["ok"]
             assert pool.stats()["shards"]["s2"]["errors"] >= 1
@@ -197,7 +203,9 @@ async def test_fanout_with_one_shard_down(
             return len(await pool.fetchval_all("SELECT 1", timeout=5)) == 3
 
         await _eventually(recovered)
-        assert (await pool.health())["ok"] is True
+        health = await pool.health()
+        assert health["ok"] is True and health["status"] == "healthy"
+        assert health["reasons"] == []
 
 
 async def test_200_concurrent_acquires_no_leak(pool: ShardedPool) -> None:
@@ -364,7 +372,12 @@ async def test_dead_replica_is_skipped_and_primary_is_the_fallback(
         assert await pool.fetchval(q, shard="s2", readonly=True) == "primary"
         health = await pool.health(timeout=2)
         assert health["ok"] is True  # primaries are up
-        assert [r["ok"] for r in health["shards"]["s1"]["replicas"]] == [False, True]
+        assert health["status"] == "degraded"
+        assert len(health["reasons"]) == 2 and "replica0 down" in health["reasons"][0]
+        replicas = health["shards"]["s1"]["replicas"]
+        assert {role: r["ok"] for role, r in replicas.items()} == {
+            "replica0": False, "replica1": True
+        }
         assert "deadpassword" not in str(health)
     finally:
         await pool.close()
@@ -395,7 +408,7 @@ async def test_replica_dying_mid_flight_falls_back(
 
         async def replica_back() -> bool:
             report = await pool.health(timeout=3)
-            return bool(report["shards"]["s1"]["replicas"][0]["ok"])
+            return bool(report["shards"]["s1"]["replicas"]["replica0"]["ok"])
 
         await _eventually(replica_back)
         assert await pool.fetchval(q, shard="s1", readonly=True) == "r"

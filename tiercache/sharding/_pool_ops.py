@@ -117,21 +117,32 @@ class OperationsMixin:
     async def health(self, *, timeout: float = 5.0) -> dict[str, Any]:
         """Probe every primary and replica with ``SELECT 1``, concurrently.
 
-        Returns ``{"ok": all primaries up, "shards": {name: {"ok", "latency_ms", "error",
-        "dsn", "replicas": [...]}}}``.  Replica results update the read rotation (a replica
-        that answers is put back; one that fails is taken out), and a replica whose pool
-        could not be opened at start is retried here.
+        Returns ``{"ok", "status", "reasons", "shards": {name: {"ok", "latency_ms", "error",
+        "dsn", "replicas": {role: {...}}}}}``.  ``status`` uses the vocabulary of
+        ``TierCache.health()``: ``"unhealthy"`` when a primary is down (its keys cannot be
+        served), ``"degraded"`` when only replicas are (reads fall back to primaries), else
+        ``"healthy"``; ``ok`` is "every primary is up".  Replica results update the read
+        rotation, and a replica whose pool could not be opened at start is retried here.
         """
         self._check_open()
         endpoints = [ep for s in self._shards.values() for ep in s.endpoints()]
         reports = await asyncio.gather(*(self._probe(ep, timeout) for ep in endpoints))
         by_ep = dict(zip(map(id, endpoints), reports, strict=True))
         shards: dict[str, Any] = {}
+        reasons: list[str] = []
         for name, shard in self._shards.items():
             report = dict(by_ep[id(shard.primary)])
-            report["replicas"] = [by_ep[id(ep)] for ep in shard.replicas]
+            report["replicas"] = {ep.role: by_ep[id(ep)] for ep in shard.replicas}
             shards[name] = report
-        return {"ok": all(r["ok"] for r in shards.values()), "shards": shards}
+            if not report["ok"]:
+                reasons.append(f"shard {name}: primary down ({report['error']})")
+            reasons.extend(
+                f"shard {name}: {role} down ({r['error']})"
+                for role, r in report["replicas"].items() if not r["ok"]
+            )
+        ok = all(r["ok"] for r in shards.values())
+        status = "unhealthy" if not ok else "degraded" if reasons else "healthy"
+        return {"ok": ok, "status": status, "reasons": reasons, "shards": shards}
 
     async def _probe(self, ep: Endpoint, timeout: float) -> dict[str, Any]:
         start = perf_counter()

@@ -9,7 +9,7 @@ how rows end up where nobody will ever look for them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncpg
@@ -41,7 +41,7 @@ def default_ring(shards: Mapping[str, Shard]) -> Ring:
 
 
 class RoutingMixin:
-    """``shards``, ``ring``, ``shard_for``, ``shard_pool`` and the ``_route`` of every call."""
+    """``shards``, ``ring``, ``shard_for(_many)``, ``shard_pool`` and every call's ``_route``."""
 
     __slots__ = ()
 
@@ -73,6 +73,15 @@ class RoutingMixin:
     def shard_for(self, key: Any) -> str:
         """The shard ``key`` routes to: exactly ``ring.get_node(key)``."""
         return self._ring.get_node(key)
+
+    def shard_for_many(self, keys: Iterable[Any]) -> list[str]:
+        """``[shard_for(k) for k in keys]``, in one batch call when the ring has
+        ``get_node_many`` -- for splitting an ``executemany`` batch by shard."""
+        many = getattr(self._ring, "get_node_many", None)
+        if many is not None:
+            return list(many(keys))
+        get_node = self._ring.get_node
+        return [get_node(k) for k in keys]
 
     def shard_pool(self, shard: str, *, replica: int | None = None) -> Any:
         """The plain :class:`asyncpg.Pool` behind ``shard`` (or its ``replica``-th replica).

@@ -194,7 +194,7 @@ class ShardedPool(
         shard: str | None = None,
     ) -> None:
         """:meth:`asyncpg.Pool.executemany` on the routed shard's primary (one batch, one shard:
-        split your rows by ``pool.shard_for`` first when they span shards)."""
+        split rows by ``pool.shard_for_many`` first when they span shards)."""
         ep = self._route(shard_key, shard, False)
         await self._run(ep, "executemany", command, (command, args), {"timeout": timeout})
 
