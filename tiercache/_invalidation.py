@@ -181,38 +181,51 @@ class InvalidationBus:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def gate(self, window: float) -> tuple[threading.Event, float] | None:
-        """Start if needed; while the first subscription is pending (at most ``window``
-        seconds after the start), the event to wait on and the time left, else None."""
+    def gate_sync(self, window: float) -> None:
+        """Sync callers: start (in a thread) if needed, wait for the first subscription.
+
+        The wait is bounded by ``window`` after the start, and skipped when the bus is a
+        task of this thread's own event loop (blocking here would starve it).
+        """
         if self._ready.is_set() and self.running():
-            return None
-        event = self.start()
+            return
+        self.start(in_thread=True)
+        task = self._task
+        if task is not None and _running_loop() is task.get_loop():
+            return
         left = self._started_at + window - time.monotonic()
-        return (event, left) if left > 0 and not event.is_set() else None
+        if left > 0:
+            self._ready.wait(left)
+
+    async def gate_async(self, window: float) -> None:
+        """Async callers: start (as a task of this loop) if needed, wait the same way."""
+        if self._ready.is_set() and self.running():
+            return
+        self.start(in_thread=False)
+        while not self._ready.is_set() and time.monotonic() < self._started_at + window:
+            await asyncio.sleep(0.005)  # the subscriber may be a task on this very loop
 
     def running(self) -> bool:
         if self._task is not None:
             return not self._task.done() and not self._task.get_loop().is_closed()
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self) -> threading.Event:
-        """Start listening if not already (task in the running loop, else a thread)."""
+    def start(self, in_thread: bool = False) -> None:
+        """Start listening if not already: a task of the running loop, or a daemon thread."""
         with self._lock:
             if self._closed or self.running():
-                return self._ready
+                return
             self._ready.clear()
             self._started_at = time.monotonic()
             self._task = None
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
+            loop = None if in_thread else _running_loop()
+            if loop is None:
                 self._thread = threading.Thread(
                     target=self._thread_main, name=f"tiercache-bus-{self.channel}", daemon=True
                 )
                 self._thread.start()
             else:
                 self._task = loop.create_task(self._run(), name=f"tiercache-bus-{self.channel}")
-            return self._ready
 
     def _thread_main(self) -> None:
         loop = asyncio.new_event_loop()
@@ -276,6 +289,13 @@ class InvalidationBus:
         task = self._task
         if task is not None and task.get_loop() is asyncio.get_running_loop():
             await asyncio.gather(task, return_exceptions=True)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Hashable
 from typing import Any, TypeVar
 
-__all__ = ["Call", "Flight", "Flow", "Op", "SingleFlight", "Sleep", "TierOp", "Wait",
+__all__ = ["BusGate", "Call", "Flight", "Flow", "Op", "SingleFlight", "Sleep", "TierOp",
            "drive_async", "drive_sync"]
 
 T = TypeVar("T")
@@ -88,22 +88,19 @@ class Sleep(Op):
         await asyncio.sleep(self.seconds)
 
 
-class Wait(Op):
-    """Wait (bounded) for a threading.Event set by another thread or task; True if set."""
+class BusGate(Op):
+    """Wait (bounded) until the invalidation bus has subscribed; see ``InvalidationBus``."""
 
-    __slots__ = ("event", "timeout")
+    __slots__ = ("bus", "window")
 
-    def __init__(self, event: threading.Event, timeout: float) -> None:
-        self.event, self.timeout = event, timeout
+    def __init__(self, bus: Any, window: float) -> None:
+        self.bus, self.window = bus, window
 
-    def run_sync(self) -> bool:
-        return self.event.wait(self.timeout)
+    def run_sync(self) -> None:
+        self.bus.gate_sync(self.window)
 
-    async def run_async(self) -> bool:
-        deadline = time.monotonic() + self.timeout
-        while not self.event.is_set() and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)  # the setter may be a task on this very loop
-        return self.event.is_set()
+    async def run_async(self) -> None:
+        await self.bus.gate_async(self.window)
 
 
 class Flight(Op):

@@ -20,13 +20,13 @@ from typing import Any, ParamSpec, TypeVar
 from tiercache import health as _health
 from tiercache._invalidation import Coherence, InvalidationBus, L1Index
 from tiercache._singleflight import (
+    BusGate,
     Call,
     Flight,
     Flow,
     SingleFlight,
     Sleep,
     TierOp,
-    Wait,
     drive_async,
     drive_sync,
 )
@@ -222,10 +222,9 @@ class TierCache(Coherence):
 
     def _bus_ready(self) -> Flow[None]:
         """Subscribe before the first L1 fill, so no invalidation can slip past."""
-        if self._bus is not None:
-            pending = self._bus.gate(self.bus_wait)
-            if pending is not None:
-                yield Wait(*pending)
+        bus = self._bus
+        if bus is not None and not (bus.connected and bus.running()):
+            yield BusGate(bus, self.bus_wait)
 
     # ------------------------------------------------------------------ key/value API
 

@@ -1,0 +1,317 @@
+"""Invalidation by arguments, tag and pattern; the pub/sub bus, including a second real process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from redis.cluster import RedisCluster
+
+from tiercache import _impl
+from tiercache._invalidation import glob_to_regex
+from tiercache.cache import TierCache
+from tiercache.tiers import memory
+from tiercache.tiers.memory import MemoryTier
+from tiercache.tiers.redis import RedisTier
+
+IMPLS = _impl.both("_lru")
+Factory = Callable[..., TierCache]
+
+
+@pytest.fixture(params=IMPLS, ids=lambda m: m.__name__.split(".")[1])
+def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.setattr(memory, "lru_impl", request.param)
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def make_cache(impl: ModuleType, tiercache_stack: Any,
+                     redis_cluster_client: Any) -> AsyncIterator[Factory]:
+    made: list[TierCache] = []
+    namespace = f"inv{uuid.uuid4().hex[:8]}"
+
+    def factory(**kw: Any) -> TierCache:
+        kw.setdefault("namespace", namespace)
+        cache = TierCache(l1=MemoryTier(maxsize=1000, ttl=300),
+                          l2=RedisTier(tiercache_stack.redis_url, ttl=300), **kw)
+        made.append(cache)
+        return cache
+
+    yield factory
+    for cache in made:
+        await cache.aclose()
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+def l2_keys(client: RedisCluster, cache: TierCache) -> set[str]:
+    found = client.scan_iter(match=f"{cache.namespace}:*", target_nodes=RedisCluster.PRIMARIES)
+    return {k.decode() for k in found}
+
+
+async def test_tags_drop_l1_and_l2_here_and_in_other_processes(
+        make_cache: Factory, redis_cluster_client: RedisCluster) -> None:
+    a, b = make_cache(), make_cache()
+    loads: list[Any] = []
+
+    def load_user(user_id: int, detail: str = "short") -> dict[str, Any]:
+        loads.append((user_id, detail))
+        return {"id": user_id, "detail": detail}
+
+    def load_order(order_id: int) -> int:
+        loads.append(("order", order_id))
+        return order_id
+
+    tags = lambda user_id, detail="short": [f"user:{user_id}"]  # noqa: E731
+    ua, ub = a.cached(tags=tags)(load_user), b.cached(tags=tags)(load_user)
+    oa = a.cached(tags=["orders"])(load_order)
+    for fn in (ua, ub):
+        fn(1), fn(1, "long"), fn(2)
+    oa(9)
+    assert len(loads) == 4 and len(ub.segment) == 3
+    assert await a.invalidate_tags("user:1") == 2  # both L2 entries of user 1
+    assert len(ua.segment) == 1  # user 2 stays
+    await eventually(lambda: len(ub.segment) == 1)
+    ub(1)
+    assert loads[-1] == (1, "short") and len(loads) == 5
+    assert a.invalidate_tags_sync("orders") == 1 and len(oa.segment) == 0
+    assert not any("load_order" in k for k in l2_keys(redis_cluster_client, a))
+
+
+async def test_pattern_relative_to_namespace(make_cache: Factory,
+                                             redis_cluster_client: RedisCluster) -> None:
+    cache, other_ns = make_cache(), make_cache(namespace=f"other{uuid.uuid4().hex[:6]}")
+
+    @cache.cached(key=lambda user_id: f"user:{user_id}")
+    async def user(user_id: int) -> int:
+        return user_id
+
+    @cache.cached(key=lambda order_id: f"order:{order_id}")
+    def order(order_id: int) -> int:
+        return order_id
+
+    for i in range(5):
+        await user(i)
+        order(i)
+    await cache.set("user:kv", "x")
+    await other_ns.set("user:1", "untouched")
+    assert await cache.invalidate_pattern("user:*") == 6
+    assert l2_keys(redis_cluster_client, cache) == {f"{cache.namespace}:order:{i}"
+                                                    for i in range(5)}
+    assert len(user.segment) == 0 and len(order.segment) == 5
+    assert await cache.get("user:kv") is None
+    assert await other_ns.get("user:1") == "untouched"
+    assert cache.invalidate_pattern_sync("order:[0-2]") == 3 and len(order.segment) == 2
+
+
+async def test_invalidate_all_and_clear(make_cache: Factory,
+                                        redis_cluster_client: RedisCluster) -> None:
+    cache = make_cache()
+
+    @cache.cached()
+    async def f(x: int) -> int:
+        return x
+
+    @cache.cached()
+    def g(x: int) -> int:
+        return -x
+
+    for i in range(3):
+        await f(i)
+        g(i)
+    assert await f.invalidate_all() == 3
+    assert len(f.segment) == 0 and len(g.segment) == 3
+    assert len(l2_keys(redis_cluster_client, cache)) == 3
+    assert await cache.clear() == 3
+    assert len(g.segment) == 0 and not l2_keys(redis_cluster_client, cache)
+
+
+async def test_invalidation_racing_a_load_leaves_nothing_stale(
+        make_cache: Factory, redis_cluster_client: RedisCluster) -> None:
+    cache = make_cache()
+    started, release = asyncio.Event(), asyncio.Event()
+    version = ["old"]
+
+    @cache.cached()
+    async def read(x: int) -> str:
+        value = version[0]
+        started.set()
+        await release.wait()
+        return value
+
+    pending = asyncio.create_task(read(1))
+    await started.wait()
+    version[0] = "new"
+    await read.invalidate(1)  # the write happened; the running load read the old row
+    release.set()
+    assert await pending == "old"  # it started before the invalidation: linearizable
+    assert len(read.segment) == 0 and not l2_keys(redis_cluster_client, cache)
+    assert await read(1) == "new"
+
+
+async def test_bus_skips_own_messages_and_survives_garbage(
+        make_cache: Factory, redis_cluster_client: RedisCluster) -> None:
+    a, b = make_cache(), make_cache()
+    fa, fb = a.cached()(_ident), b.cached()(_ident)
+    await fa(1)
+    await fb(1)
+    await fa.invalidate(1)
+    await eventually(lambda: len(fb.segment) == 0)
+    assert a.stats()["bus"]["received"] == 0 and b.stats()["bus"]["received"] == 1
+    assert a.bus is not None
+    redis_cluster_client.publish(a.bus.channel, b"\x00 not msgpack")
+    redis_cluster_client.publish(a.bus.channel, b"\x93\x01\x02\x03")  # msgpack, wrong shape
+    await eventually(lambda: b.stats()["bus"]["errors"] >= 2)
+    await fb(2)
+    await fa.invalidate(2)
+    await eventually(lambda: len(fb.segment) == 0)
+    assert b.stats()["bus"]["connected"]
+
+
+async def test_bus_reconnect_flushes_l1(make_cache: Factory,
+                                        redis_cluster_client: RedisCluster) -> None:
+    cache = make_cache()
+    f = cache.cached()(_ident)
+    await f(1)
+    await f(2)
+    assert cache.bus is not None and cache.stats()["bus"]["connects"] == 1
+    assert len(f.segment) == 2
+    # a real server-side disconnect of every subscriber: messages may have been lost
+    redis_cluster_client.client_kill_filter(_type="pubsub",
+                                            target_nodes=RedisCluster.ALL_NODES)
+    await eventually(lambda: cache.stats()["bus"]["connects"] >= 2)
+    assert len(f.segment) == 0
+    assert await f(1) == 1 and len(f.segment) == 1
+
+
+def test_sync_users_get_a_bus_thread(make_cache: Factory) -> None:
+    a, b = make_cache(), make_cache()
+    fa, fb = a.cached()(_ident_sync), b.cached()(_ident_sync)
+    fa(1), fb(1)
+    assert b.stats()["bus"]["running"]
+    fa.invalidate(1)
+    deadline = time.monotonic() + 10
+    while len(fb.segment) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(fb.segment) == 0
+    b.close()
+    assert not b.stats()["bus"]["running"]
+
+
+def test_glob_translation_matches_redis_scan(redis_cluster_client: RedisCluster) -> None:
+    """L1 pattern invalidation must pick exactly the keys Redis SCAN MATCH picks in L2."""
+    keys = ["user:1", "user:", "users:1", "user", "uer", "usser", "k1", "k3", "k", "kk",
+            "a*b", "axb", "a\\b", "[x]", "x", "user:1:2"]
+    for key in keys:
+        redis_cluster_client.set("gl:" + key, 1)
+    for pattern in ["user:*", "u?er", "k[0-2]", "k[^0-2]", "a\\*b", "\\[x\\]", "*", "user:*:2",
+                    "k[a-z]"]:
+        found = redis_cluster_client.scan_iter(match="gl:" + pattern,
+                                               target_nodes=RedisCluster.PRIMARIES)
+        in_redis = {k.decode()[3:] for k in found}
+        rx = glob_to_regex(pattern)
+        assert {k for k in keys if rx.fullmatch(k)} == in_redis, pattern
+
+
+async def _ident(x: int) -> int:
+    return x
+
+
+def _ident_sync(x: int) -> int:
+    return x
+
+
+CHILD = textwrap.dedent("""
+    import json, sys, time
+    from redis.cluster import RedisCluster
+    from tiercache.cache import TierCache
+    from tiercache.tiers.memory import MemoryTier
+    from tiercache.tiers.redis import RedisTier
+
+    url, namespace = sys.argv[1], sys.argv[2]
+    db = RedisCluster.from_url(url)
+    cache = TierCache(l1=MemoryTier(ttl=300), l2=RedisTier(url, ttl=300), namespace=namespace)
+    loads = []
+
+    @cache.cached(ttl=300, key=lambda sku: f"price:{sku}", tags=lambda sku: [f"sku:{sku}"])
+    def price(sku):
+        loads.append(sku)
+        return db.get(f"db:{sku}").decode()
+
+    def report(value):
+        st = cache.stats()
+        print(json.dumps({"value": value, "loads": len(loads), "l1_hits": st["l1"]["hits"],
+                          "received": st["bus"]["received"]}), flush=True)
+
+    for line in sys.stdin:
+        cmd, sku, *rest = line.split()
+        if cmd == "get":
+            report(price(sku))
+        elif cmd == "until":  # poll the cached function until the new value shows up
+            deadline = time.monotonic() + 10
+            while price(sku) != rest[0] and time.monotonic() < deadline:
+                time.sleep(0.01)
+            report(price(sku))
+    cache.close()
+""")
+
+
+async def test_cross_process_l1_invalidation(make_cache: Factory, tiercache_stack: Any,
+                                             redis_cluster_client: RedisCluster,
+                                             tmp_path: Path) -> None:
+    parent = make_cache()
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    redis_cluster_client.set("db:A", "v1")
+    proc = subprocess.Popen([sys.executable, str(script), tiercache_stack.redis_url,
+                             parent.namespace], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).parent.parent)
+    assert proc.stdin is not None and proc.stdout is not None
+
+    async def ask(line: str) -> dict[str, Any]:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
+        reply = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
+        assert reply, "child process died"
+        return json.loads(reply)  # type: ignore[no-any-return]
+
+    try:
+        assert (await ask("get A"))["value"] == "v1"
+        second = await ask("get A")
+        assert second["value"] == "v1" and second["loads"] == 1 and second["l1_hits"] == 1
+        redis_cluster_client.set("db:A", "v2")  # the row changes ...
+        assert (await ask("get A"))["value"] == "v1"  # ... the child's L1 keeps it (TTL 300)
+        await parent.delete("price:A")  # ... until this process invalidates the key
+        after = await ask("until A v2")
+        assert after["value"] == "v2" and after["loads"] == 2 and after["received"] >= 1
+        redis_cluster_client.set("db:A", "v3")
+        await parent.invalidate_tags("sku:A")
+        assert (await ask("until A v3"))["value"] == "v3"
+        redis_cluster_client.set("db:A", "v4")
+        await parent.invalidate_pattern("price:*")
+        final = await ask("until A v4")
+        assert final["value"] == "v4" and final["loads"] == 4
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
