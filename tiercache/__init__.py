@@ -1,12 +1,36 @@
 """tiercache: multi-tier caching and Postgres sharding middleware.
 
-Everything public is re-exported here; other module paths are internal.
+Everything public is re-exported here; other module paths are internal (except the
+documented modules ``tiercache.codec``, ``tiercache.metrics``, ``tiercache.local`` and
+``tiercache.testing``).
 """
 
 from __future__ import annotations
 
 from tiercache._impl import implementation
+from tiercache.cache import TierCache
+from tiercache.codec import CodecError
+from tiercache.codec import register as register_type
+from tiercache.sharding.pool import ShardedPool, ShardFanoutError, create_sharded_pool
 from tiercache.sharding.ring import HashRing
+from tiercache.tiers.base import MISSING, SyncTier, Tier
+from tiercache.tiers.memory import MemoryTier
+from tiercache.tiers.redis import CircuitBreaker, RedisTier
 
-__all__ = ["HashRing", "implementation"]
+__all__ = [
+    "MISSING",
+    "CircuitBreaker",
+    "CodecError",
+    "HashRing",
+    "MemoryTier",
+    "RedisTier",
+    "ShardFanoutError",
+    "ShardedPool",
+    "SyncTier",
+    "Tier",
+    "TierCache",
+    "create_sharded_pool",
+    "implementation",
+    "register_type",
+]
 __version__ = "0.1.0"
