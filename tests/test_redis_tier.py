@@ -401,3 +401,28 @@ def test_async_client_follows_the_event_loop(tiercache_stack: Any,
     assert asyncio.run(roundtrip(2)) == 2  # a new loop, a new client, no error
     assert t.stats()["errors"] == 0
     t.close_sync()
+
+
+@settings(max_examples=100, deadline=None)
+@given(value=values, stored_at=st.one_of(st.floats(0, 2e9), st.integers(0, 2**31)),
+       ttl=st.one_of(st.none(), st.floats(0.001, 1e6), st.integers(1, 10**6)),
+       load_time=st.one_of(st.floats(0, 100), st.integers(0, 100)))
+def test_fast_unpack_agrees_with_the_codec(value: Any, stored_at: float, ttl: float | None,
+                                           load_time: float) -> None:
+    from tiercache.codec import unpack_entry
+    from tiercache.tiers._redis_ops import fast_unpack
+
+    raw = pack_entry(value, stored_at=stored_at, ttl=ttl, load_time=load_time)
+    ours, theirs = fast_unpack(raw), unpack_entry(raw)
+    assert type(ours) is type(theirs)
+    assert same(list(ours), list(theirs))
+
+
+@pytest.mark.parametrize("payload", [b"", b"\xc1TC\x01", b"\xc1TC\x01\x93\x01\x02\x03",
+                                     b"\xc1TC\x01\x94\x01\xa1x\xc0\xcb"])
+def test_fast_unpack_refuses_what_the_codec_refuses(payload: bytes) -> None:
+    from tiercache.codec import CodecError
+    from tiercache.tiers._redis_ops import fast_unpack
+
+    with pytest.raises(CodecError):
+        fast_unpack(payload)

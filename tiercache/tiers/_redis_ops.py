@@ -29,7 +29,7 @@ from redis.crc import key_slot
 from redis.exceptions import DataError, ResponseError
 
 from tiercache._stats import LATENCY_BUCKETS, CounterMap, Histogram, hit_ratio
-from tiercache.codec import CodecError, Entry, pack_entry, unpack_entry
+from tiercache.codec import FORMAT_VERSION, CodecError, Entry, decode, pack_entry, unpack_entry
 from tiercache.tiers._breaker import CircuitBreaker
 from tiercache.tiers.base import MISSING, Missing
 
@@ -136,6 +136,30 @@ def scan_cursor(reply: Any, node: Any) -> tuple[int, list[Any]]:
     if isinstance(cursor, dict):
         cursor = cursor[node.name]
     return int(cursor), list(found)
+
+
+_HEADER: Final = b"\xc1TC" + bytes([FORMAT_VERSION])  # the codec's documented wire format
+_new_entry = tuple.__new__
+
+
+def fast_unpack(raw: bytes) -> Entry:
+    """:func:`tiercache.codec.unpack_entry` for the common case, ~2x cheaper.
+
+    Takes the codec's own :func:`~tiercache.codec.decode` for the body and only skips the
+    generic conversions when the envelope is exactly what this version writes (current
+    version byte, float fields); anything else goes through ``unpack_entry`` itself, so
+    validation and error messages stay the codec's. Matters for ``get_many``, where decoding
+    100 envelopes is most of what the tier adds to the round trip.
+    """
+    if raw[:4] == _HEADER:
+        fields = decode(raw[4:])
+        if type(fields) is list and len(fields) == 4:
+            stored_at, ttl, load_time = fields[1], fields[2], fields[3]
+            if (type(stored_at) is float and type(load_time) is float
+                    and (ttl is None or type(ttl) is float)):
+                entry: Entry = _new_entry(Entry, fields)
+                return entry
+    return unpack_entry(raw)
 
 
 def _is_outage(exc: BaseException) -> bool:
@@ -261,7 +285,7 @@ class RedisTierBase:
             self.misses += 1
             return MISSING
         try:
-            entry = unpack_entry(raw)
+            entry = fast_unpack(raw)
         except CodecError as exc:
             return self._corrupt(key, exc)
         self.hits += 1
@@ -275,7 +299,7 @@ class RedisTierBase:
                 misses += 1
                 continue
             try:
-                found[key] = unpack_entry(raw).value
+                found[key] = fast_unpack(raw)[0]
             except CodecError as exc:
                 self._corrupt(key, exc)
         self.hits += len(found)
