@@ -18,7 +18,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,11 +56,22 @@ def unprivileged_user() -> RunAs | None:
         except KeyError:
             continue
         return RunAs(name, entry.pw_uid, entry.pw_gid)
-    subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "tiercache"],
-        check=True, capture_output=True,
-    )
-    entry = pwd.getpwnam("tiercache")
+    try:
+        made = subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+             "tiercache"],
+            capture_output=True, text=True,
+        )
+    except OSError as exc:
+        raise LocalStackError(f"running as root and no 'tiercache' user: {exc}") from exc
+    # A non-zero exit is fine when a concurrent process created the account first.
+    try:
+        entry = pwd.getpwnam("tiercache")
+    except KeyError:
+        raise LocalStackError(
+            f"running as root and could not create user 'tiercache' for Postgres "
+            f"(useradd exit {made.returncode}): {made.stderr.strip()}"
+        ) from None
     return RunAs("tiercache", entry.pw_uid, entry.pw_gid)
 
 
@@ -74,20 +85,37 @@ def run_tool(
     argv: Sequence[str], *, run_as: RunAs | None, env: Mapping[str, str] | None = None,
     stdin: str | None = None, timeout: float = 60.0,
 ) -> str:
-    """Run a short-lived tool (initdb, single-user postgres) and return its output."""
-    proc = subprocess.run(
-        list(argv), input=stdin, capture_output=True, text=True, timeout=timeout,
-        env=dict(env) if env is not None else None, **_popen_kwargs(run_as),
-    )
+    """Run a short-lived tool (initdb, single-user postgres) and return its output.
+
+    Every failure -- non-zero exit, timeout, missing binary -- is a :class:`LocalStackError`,
+    the one error the CLI and fixtures report cleanly.
+    """
+    tool = Path(argv[0]).name
+    try:
+        proc = subprocess.run(
+            list(argv), input=stdin, capture_output=True, text=True, timeout=timeout,
+            env=dict(env) if env is not None else None, **_popen_kwargs(run_as),
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise LocalStackError(f"{tool} did not finish within {timeout:.0f}s") from exc
+    except OSError as exc:
+        raise LocalStackError(f"{tool} could not be run: {exc}") from exc
     if proc.returncode != 0:
         raise LocalStackError(
-            f"{Path(argv[0]).name} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
+            f"{tool} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
         )
     return str(proc.stdout)
 
 
 class _Spawner:
-    """Owns the long-lived thread every server is forked from (see module docstring)."""
+    """Owns the long-lived thread every server is forked from (see module docstring).
+
+    Jobs are :class:`~concurrent.futures.Future` pairs: a caller that gives up waiting
+    cancels its future, and the thread skips cancelled jobs, so a late job cannot start a
+    server that nobody holds a handle to.
+    """
+
+    _TIMEOUT = 30.0
 
     def __init__(self) -> None:
         self._jobs: queue.Queue[tuple[Callable[[], subprocess.Popen[bytes]],
@@ -98,6 +126,8 @@ class _Spawner:
     def _loop(self) -> None:
         while True:
             make, fut = self._jobs.get()
+            if not fut.set_running_or_notify_cancel():
+                continue  # the caller timed out and cancelled it
             try:
                 fut.set_result(make())
             except BaseException as exc:  # handed to the caller's thread
@@ -112,7 +142,14 @@ class _Spawner:
                 self._thread.start()
         fut: Future[subprocess.Popen[bytes]] = Future()
         self._jobs.put((make, fut))
-        return fut.result(timeout=30)
+        try:
+            return fut.result(timeout=self._TIMEOUT)
+        except TimeoutError:
+            if fut.cancel():
+                raise LocalStackError(
+                    f"the server spawner thread did not take the job within {self._TIMEOUT:.0f}s"
+                ) from None
+            return fut.result()  # already running: Popen itself is quick, take its result
 
 
 _SPAWNER = _Spawner()
@@ -134,50 +171,48 @@ def spawn_server(
     return _SPAWNER.spawn(make)
 
 
+def _stat_fields(pid: int | str) -> list[bytes] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name, or ``None`` if it is gone.
+
+    Index 0 is the state (``Z`` for a zombie), 1 the parent pid, 2 the process group.  The
+    command name is skipped by its *last* ``)``, since a name may itself contain one.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(b")") + 2:].split()
+
+
+def _all_stat_fields() -> Iterator[tuple[int, list[bytes]]]:
+    """``(pid, stat fields)`` of every process still there when its file is read."""
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            fields = _stat_fields(entry.name)
+            if fields is not None and len(fields) > 2:
+                yield int(entry.name), fields
+
+
 def group_alive(pgid: int) -> bool:
     """True while any non-zombie process is in process group *pgid* (Linux /proc scan).
 
     Zombies are ignored: orphans are reaped by PID 1, which in containers may never happen.
     """
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
-            return True
-    return False
+    return any(
+        int(fields[2]) == pgid and fields[0] != b"Z" for _pid, fields in _all_stat_fields()
+    )
 
 
 def children(pid: int) -> list[int]:
     """Direct children of *pid* (Postgres backends setsid(), so killpg does not reach them)."""
-    out = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()
-        if len(fields) > 1 and int(fields[1]) == pid:
-            out.append(int(entry.name))
-    return out
+    return [child for child, fields in _all_stat_fields() if int(fields[1]) == pid]
 
 
 def pid_alive(pid: int) -> bool:
     """True if *pid* exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2:].split()[0] != b"Z"
+    fields = _stat_fields(pid)
+    return fields is not None and len(fields) > 0 and fields[0] != b"Z"
 
 
 def stop_group(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
@@ -246,24 +281,30 @@ def free_port(*, with_bus: bool = False) -> int:
 def wait_until(check: Callable[[], bool], timeout: float, what: str,
                proc: subprocess.Popen[bytes] | None = None, log_path: Path | None = None,
                interval: float = 0.02) -> None:
-    """Poll *check* until true; fail fast with the server log if the server died meanwhile."""
+    """Poll *check* until true; fail fast with the server log if the server died meanwhile.
+
+    An exception from *check* means "not ready yet" (connection refused, still loading...);
+    the last one is named in the timeout error, since it usually says why.
+    """
     deadline = time.monotonic() + timeout
+    last_error = ""
     while True:
         try:
             if check():
                 return
-        except Exception:  # not ready yet (connection refused, loading, ...)
-            pass
+        except Exception as exc:
+            last_error = f" (last check: {type(exc).__name__}: {exc})"
         if proc is not None and proc.poll() is not None:
             raise LocalStackError(f"{what}: server exited with {proc.returncode}"
                                   + log_tail(log_path))
         if time.monotonic() > deadline:
             raise LocalStackError(f"timed out after {timeout:.0f}s waiting for {what}"
-                                  + log_tail(log_path))
+                                  + last_error + log_tail(log_path))
         time.sleep(interval)
 
 
 def log_tail(path: Path | None, lines: int = 20) -> str:
+    """The last *lines* of a server log, formatted to append to an error ("" if unreadable)."""
     if path is None:
         return ""
     try:
