@@ -95,12 +95,14 @@ class PostgresServers:
         }
 
     def _env(self) -> dict[str, str]:
+        """Our environment minus the user's ``PG*`` settings, which would redirect the tools."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env.update(self.binaries.env)
         env["LC_ALL"] = "C"
         return env
 
     def dsn(self, name: str) -> str:
+        """The shard's connection URL (it carries the password: keep it out of logs)."""
         shard = self.shards[name]
         return f"postgresql://{ROLE}:{self.password}@127.0.0.1:{shard.port}/{DATABASE}"
 
@@ -116,8 +118,10 @@ class PostgresServers:
     def _initdb(self, workdir: Path, data: Path) -> None:
         """initdb with a password-protected superuser, then create the database offline."""
         pwfile = workdir / "pwfile"
-        pwfile.write_text(self.password + "\n")
-        pwfile.chmod(0o600)
+        # 0600 from the first byte: when we run as root the stack dir is world-traversable.
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.password + "\n")
         self._own(pwfile)
         try:
             run_tool([str(self.binaries.tool("initdb")), "-D", str(data), "-N",
@@ -159,10 +163,6 @@ class PostgresServers:
         return (len(lines) >= 8 and shard.proc is not None
                 and lines[0].strip() == str(shard.proc.pid) and lines[7].strip() == "ready")
 
-    def _run(self, shard: PgShard, timeout: float = 30.0) -> None:
-        self._spawn(shard)
-        self._wait_ready(shard, timeout)
-
     def _spawn(self, shard: PgShard) -> None:
         shard.proc = spawn_server(self._argv(shard), log_path=shard.log_path, run_as=self.run_as,
                                   env=self._env(), cwd=shard.dir)
@@ -172,6 +172,7 @@ class PostgresServers:
                    shard.proc, shard.log_path)
 
     def start(self, progress: Callable[[str], None]) -> None:
+        """Create every shard's data dir and start the servers; returns once all accept."""
         # one initdb, then cheap copies: N initdbs in parallel are CPU-bound on small machines
         template_dir = self._mkdir(self.root / "pg-template")
         self._initdb(template_dir, template_dir / "data")
@@ -190,6 +191,7 @@ class PostgresServers:
         progress(f"postgres: {len(self.shards)} shard servers ready")
 
     def kill(self, name: str) -> None:
+        """SIGKILL a shard's postmaster and all its backends; :meth:`restart` brings it back."""
         shard = self._shard(name)
         if shard.proc is None:
             raise LocalStackError(f"postgres shard {name} is not running")
@@ -203,7 +205,7 @@ class PostgresServers:
         wait_until(lambda: not any(pid_alive(p) for p in backends), 10,
                    f"backends of shard {name} to exit")
         shard.proc = None
-        _drop_sysv_segment(shard)
+        drop_sysv_segment(shard.data)
         log.info("postgres shard %s (:%d) killed", name, shard.port)
 
     def restart(self, name: str, timeout: float = 30.0) -> None:
@@ -211,16 +213,20 @@ class PostgresServers:
         shard = self._shard(name)
         if shard.proc is not None:
             raise LocalStackError(f"postgres shard {name} is still running")
-        self._run(shard, timeout)
+        self._spawn(shard)
+        self._wait_ready(shard, timeout)
         log.info("postgres shard %s (:%d) restarted", name, shard.port)
 
     def stop(self) -> None:
-        # immediate shutdown (SIGQUIT): the data dir is deleted next, no checkpoint needed
+        """Stop every running shard server.
+
+        Immediate shutdown (SIGQUIT): the data dir is deleted next, so no checkpoint is needed.
+        """
         running = [s for s in self.shards.values() if s.proc is not None]
         stop_groups([s.proc for s in running if s.proc is not None], signal.SIGQUIT, 10)
         for shard in running:
             shard.proc = None
-            _drop_sysv_segment(shard)
+            drop_sysv_segment(shard.data)
 
     def pids(self) -> dict[str, int]:
         return {n: s.proc.pid for n, s in self.shards.items() if s.proc is not None}
@@ -231,10 +237,6 @@ class PostgresServers:
         except KeyError:
             have = sorted(self.shards)
             raise LocalStackError(f"no postgres shard {name!r}; have {have}") from None
-
-
-def _drop_sysv_segment(shard: PgShard) -> None:
-    drop_sysv_segment(shard.data)
 
 
 def drop_sysv_segment(data: Path) -> None:
