@@ -271,8 +271,7 @@ class InvalidationBus:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    def stop(self) -> None:
-        """Stop listening (idempotent); safe from any thread."""
+    def _signal_stop(self) -> threading.Thread | None:
         with self._lock:
             self._closed = True
             task, thread, loop = self._task, self._thread, self._thread_loop
@@ -281,11 +280,19 @@ class InvalidationBus:
         if thread is not None and loop is not None:
             with contextlib.suppress(RuntimeError):  # loop already closed
                 loop.call_soon_threadsafe(_cancel_all, loop)
-            if thread is not threading.current_thread():
-                thread.join(timeout=5)
+        return thread if thread is not threading.current_thread() else None
+
+    def stop(self) -> None:
+        """Stop listening (idempotent); safe from any thread."""
+        thread = self._signal_stop()
+        if thread is not None:
+            thread.join(timeout=5)
 
     async def astop(self) -> None:
-        self.stop()
+        """:meth:`stop` without blocking the event loop."""
+        thread = self._signal_stop()
+        if thread is not None:
+            await asyncio.to_thread(thread.join, 5)
         task = self._task
         if task is not None and task.get_loop() is asyncio.get_running_loop():
             await asyncio.gather(task, return_exceptions=True)
