@@ -44,30 +44,36 @@ class PoolAdminMixin:
             return self._shards.values()
         return (self._shards[self._route_name(shard_key, shard)],)
 
+    def _sum_primaries(self, getter: str, shard_key: Any, shard: str | None) -> int:
+        """``pool.<getter>()`` of the routed shard's primary, or summed over every primary.
+
+        Primaries whose pool is not open (before ``await pool``) count as 0.
+        """
+        return sum(
+            getattr(s.primary.pool, getter)()
+            for s in self._selected(shard_key, shard)
+            if s.primary.pool is not None
+        )
+
     def get_size(self, *, shard_key: Any = None, shard: str | None = None) -> int:
         """Open connections: of the routed shard's primary, or summed over all primaries."""
-        return sum(s.primary.pool.get_size() for s in self._selected(shard_key, shard)
-                   if s.primary.pool is not None)
+        return self._sum_primaries("get_size", shard_key, shard)
 
     def get_idle_size(self, *, shard_key: Any = None, shard: str | None = None) -> int:
         """Idle connections: of the routed shard's primary, or summed over all primaries."""
-        return sum(s.primary.pool.get_idle_size() for s in self._selected(shard_key, shard)
-                   if s.primary.pool is not None)
+        return self._sum_primaries("get_idle_size", shard_key, shard)
 
     def get_min_size(self, *, shard_key: Any = None, shard: str | None = None) -> int:
         """``min_size``: of the routed shard's primary, or summed over all primaries."""
-        return sum(s.primary.pool.get_min_size() for s in self._selected(shard_key, shard)
-                   if s.primary.pool is not None)
+        return self._sum_primaries("get_min_size", shard_key, shard)
 
     def get_max_size(self, *, shard_key: Any = None, shard: str | None = None) -> int:
         """``max_size``: of the routed shard's primary, or summed over all primaries."""
-        return sum(s.primary.pool.get_max_size() for s in self._selected(shard_key, shard)
-                   if s.primary.pool is not None)
+        return self._sum_primaries("get_max_size", shard_key, shard)
 
     def get_init_size(self, *, shard_key: Any = None, shard: str | None = None) -> int:
         """``init_size``: of the routed shard's primary, or summed over all primaries."""
-        return sum(s.primary.pool.get_init_size() for s in self._selected(shard_key, shard)
-                   if s.primary.pool is not None)
+        return self._sum_primaries("get_init_size", shard_key, shard)
 
     async def expire_connections(
         self, *, shard_key: Any = None, shard: str | None = None
