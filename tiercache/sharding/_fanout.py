@@ -138,11 +138,12 @@ class FanoutMixin:
 
     if TYPE_CHECKING:
         _shard_names: tuple[str, ...]
-        _shards: dict[str, Shard]
         _fanout_concurrency: int
         _redactor: Redactor
 
         def _check_open(self) -> None: ...
+
+        def _shard(self, name: str) -> Shard: ...
 
         async def _run(
             self, ep: Endpoint, method: str, text: str, args: tuple[Any, ...],
@@ -152,18 +153,15 @@ class FanoutMixin:
     def _fanout_targets(
         self, shards: Iterable[str] | None, readonly: bool
     ) -> dict[str, Endpoint]:
+        """``{name: endpoint}`` for every shard (or the named ones), validated up front so
+        an unknown name fails before any statement runs anywhere."""
         self._check_open()
         if isinstance(shards, str):  # a single name, not an iterable of characters
             shards = (shards,)
         names = self._shard_names if shards is None else tuple(shards)
         targets: dict[str, Endpoint] = {}
         for name in names:
-            try:
-                shard = self._shards[name]
-            except KeyError:
-                raise ValueError(
-                    f"unknown shard {name!r}; shards are {list(self._shards)}"
-                ) from None
+            shard = self._shard(name)
             targets[name] = shard.pick_read() if readonly and shard.replicas else shard.primary
         return targets
 
@@ -186,7 +184,7 @@ class FanoutMixin:
 
         return await fanout(
             operation, tuple(targets), call,
-            concurrency=concurrency or self._fanout_concurrency,
+            concurrency=self._fanout_concurrency if concurrency is None else concurrency,
             scrub=self._redactor.exception,
         )
 
