@@ -85,13 +85,22 @@ class ConnectionsMixin:
         _redactor: Redactor
         _retry_after: float
         _slowlog: SlowQueryLog
+        _closing: bool
+        _closed: bool
 
     async def _open_all(self) -> None:
-        """Open every primary (all must succeed) and every replica (failures are logged)."""
+        """Open every primary (all must succeed) and every replica (failures are logged).
+
+        On failure or cancellation nothing is left open, so ``await pool`` can be retried.
+        """
         endpoints = [ep for s in self._shards.values() for ep in s.endpoints()]
-        outcomes = await asyncio.gather(
-            *(self._open(ep) for ep in endpoints), return_exceptions=True
-        )
+        try:
+            outcomes = await asyncio.gather(
+                *(self._open(ep) for ep in endpoints), return_exceptions=True
+            )
+        except BaseException:  # cancelled: the pools that did open would have no owner
+            self._discard_pools(endpoints)
+            raise
         primary_errors: dict[str, BaseException] = {}
         for ep, outcome in zip(endpoints, outcomes, strict=True):
             if not isinstance(outcome, BaseException):
@@ -106,24 +115,40 @@ class ConnectionsMixin:
                     ep.redacted, ep.shard, type(outcome).__name__, outcome,
                 )
         if primary_errors:
-            for ep in endpoints:
-                if ep.pool is not None:
-                    ep.pool.terminate()
-                    self._owners.pop(ep.pool, None)
-                    ep.pool = None
+            self._discard_pools(endpoints)
             if len(primary_errors) == 1:
                 (exc,) = primary_errors.values()
                 raise exc
-            raise ShardFanoutError("create_sharded_pool", {}, primary_errors)
+            opened = {name: None for name in self._shards if name not in primary_errors}
+            raise ShardFanoutError("create_sharded_pool", opened, primary_errors)
+
+    def _discard_pools(self, endpoints: list[Endpoint]) -> None:
+        """Terminate and forget the pools of ``endpoints`` (a failed or cancelled start)."""
+        for ep in endpoints:
+            if ep.pool is not None:
+                ep.pool.terminate()
+                self._owners.pop(ep.pool, None)
+                ep.pool = None
 
     async def _open(self, ep: Endpoint) -> None:
-        """Create and await ``ep``'s asyncpg pool (also used to retry a replica later)."""
+        """Create and await ``ep``'s asyncpg pool (also used to retry a replica later).
+
+        ``health()`` retries replicas, so two probes may open the same endpoint at once, and
+        the sharded pool may start closing meanwhile: a pool that lost either race is
+        terminated here instead of being left running where ``close()`` cannot see it.
+        """
         pool = asyncpg.create_pool(ep.dsn, **{**self._pool_kwargs, **ep.connect_kwargs})
         try:
             await pool
         except BaseException:
             pool.terminate()
             raise
+        if self._closing or self._closed:
+            pool.terminate()
+            raise asyncpg.InterfaceError("pool is closing")
+        if ep.pool is not None:  # a concurrent _open of this endpoint got there first
+            pool.terminate()
+            return
         ep.pool = pool
         ep.mark_up()
         self._owners[pool] = ep
