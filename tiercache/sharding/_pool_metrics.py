@@ -19,6 +19,7 @@ import logging
 import time
 from bisect import bisect_left
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Literal
 
 from tiercache._stats import LATENCY_BUCKETS
@@ -158,28 +159,38 @@ class SlowQueryLog:
     Entries hold the statement text (truncated), its fingerprint, shard, endpoint role,
     method, duration and wall-clock time -- never the bound parameters, which may be
     personal data.  Each slow statement is also logged once on ``tiercache.sharding.slowlog``
-    at WARNING.
+    at WARNING.  The text goes through ``redact`` first (the pool passes its
+    :class:`~tiercache.sharding._redact.Redactor`): a statement may carry a password literal
+    (``ALTER ROLE ... PASSWORD '...'``), and both the log and ``slow_queries()`` end up in
+    tickets.
     """
 
-    __slots__ = ("_entries", "maxlen", "threshold_ns")
+    __slots__ = ("_entries", "_redact", "maxlen", "threshold_ns")
 
-    def __init__(self, threshold_ms: float = 100.0, maxlen: int = 1000) -> None:
+    def __init__(
+        self,
+        threshold_ms: float = 100.0,
+        maxlen: int = 1000,
+        redact: Callable[[str], str] | None = None,
+    ) -> None:
         if threshold_ms < 0:
             raise ValueError("slow_query_ms must be >= 0")
         self.threshold_ns = int(threshold_ms * 1_000_000)
         self.maxlen = maxlen
+        self._redact = redact
         self._entries: deque[dict[str, Any]] = deque(maxlen=maxlen)
 
     def record(
         self, shard: str, role: str, method: str, query: str, elapsed_ns: int, failed: bool
     ) -> None:
         """Add one slow statement (the caller already compared against ``threshold_ns``)."""
-        fp = fingerprint(query)
+        fp = fingerprint(query)  # a hash with constants normalised away: nothing to redact
+        text = self._redact(query) if self._redact is not None else query
         entry: dict[str, Any] = {
             "shard": shard,
             "role": role,
             "method": method,
-            "query": query if len(query) <= 2000 else query[:2000] + "...",
+            "query": text if len(text) <= 2000 else text[:2000] + "...",
             "fingerprint": fp,
             "duration_ms": elapsed_ns / 1e6,
             "failed": failed,
@@ -206,6 +217,7 @@ class SlowQueryLog:
         return [dict(e) for e in items]
 
     def clear(self) -> None:
+        """Drop every entry (the threshold is kept)."""
         self._entries.clear()
 
     def __len__(self) -> int:

@@ -101,6 +101,7 @@ class OperationsMixin:
         return self._slowlog.entries(n, order=order)
 
     def clear_slow_queries(self) -> None:
+        """Empty the slow-query log (the counters in :meth:`stats` are kept)."""
         self._slowlog.clear()
 
     @property

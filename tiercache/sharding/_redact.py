@@ -26,6 +26,9 @@ MASK = "***"
 
 # ``password=secret`` / ``password='se cret'`` inside a libpq key/value DSN or a URL query.
 _KV_PASSWORD = re.compile(r"(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)")
+# ``[ENCRYPTED] PASSWORD 'literal'`` in SQL (CREATE/ALTER ROLE): the statement text of a
+# password rotation reaches the slow-query log, and the new password is not known to us yet.
+_SQL_PASSWORD = re.compile(r"(?i)(\bpassword\s+)'(?:[^']|'')*'")
 
 
 def dsn_password(dsn: str) -> str | None:
@@ -93,7 +96,7 @@ class Redactor:
             if secret in value:
                 value = value.replace(secret, MASK)
         if "password" in value.lower() or "://" in value:
-            value = _scrub_urls(value)
+            value = _scrub_patterns(value)
         return value
 
     def exception(self, exc: BaseException) -> BaseException:
@@ -126,6 +129,8 @@ class Redactor:
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
 
 
-def _scrub_urls(value: str) -> str:
+def _scrub_patterns(value: str) -> str:
+    """Mask passwords recognisable by their form: in URLs, ``password=`` and SQL literals."""
     value = _URL.sub(lambda m: redact_dsn(m.group(0)), value)
+    value = _SQL_PASSWORD.sub(rf"\g<1>'{MASK}'", value)
     return _KV_PASSWORD.sub(rf"\g<1>{MASK}", value)

@@ -97,7 +97,9 @@ class ShardedPool(
             raise ValueError("fanout_concurrency must be >= 1")
         self._fanout_concurrency = fanout_concurrency
         self._retry_after = replica_retry_after
-        self._slowlog = SlowQueryLog(slow_query_ms, slow_query_log_size)
+        self._slowlog = SlowQueryLog(
+            slow_query_ms, slow_query_log_size, redact=self._redactor.text
+        )
         self._ring: Ring = ring if ring is not None else default_ring(self._shards)
         self._check_ring(self._ring)
         self._owners: dict[Any, Endpoint] = {}  # asyncpg pool -> its endpoint
