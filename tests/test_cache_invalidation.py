@@ -315,3 +315,4 @@ async def test_cross_process_l1_invalidation(make_cache: Factory, tiercache_stac
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        proc.stdout.close()

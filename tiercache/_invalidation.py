@@ -360,7 +360,7 @@ class Coherence:
         local = self._apply_local(keys, tags, patterns, functions, everything)
         yield from self._publish(keys=keys, tags=tags, patterns=patterns, functions=functions,
                                  everything=everything)
-        return removed if self.l2 is not None else local
+        return removed or local  # L2's count; L1's when L2 had none (or is down)
 
     def _apply_local(self, keys: list[str], tags: list[str], patterns: list[str],
                      functions: list[str], everything: bool) -> int:
