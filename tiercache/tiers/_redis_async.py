@@ -1,0 +1,242 @@
+"""Async client management and the less frequent async operations of RedisTier.
+
+Timeouts: the async client is built *without* redis-py's per-socket timeout, because
+redis-py enforces it on every write with ``asyncio.wait_for`` (a new Task and an extra
+event-loop cycle per command: a tenth of a loopback round trip). Instead every operation
+runs under one ``asyncio.timeout`` budget of ``connect_timeout + socket_timeout`` (scaled
+for large batches; per step for multi-round-trip operations such as ``delete_pattern``).
+A cancelled read/write makes redis-py drop that connection, so no reply is ever misread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from asyncio import get_running_loop
+from collections.abc import Awaitable, Callable, Iterable
+from time import perf_counter
+from typing import Any, TypeVar
+
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
+
+from tiercache.tiers._breaker import CLOSED
+from tiercache.tiers._redis_conn import (
+    AsyncClient,
+    async_primaries,
+    detect_cluster_async,
+    make_async_client,
+    make_pubsub_client,
+)
+from tiercache.tiers._redis_ops import (
+    LOCAL_LEASE_PREFIX,
+    RELEASE_LUA,
+    TAG_POP_LUA,
+    decode_members,
+    lease_key,
+    scan_cursor,
+    tag_add_args,
+    tag_key,
+)
+from tiercache.tiers._redis_sync import SyncTwins
+
+__all__ = ["AsyncOps"]
+
+T = TypeVar("T")
+_ALL_PRIMARIES = redis.asyncio.cluster.RedisCluster.PRIMARIES
+_OP_BUDGET = -1.0  # _call's default: the tier's per-operation budget
+
+
+class AsyncOps(SyncTwins):
+    """Async client lifecycle, ``_call`` (breaker/timeout/counting), and the rarer ops."""
+
+    _user_async: AsyncClient | None
+    _aclient: AsyncClient | None
+    _aloop: asyncio.AbstractEventLoop | None
+    _budget: float
+
+    def _batch_budget(self, n: int) -> float:
+        """A batch of ``n`` commands moves more bytes: one more timeout per 1000 commands."""
+        return self._budget + self.socket_timeout * (n // 1000)
+
+    async def _client(self) -> AsyncClient:
+        loop = get_running_loop()
+        if self._aloop is loop and self._aclient is not None:
+            return self._aclient
+        if self._user_async is not None and self._aloop is None:
+            client: AsyncClient = self._user_async
+        else:
+            if self._cluster is None:
+                self._cluster = await detect_cluster_async(
+                    self._spec, self.connect_timeout, self.socket_timeout)
+            if self._aloop is loop and self._aclient is not None:
+                return self._aclient  # another task connected meanwhile
+            client = make_async_client(self._spec, self._cluster, None,
+                                       self.connect_timeout, self.max_connections)
+        self._aclient, self._aloop = client, loop
+        return client
+
+    def _allowed(self) -> bool:
+        breaker = self.breaker
+        if breaker.state is CLOSED or breaker.allow():
+            return True
+        self._skip()
+        return False
+
+    async def _call(self, op: str, fn: Callable[[AsyncClient], Awaitable[T]], default: T,
+                    budget: float | None = _OP_BUDGET) -> T:
+        """Run one operation with breaker, timeout, timing and counting; ``default`` on
+        failure. ``budget=None``: ``fn`` times its own steps (see :meth:`_step`)."""
+        if not self._allowed():
+            return default
+        start = perf_counter()
+        try:
+            if budget is None:
+                result = await fn(await self._client())
+            else:
+                async with asyncio.timeout(self._budget if budget < 0 else budget):
+                    result = await fn(await self._client())
+        except Exception as exc:
+            self._failed(op, exc)
+            return default
+        self._histogram(op).observe(perf_counter() - start)
+        self.breaker.record_success()
+        return result
+
+    async def _step(self, aw: Awaitable[T], n: int = 1) -> T:
+        async with asyncio.timeout(self._batch_budget(n)):
+            return await aw
+
+    # ------------------------------------------------------------ pattern delete
+
+    async def delete_pattern(self, pattern: str) -> int:
+        """SCAN MATCH ``pattern`` on every master and UNLINK the matches; returns the count."""
+
+        async def sweep(client: AsyncClient) -> int:
+            total = 0
+            for node in await self._step(async_primaries(client)):
+                target = {} if node is None else {"target_nodes": node}
+                cursor: int = 0
+                while True:
+                    reply = await self._step(
+                        client.scan(cursor, match=pattern, count=1000, **target))
+                    cursor, found = scan_cursor(reply, node)
+                    if found:
+                        total += await self._step(client.unlink(*found), len(found))
+                    if cursor == 0:
+                        break
+            return total
+
+        removed = await self._call("delete_pattern", sweep, 0, None)
+        self.deletes += removed
+        return removed
+
+    # ------------------------------------------------------------ tags
+
+    async def add_tags(self, key: str, tags: Iterable[str], ttl: float | None = None) -> None:
+        """Index ``key`` under each tag; a tag set outlives every entry it indexes."""
+        calls = tag_add_args(key, tags, ttl if ttl is not None else self.ttl)
+        if not calls:
+            return
+
+        async def index(client: AsyncClient) -> None:
+            pipe = client.pipeline(transaction=False)
+            for args in calls:
+                pipe.execute_command("EVAL", *args)
+            await pipe.execute()
+
+        await self._call("add_tags", index, None, self._batch_budget(len(calls)))
+
+    async def invalidate_tags(self, tags: Iterable[str]) -> int:
+        """Delete every key indexed under ``tags`` and the tag sets; returns keys deleted."""
+        wanted = list(dict.fromkeys(tags))
+        if not wanted:
+            return 0
+
+        async def drop(client: AsyncClient) -> int:
+            pipe = client.pipeline(transaction=False)
+            for tag in wanted:
+                pipe.execute_command("EVAL", TAG_POP_LUA, 1, tag_key(tag))
+            members = decode_members(await self._step(pipe.execute(), len(wanted)))
+            if not members:
+                return 0
+            return int(await self._step(client.delete(*members), len(members)))
+
+        removed = await self._call("invalidate_tags", drop, 0, None)
+        self.deletes += removed
+        return removed
+
+    # ------------------------------------------------------------ leases
+
+    async def acquire_lease(self, key: str, ttl_ms: int) -> str | None:
+        """SET NX PX on the lease key: a token when acquired, None when another holds it.
+
+        When Redis is unavailable there is nobody to coordinate with: a ``"local:"`` token is
+        returned so the caller loads at once instead of waiting for a value that cannot come.
+        """
+        token = secrets.token_hex(16)
+        lkey = lease_key(key)
+
+        async def take(client: AsyncClient) -> str | None:
+            return token if await client.set(lkey, token, nx=True, px=ttl_ms) else None
+
+        local: str | None = LOCAL_LEASE_PREFIX + token
+        return await self._call("acquire_lease", take, local)
+
+    async def release_lease(self, key: str, token: str) -> bool:
+        """Compare-and-delete: only the holder's token releases the lease."""
+        if token.startswith(LOCAL_LEASE_PREFIX):
+            return True
+        lkey = lease_key(key)
+        released = await self._call(
+            "release_lease", lambda c: c.eval(RELEASE_LUA, 1, lkey, token), 0)
+        return bool(released)
+
+    # ------------------------------------------------------------ bus, health, clear
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        """Classic PUBLISH: on a cluster it reaches subscribers on every node."""
+        await self._call("publish", lambda c: c.publish(channel, message), 0)
+
+    def pubsub_client(self) -> redis.asyncio.Redis:
+        """A fresh async client on one node for SUBSCRIBE (the caller closes it).
+
+        Successive calls rotate over the known nodes, so a subscriber that reconnects after
+        its node died tries another one (all nodes are known once the tier has connected).
+        """
+        return make_pubsub_client(self._spec, self._known_nodes(), self.connect_timeout)
+
+    def _known_nodes(self) -> list[tuple[str, int]]:
+        for client in (self._aclient, self._sclient):
+            if isinstance(client, redis.asyncio.cluster.RedisCluster | redis.cluster.RedisCluster):
+                nodes: list[Any] = client.get_nodes()
+                if nodes:
+                    return [(str(n.host), int(n.port)) for n in nodes]
+        return []
+
+    async def ping(self) -> float:
+        """Round trip in seconds (every master of a cluster); raises when unreachable."""
+        try:
+            async with asyncio.timeout(self._budget):
+                client = await self._client()
+                start = perf_counter()
+                if isinstance(client, redis.asyncio.cluster.RedisCluster):
+                    await client.ping(target_nodes=_ALL_PRIMARIES)
+                else:
+                    await client.ping()
+                return perf_counter() - start
+        except Exception as exc:
+            self._spec.redactor.exception(exc)
+            raise
+
+    async def clear(self) -> None:
+        """FLUSHDB ASYNC on every master: drops *everything* in that database, not just ours."""
+
+        async def flush(client: AsyncClient) -> None:
+            if isinstance(client, redis.asyncio.cluster.RedisCluster):
+                await client.flushdb(asynchronous=True, target_nodes=_ALL_PRIMARIES)
+            else:
+                await client.flushdb(asynchronous=True)
+
+        await self._call("clear", flush, None)
