@@ -101,9 +101,13 @@ def _external_pg_dsns() -> dict[str, str] | None:
     raw = os.environ.get(PG_DSNS_ENV)
     if not raw:
         return None
-    dsns = json.loads(raw)
+    usage = f"${PG_DSNS_ENV} must be a JSON object of shard name -> DSN"
+    try:
+        dsns = json.loads(raw)
+    except ValueError:
+        raise pytest.UsageError(f"{usage}; it is not valid JSON") from None
     if not isinstance(dsns, dict) or not all(isinstance(v, str) for v in dsns.values()):
-        raise pytest.UsageError(f"${PG_DSNS_ENV} must be a JSON object of shard name -> DSN")
+        raise pytest.UsageError(usage)
     return {str(k): v for k, v in dsns.items()}
 
 
@@ -135,8 +139,8 @@ def redis_cluster_client(tiercache_stack: LocalStack | ExternalStack) -> Iterato
     from redis.cluster import RedisCluster
 
     client = RedisCluster.from_url(tiercache_stack.redis_url)
-    client.flushall(target_nodes=RedisCluster.PRIMARIES)
     try:
+        client.flushall(target_nodes=RedisCluster.PRIMARIES)
         yield client
     finally:
         client.close()
@@ -152,9 +156,9 @@ if _HAVE_PYTEST_ASYNCIO:
         from redis.asyncio.cluster import RedisCluster as AsyncCluster
 
         client = AsyncCluster.from_url(tiercache_stack.redis_url)
-        await client.initialize()
-        await client.flushall(target_nodes=AsyncCluster.PRIMARIES)
         try:
+            await client.initialize()
+            await client.flushall(target_nodes=AsyncCluster.PRIMARIES)
             yield client
         finally:
             await client.aclose()
