@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from tiercache._localstack.procs import LocalStackError, pid_alive
+from tiercache._localstack.procs import LocalStackError, pid_alive, start_ticks
 
 STATE_NAME = "tiercache-local.json"
 
@@ -46,6 +46,19 @@ def _write_state(data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _owner_alive(state: dict[str, Any]) -> bool:
+    """Is the ``up`` process that wrote *state* still running?
+
+    Not just "is its pid alive": after an unclean exit the pid may belong to another process
+    by now, which ``down`` must not signal and ``up`` must not take for a running stack.
+    """
+    pid = int(state.get("pid", -1))
+    if not pid_alive(pid):
+        return False
+    recorded = state.get("pid_start")  # absent in state files written by older versions
+    return recorded is None or start_ticks(pid) == recorded
+
+
 def _server_pids(state: dict[str, Any]) -> list[int]:
     pids = state.get("pids") or {}
     redis = [int(p) for p in pids.get("redis", [])]
@@ -53,6 +66,7 @@ def _server_pids(state: dict[str, Any]) -> list[int]:
 
 
 def cli_up(as_json: bool, redis_masters: int, redis_replicas: int, pg_shards: int) -> int:
+    """Start a stack, print its addresses, and keep it up until SIGINT/SIGTERM; exit code."""
     from rich.console import Console
     from rich.table import Table
 
@@ -60,7 +74,7 @@ def cli_up(as_json: bool, redis_masters: int, redis_replicas: int, pg_shards: in
 
     err = Console(stderr=True)
     existing = _read_state()
-    if existing is not None and pid_alive(int(existing.get("pid", -1))):
+    if existing is not None and _owner_alive(existing):
         err.print(f"[red]a local stack is already running (pid {existing['pid']}); "
                   "stop it with `tiercache local down`[/red]")
         return 1
@@ -83,7 +97,8 @@ def cli_up(as_json: bool, redis_masters: int, redis_replicas: int, pg_shards: in
             err.print(f"[red]could not start the local stack:[/red] {exc}", highlight=False)
             return 1
         info = stack.describe()
-        _write_state({"pid": os.getpid(), "started_at": time.time(), **info})
+        _write_state({"pid": os.getpid(), "pid_start": start_ticks(os.getpid()),
+                      "started_at": time.time(), **info})
         if as_json:
             sys.stdout.write(json.dumps(info) + "\n")
             sys.stdout.flush()
@@ -131,16 +146,18 @@ def _is_our_server(pid: int) -> bool:
 
 
 def cli_down(timeout: float = 30.0) -> int:
+    """Stop the stack ``up`` started (from any shell) and clean up after it; exit code."""
     state = _read_state()
     if state is None:
         print(f"no local stack is running (no state file {state_path()})")
         return 0
     pid = int(state.get("pid", -1))
     servers = _server_pids(state)
-    if pid_alive(pid):
+    if _owner_alive(state):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while (pid_alive(pid) or any(pid_alive(p) for p in servers)) and time.monotonic() < deadline:
+    while (_owner_alive(state) or any(pid_alive(p) for p in servers)) \
+            and time.monotonic() < deadline:
         time.sleep(0.05)
     leftovers = [p for p in servers if pid_alive(p) and _is_our_server(p)]
     for leftover in leftovers:  # `up` died uncleanly: its PDEATHSIG should have done this
@@ -151,7 +168,7 @@ def cli_down(timeout: float = 30.0) -> int:
         shutil.rmtree(temp_dir, ignore_errors=True)
     with contextlib.suppress(OSError):
         state_path().unlink()
-    if pid_alive(pid):
+    if _owner_alive(state):
         print(f"local stack process {pid} did not exit", file=sys.stderr)
         return 1
     print(f"local stack (pid {pid}) stopped")

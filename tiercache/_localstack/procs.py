@@ -215,6 +215,17 @@ def pid_alive(pid: int) -> bool:
     return fields is not None and len(fields) > 0 and fields[0] != b"Z"
 
 
+def start_ticks(pid: int) -> int | None:
+    """When *pid* started (clock ticks after boot), or ``None`` if it is gone.
+
+    A pid plus its start time names one process for good: pids get reused, this pair does not.
+    """
+    fields = _stat_fields(pid)
+    if fields is None or len(fields) < 20:
+        return None
+    return int(fields[19])  # field 22 of stat; fields[0] is field 3
+
+
 def stop_group(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
     """Send *sig* to the server's process group, escalate to SIGKILL, wait until all are gone."""
     stop_groups([proc], sig, timeout)
