@@ -41,6 +41,12 @@ __all__ = ["LocalStack", "LocalStackError", "cli_down", "cli_up", "reap_stale_st
 
 log = logging.getLogger("tiercache.local")
 
+#: Stack temp dirs are ``<base_dir()>/tiercache-XXXX``; ``owner.pid`` inside names the process
+#: that owns it, so :func:`reap_stale_stacks` can tell a live stack from a SIGKILLed one's.
+TEMP_PREFIX = "tiercache-"
+OWNER_FILE = "owner.pid"
+TMPDIR_ENV = "TIERCACHE_TMPDIR"
+
 
 class LocalStack:
     """Start/stop a throw-away Redis Cluster + Postgres shards; usable as a context manager.
@@ -74,6 +80,10 @@ class LocalStack:
             self._progress(message)
 
     def start(self) -> LocalStack:
+        """Start the servers (both halves in parallel); returns once every one is ready.
+
+        On any failure whatever did start is stopped again before the error propagates.
+        """
         with self._lock:
             if self._tmp is not None:
                 raise LocalStackError("LocalStack already started")
@@ -88,12 +98,12 @@ class LocalStack:
             run_as = unprivileged_user() if self.pg_shards else None
             reap_stale_stacks()
             self._tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=base_dir()))
-            (self._tmp / OWNER_FILE).write_text(str(os.getpid()))
-            if run_as is not None:
-                self._tmp.chmod(0o755)  # the unprivileged postgres user must traverse it
-                self._say(f"running as root: postgres runs as user {run_as.user!r}")
             _register(self)
-            try:
+            try:  # from here on a failure must stop what started and remove the temp dir
+                (self._tmp / OWNER_FILE).write_text(str(os.getpid()))
+                if run_as is not None:
+                    self._tmp.chmod(0o755)  # the unprivileged postgres user must traverse it
+                    self._say(f"running as root: postgres runs as user {run_as.user!r}")
                 if self._redis_bins is not None:
                     self._redis = RedisClusterServers(self._redis_bins, self._tmp,
                                                       self.redis_masters, self.redis_replicas)
@@ -139,6 +149,7 @@ class LocalStack:
 
     @property
     def running(self) -> bool:
+        """Between a successful :meth:`start` and :meth:`stop`."""
         return self._tmp is not None
 
     # -- addresses -----------------------------------------------------------------------------
@@ -155,6 +166,7 @@ class LocalStack:
 
     @property
     def temp_dir(self) -> Path:
+        """The directory holding every server's data, config and log (removed by stop())."""
         if self._tmp is None:
             raise LocalStackError("LocalStack is not running")
         return self._tmp
@@ -176,6 +188,7 @@ class LocalStack:
 
     @property
     def pg_dsns(self) -> dict[str, str]:
+        """``{shard name: DSN}``; the DSNs carry the password, so keep them out of logs."""
         pg = self._pg_servers()
         return {name: pg.dsn(name) for name in pg.shards}
 
@@ -235,12 +248,6 @@ class LocalStack:
 
 # -- never leave servers behind ------------------------------------------------------------------
 
-TEMP_PREFIX = "tiercache-"
-OWNER_FILE = "owner.pid"
-
-
-TMPDIR_ENV = "TIERCACHE_TMPDIR"
-
 
 def base_dir() -> str:
     """Where stacks live: ``$TIERCACHE_TMPDIR``, else tmpfs (/dev/shm), else the temp dir.
@@ -291,6 +298,7 @@ _INSTALL_LOCK = threading.Lock()
 
 
 def _stop_all() -> None:
+    """Stop every live stack (atexit and signal handlers); one failure does not stop the rest."""
     for stack in list(_LIVE):
         with contextlib.suppress(Exception):
             stack.stop()
@@ -311,6 +319,7 @@ def _on_signal(previous: Any, signum: int, frame: FrameType | None) -> None:
 
 
 def _register(stack: LocalStack) -> None:
+    """Track a starting stack; the first one installs the atexit and signal handlers."""
     global _INSTALLED
     _LIVE.add(stack)
     with _INSTALL_LOCK:
