@@ -1,8 +1,9 @@
 """How :class:`~tiercache.sharding.pool.ShardedPool` talks to its shard pools.
 
-Opening every endpoint's ``asyncpg.Pool``, acquiring from one while counting the wait, and
-the routed hot path :meth:`ConnectionsMixin._run` (acquire, call, release, count) that every
-statement method ends in.  Replicas only ever serve read-only calls, so a replica failing
+Opening every endpoint's ``asyncpg.Pool``; the public ``acquire``, ``release`` and
+``transaction``; acquiring from one endpoint while counting the wait; and the routed hot path
+:meth:`ConnectionsMixin._run` (acquire, call, release, count) that every statement method
+ends in.  Replicas only ever serve read-only calls, so a replica failing
 with a connection-level error is taken out of the rotation and the call is run again on the
 shard primary -- the caller sees an answer, not the dead replica.
 """
@@ -13,14 +14,14 @@ import asyncio
 import logging
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Generator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from asyncpg.pool import PoolAcquireContext
 
-from tiercache.sharding._endpoints import CONNECTION_ERRORS
+from tiercache.sharding._endpoints import CONNECTION_ERRORS, pool_of
 from tiercache.sharding._fanout import ShardFanoutError
 from tiercache.sharding._pool_metrics import BOUNDS_NS
 
@@ -74,7 +75,7 @@ class ShardAcquireContext(PoolAcquireContext):  # type: ignore[misc]
 
 
 class ConnectionsMixin:
-    """Opening endpoint pools, counted acquires, the routed call and transactions."""
+    """Opening endpoint pools, ``acquire``/``release``/``transaction``, the routed call."""
 
     __slots__ = ()
 
@@ -87,6 +88,68 @@ class ConnectionsMixin:
         _slowlog: SlowQueryLog
         _closing: bool
         _closed: bool
+
+        def _route(self, shard_key: Any, shard: str | None, readonly: bool) -> Endpoint: ...
+
+        def _route_name(self, shard_key: Any, shard: str | None) -> str: ...
+
+    def acquire(
+        self,
+        *,
+        timeout: float | None = None,
+        shard_key: Any = None,
+        shard: str | None = None,
+        readonly: bool = False,
+    ) -> ShardAcquireContext:
+        """:meth:`asyncpg.Pool.acquire` on the routed shard: ``async with`` or ``await`` it."""
+        return ShardAcquireContext(self, self._route(shard_key, shard, readonly), timeout)
+
+    async def release(
+        self,
+        connection: Any,
+        *,
+        timeout: float | None = None,
+        shard_key: Any = None,
+        shard: str | None = None,
+    ) -> None:
+        """:meth:`asyncpg.Pool.release`; the owning shard is found from the connection.
+
+        ``shard_key=``/``shard=`` are optional and, when given, checked against the owner.
+        """
+        owner = self._owners.get(pool_of(connection))
+        if owner is None:
+            raise asyncpg.InterfaceError(
+                f"ShardedPool.release() received invalid connection: {connection!r} was not "
+                "acquired from this pool"
+            )
+        if shard is not None or shard_key is not None:
+            expected = self._route_name(shard_key, shard)
+            if expected != owner.shard:
+                raise asyncpg.InterfaceError(
+                    f"connection belongs to shard {owner.shard!r}, not {expected!r}"
+                )
+        await owner.pool.release(connection, timeout=timeout)
+
+    def transaction(
+        self,
+        *,
+        shard_key: Any = None,
+        shard: str | None = None,
+        isolation: str | None = None,
+        readonly: bool = False,
+        deferrable: bool = False,
+        timeout: float | None = None,
+    ) -> AbstractAsyncContextManager[Any]:
+        """Acquire a connection on the routed shard and run a transaction on it.
+
+        ``async with pool.transaction(shard_key=k) as conn:`` -- commits on success, rolls
+        back on error, releases the connection either way.  Everything inside runs on one
+        shard.  ``readonly=True`` makes it a READ ONLY transaction *and* lets it run on a
+        replica.  Arguments as :meth:`asyncpg.Connection.transaction`; ``timeout`` bounds the
+        acquire.
+        """
+        ep = self._route(shard_key, shard, readonly)
+        return self._transaction(ep, isolation, readonly, deferrable, timeout)
 
     async def _open_all(self) -> None:
         """Open every primary (all must succeed) and every replica (failures are logged).

@@ -37,14 +37,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal
 
 import asyncpg
 
 from tiercache.sharding._connections import ConnectionsMixin, ShardAcquireContext
 from tiercache.sharding._copy import CopyMethodsMixin
-from tiercache.sharding._endpoints import Endpoint, Shard, parse_shards, pool_of
+from tiercache.sharding._endpoints import Endpoint, Shard, parse_shards
 from tiercache.sharding._fanout import FanoutMixin, ShardFanoutError
 from tiercache.sharding._pool_admin import PoolAdminMixin
 from tiercache.sharding._pool_metrics import SlowQueryLog
@@ -170,6 +169,8 @@ class ShardedPool(
         self._ring = ring
 
     # -- asyncpg.Pool statement methods (routing required) -------------------------------
+    # Signatures mirror asyncpg.Pool's one for one (tests/test_pool_asyncpg_compat.py checks
+    # names, kinds and defaults), hence the repetition; each body is one _route and one _run.
 
     async def execute(
         self,
@@ -268,66 +269,6 @@ class ShardedPool(
             {"timeout": timeout, "record_class": record_class},
         )
         return result
-
-    # -- connections ---------------------------------------------------------------------
-
-    def acquire(
-        self,
-        *,
-        timeout: float | None = None,
-        shard_key: Any = None,
-        shard: str | None = None,
-        readonly: bool = False,
-    ) -> ShardAcquireContext:
-        """:meth:`asyncpg.Pool.acquire` on the routed shard: ``async with`` or ``await`` it."""
-        return ShardAcquireContext(self, self._route(shard_key, shard, readonly), timeout)
-
-    async def release(
-        self,
-        connection: Any,
-        *,
-        timeout: float | None = None,
-        shard_key: Any = None,
-        shard: str | None = None,
-    ) -> None:
-        """:meth:`asyncpg.Pool.release`; the owning shard is found from the connection.
-
-        ``shard_key=``/``shard=`` are optional and, when given, checked against the owner.
-        """
-        owner = self._owners.get(pool_of(connection))
-        if owner is None:
-            raise asyncpg.InterfaceError(
-                f"ShardedPool.release() received invalid connection: {connection!r} was not "
-                "acquired from this pool"
-            )
-        if shard is not None or shard_key is not None:
-            expected = self._route_name(shard_key, shard)
-            if expected != owner.shard:
-                raise asyncpg.InterfaceError(
-                    f"connection belongs to shard {owner.shard!r}, not {expected!r}"
-                )
-        await owner.pool.release(connection, timeout=timeout)
-
-    def transaction(
-        self,
-        *,
-        shard_key: Any = None,
-        shard: str | None = None,
-        isolation: str | None = None,
-        readonly: bool = False,
-        deferrable: bool = False,
-        timeout: float | None = None,
-    ) -> AbstractAsyncContextManager[Any]:
-        """Acquire a connection on the routed shard and run a transaction on it.
-
-        ``async with pool.transaction(shard_key=k) as conn:`` -- commits on success, rolls
-        back on error, releases the connection either way.  Everything inside runs on one
-        shard.  ``readonly=True`` makes it a READ ONLY transaction *and* lets it run on a
-        replica.  Arguments as :meth:`asyncpg.Connection.transaction`; ``timeout`` bounds the
-        acquire.
-        """
-        ep = self._route(shard_key, shard, readonly)
-        return self._transaction(ep, isolation, readonly, deferrable, timeout)
 
     def __repr__(self) -> str:
         state = (
