@@ -114,10 +114,7 @@ class RoutingMixin:
             try:
                 target = self._shards[name]
             except KeyError:
-                raise LookupError(
-                    f"the ring routed key {shard_key!r} to {name!r}, which is not a shard of "
-                    f"this pool (shards: {list(self._shards)})"
-                ) from None
+                raise self._not_a_shard(shard_key, name) from None
         else:
             if shard_key is not None:
                 raise TypeError("pass either shard_key= or shard=, not both")
@@ -134,9 +131,20 @@ class RoutingMixin:
             raise TypeError("pass either shard_key= or shard=, not both")
         if shard is not None:
             return self._shard(shard).name
-        return self._ring.get_node(shard_key)
+        name = self._ring.get_node(shard_key)
+        if name not in self._shards:
+            raise self._not_a_shard(shard_key, name)
+        return name
+
+    def _not_a_shard(self, shard_key: Any, name: str) -> LookupError:
+        """The ring was changed in place (``add_node``) to name a shard this pool lacks."""
+        return LookupError(
+            f"the ring routed key {shard_key!r} to {name!r}, which is not a shard of "
+            f"this pool (shards: {list(self._shards)})"
+        )
 
     def _check_open(self) -> None:
+        """Raise asyncpg's InterfaceError unless the pool is initialised and not closing."""
         if self._closed or self._closing:
             raise asyncpg.InterfaceError("pool is closing")
         if not self._initialized:
