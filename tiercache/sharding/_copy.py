@@ -3,6 +3,11 @@
 Kept apart only because asyncpg's COPY signatures are long: each method mirrors its
 :class:`asyncpg.Pool` twin parameter for parameter (same names, kinds and defaults) and adds the
 keyword-only routing arguments; the work is done by the pool's ``_route``/``_run`` hot path.
+
+The ``COPY <table> ...`` strings built here are never executed: they are only the text the
+slow-query log shows.  asyncpg builds (and quotes) the real COPY statement from the arguments.
+The parameter lists repeat each other because asyncpg's do; they are kept spelled out, not
+generated, so signatures, defaults and ``inspect.signature`` match asyncpg exactly.
 """
 
 from __future__ import annotations
