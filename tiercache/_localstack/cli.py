@@ -30,8 +30,16 @@ def state_path() -> Path:
 
 
 def _read_state() -> dict[str, Any] | None:
+    """The state file ``up`` wrote, if it is there and ours.
+
+    A file owned by another user is ignored: without XDG_RUNTIME_DIR it lives in the shared
+    temp dir, and ``down`` signals the pids and deletes the directory it names.
+    """
+    path = state_path()
     try:
-        data = json.loads(state_path().read_text())
+        if path.stat().st_uid != os.geteuid():
+            return None
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -41,6 +49,7 @@ def _write_state(data: dict[str, Any]) -> None:
     path = state_path()
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # DSNs carry a password
+    os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a leftover file of that name
     with os.fdopen(fd, "w") as fh:
         json.dump(data, fh, indent=2)
     os.replace(tmp, path)
