@@ -51,6 +51,10 @@ class RedisNode:
 
 
 def _info(node: RedisNode, section: str) -> dict[str, str]:
+    """``CLUSTER INFO`` (section ``"cluster"``) or ``INFO <section>`` of one node, as a dict.
+
+    Parsed by hand when redis-py hands back the raw text (it does for CLUSTER INFO).
+    """
     with node.client() as client:
         raw = client.execute_command("CLUSTER", "INFO") if section == "cluster" else \
             client.execute_command("INFO", section)
@@ -109,6 +113,7 @@ class RedisClusterServers:
         wait_until(ping, timeout, f"redis-server :{node.port}", node.proc, node.log_path)
 
     def start(self, progress: Callable[[str], None]) -> None:
+        """Start every node and form the cluster; returns once cluster_state is ok everywhere."""
         for node in self.nodes:
             self._write_config(node)
             self._spawn(node)
@@ -171,6 +176,7 @@ class RedisClusterServers:
                    interval=0.05)
 
     def kill(self, index: int) -> None:
+        """SIGKILL node *index*; its replica (if any) is promoted after the node timeout."""
         node = self.nodes[index]
         if node.proc is None:
             raise LocalStackError(f"redis node {index} is not running")
@@ -192,6 +198,7 @@ class RedisClusterServers:
         log.info("redis node %d (:%d) restarted", index, node.port)
 
     def stop(self) -> None:
+        """Stop every running node (nothing is persisted, so SIGTERM exits at once)."""
         stop_groups([n.proc for n in self.nodes if n.proc is not None], signal.SIGTERM, 5)
         for node in self.nodes:
             node.proc = None
