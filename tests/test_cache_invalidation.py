@@ -19,7 +19,7 @@ import pytest_asyncio
 from redis.cluster import RedisCluster
 
 from tiercache import _impl
-from tiercache._invalidation import glob_to_regex
+from tiercache._l1index import L1Index, glob_to_regex
 from tiercache.cache import TierCache
 from tiercache.tiers import memory
 from tiercache.tiers.memory import MemoryTier
@@ -316,3 +316,27 @@ async def test_cross_process_l1_invalidation(make_cache: Factory, tiercache_stac
             proc.kill()
             proc.wait()
         proc.stdout.close()
+
+
+def test_l1_index_aliases_compaction_and_pruning(impl: ModuleType) -> None:
+    store = impl.LRU(maxsize=10)
+    fn_seg, kv_seg = store.segment("fn"), store.segment("kv")
+    index = L1Index()
+    index.register(fn_seg, "mod.fn:")
+    index.register(kv_seg, "")
+    digest = "0123456789abcdef" * 2
+    for l1key in (1, (1, 2)):
+        fn_seg.put(l1key, "v")
+        index.add(f"mod.fn:{digest}", fn_seg, l1key, ["t"])
+    kv_seg.put("ABCDEF0123456789" * 2, "kv")  # upper-case hex: must not be "compacted"
+    index.add("ABCDEF0123456789" * 2, kv_seg, "ABCDEF0123456789" * 2, [])
+    assert len(index) == 2
+    assert index.drop_matching(glob_to_regex("ABCDEF*")) == 1 and len(kv_seg) == 0
+    assert index.drop_matching(glob_to_regex("mod.fn:0123*")) == 2 and len(fn_seg) == 0
+    for i in range(50):  # the store keeps 10: the index forgets the evicted ones on prune
+        fn_seg.put(i, i)
+        index.add(f"mod.fn:{i:032x}", fn_seg, i, [f"tag{i}"])
+    index._prune()
+    assert len(index) == 10 and index.drop_tags(["tag49", "tag0"]) == 1
+    with pytest.raises(ValueError):
+        index.add("other:1", fn_seg, 1, [])

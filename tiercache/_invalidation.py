@@ -1,13 +1,10 @@
-"""Keeping L1 coherent: which L1 entries hold which L2 key, and the pub/sub bus between processes.
+"""Keeping L1 coherent: the invalidation flow and the pub/sub bus between processes.
 
-Why an index: L1 entries are keyed by argument tuples (``f(1)`` and ``f(x=1)`` are two entries
-for one L2 key), so invalidating by L2 key, tag or pattern needs the reverse mapping. It is
-filled only on the miss path (never on a hit) and pruned of entries L1 has since dropped.
-
-Why a bus: another process's L1 copy would otherwise survive an invalidation for a full L1
-TTL. Messages go to ``tiercache:inv:{namespace}`` (classic PUBLISH reaches every node of a
-cluster). A lost message costs at most one L1 TTL: on every (re)subscription the owner flushes
-its L1, because messages may have been missed while disconnected.
+Which L1 entries hold which L2 key is :mod:`tiercache._l1index`'s job. Why a bus: another
+process's L1 copy would otherwise survive an invalidation for a full L1 TTL. Messages go to
+``tiercache:inv:{namespace}`` (classic PUBLISH reaches every node of a cluster). A lost
+message costs at most one L1 TTL: on every (re)subscription the owner flushes its L1, because
+messages may have been missed while disconnected.
 """
 
 from __future__ import annotations
@@ -15,124 +12,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from tiercache import codec
-from tiercache._singleflight import Flow, TierOp
+from tiercache._l1index import L1Index, glob_to_regex
+from tiercache._singleflight import Flow, TierOp, drive_async, drive_sync
 
-__all__ = ["Coherence", "InvalidationBus", "L1Index", "glob_to_regex"]
+__all__ = ["Coherence", "InvalidationBus"]
 
 log = logging.getLogger("tiercache.invalidation")
-
-_MIN_PRUNE = 4096
-
-
-def glob_to_regex(pattern: str) -> re.Pattern[str]:
-    """Redis ``MATCH`` glob semantics (``* ? [abc] [^a] [a-z] \\x``) as a regex."""
-    out, i, n = [], 0, len(pattern)
-    while i < n:
-        c = pattern[i]
-        if c == "*":
-            out.append(".*")
-        elif c == "?":
-            out.append(".")
-        elif c == "\\" and i + 1 < n:
-            i += 1
-            out.append(re.escape(pattern[i]))
-        elif c == "[":
-            j = pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("^", "!") else i + 1)
-            if j < 0:
-                out.append(re.escape(c))
-            else:
-                body = pattern[i + 1 : j]
-                if body[:1] in ("^", "!"):
-                    body = "^" + body[1:].replace("\\", "\\\\")
-                else:
-                    body = body.replace("\\", "\\\\")
-                out.append(f"[{body}]")
-                i = j
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return re.compile("".join(out), re.DOTALL)
-
-
-class L1Index:
-    """relative L2 key -> [(segment, L1 key)], and tag -> relative L2 keys (thread-safe)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.RLock()
-        self._keys: dict[str, list[tuple[Any, Hashable]]] = {}
-        self._tags: dict[str, set[str]] = {}
-        self._limit = _MIN_PRUNE
-
-    def add(self, key: str, segment: Any, l1key: Hashable, tags: Iterable[str]) -> None:
-        with self._lock:
-            holders = self._keys.get(key)
-            if holders is None:
-                self._keys[key] = [(segment, l1key)]
-            elif not any(s is segment and k == l1key for s, k in holders):
-                holders.append((segment, l1key))
-            for tag in tags:
-                self._tags.setdefault(tag, set()).add(key)
-            if len(self._keys) > self._limit:
-                self._prune()
-
-    def _prune(self) -> None:
-        """Forget keys no longer in L1 (evicted/expired); amortised O(1) per add."""
-        live = {}
-        for key, holders in self._keys.items():
-            kept = [(s, k) for s, k in holders if k in s]
-            if kept:
-                live[key] = kept
-        self._keys = live
-        for tag in list(self._tags):
-            self._tags[tag] &= live.keys()
-            if not self._tags[tag]:
-                del self._tags[tag]
-        self._limit = max(_MIN_PRUNE, 2 * len(live))
-
-    def drop_keys(self, keys: Iterable[str]) -> int:
-        """Delete the L1 entries of these L2 keys; how many L1 entries went."""
-        n = 0
-        with self._lock:
-            for key in keys:
-                for segment, l1key in self._keys.pop(key, ()):
-                    n += bool(segment.delete(l1key))
-        return n
-
-    def drop_tags(self, tags: Iterable[str]) -> int:
-        with self._lock:
-            keys: set[str] = set()
-            for tag in tags:
-                keys |= self._tags.pop(tag, set())
-            return self.drop_keys(keys)
-
-    def drop_matching(self, regex: re.Pattern[str]) -> int:
-        with self._lock:
-            return self.drop_keys([k for k in self._keys if regex.fullmatch(k)])
-
-    def drop_segments(self, segments: Iterable[Any]) -> None:
-        """Clear whole segments and forget their index entries."""
-        doomed = list(segments)
-        with self._lock:
-            for segment in doomed:
-                segment.clear()
-            for key in list(self._keys):
-                kept = [(s, k) for s, k in self._keys[key] if all(s is not d for d in doomed)]
-                if kept:
-                    self._keys[key] = kept
-                else:
-                    del self._keys[key]
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
 
 Handler = Callable[[dict[str, Any]], None]
 
@@ -400,6 +292,44 @@ class Coherence:
         if spec.key is not None:
             log.info("tiercache: %s uses key=; invalidate_all clears L1 only", spec.name)
         return (yield from self._invalidate(functions=[spec.name]))
+
+    # ------------------------------------------------------------------ public shells
+
+    async def invalidate_tags(self, *tags: str) -> int:
+        """Drop every entry tagged with any of ``tags`` (all tiers, all processes)."""
+        return await drive_async(self._invalidate(tags=tags))
+
+    def invalidate_tags_sync(self, *tags: str) -> int:
+        return drive_sync(self._invalidate(tags=tags))
+
+    async def invalidate_pattern(self, pattern: str) -> int:
+        """Drop keys matching a Redis glob relative to the namespace, e.g. ``"user:*"``."""
+        return await drive_async(self._invalidate(patterns=[pattern]))
+
+    def invalidate_pattern_sync(self, pattern: str) -> int:
+        return drive_sync(self._invalidate(patterns=[pattern]))
+
+    async def invalidate_call(self, spec: Any, args: tuple[Any, ...],
+                              kwargs: dict[str, Any]) -> int:
+        return await drive_async(self._invalidate(keys=[spec.relative_key(args, kwargs)]))
+
+    def invalidate_call_sync(self, spec: Any, args: tuple[Any, ...],
+                             kwargs: dict[str, Any]) -> int:
+        return drive_sync(self._invalidate(keys=[spec.relative_key(args, kwargs)]))
+
+    async def invalidate_function(self, spec: Any) -> int:
+        """Every entry of one function (L2 too unless it uses a custom ``key=``)."""
+        return await drive_async(self._invalidate_function(spec))
+
+    def invalidate_function_sync(self, spec: Any) -> int:
+        return drive_sync(self._invalidate_function(spec))
+
+    async def clear(self) -> int:
+        """Drop everything in this namespace (every tier, every process's L1)."""
+        return await drive_async(self._invalidate(everything=True))
+
+    def clear_sync(self) -> int:
+        return drive_sync(self._invalidate(everything=True))
 
 
 def _glob_escape(text: str) -> str:

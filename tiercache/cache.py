@@ -18,7 +18,8 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
 from tiercache import health as _health
-from tiercache._invalidation import Coherence, InvalidationBus, L1Index
+from tiercache._invalidation import Coherence, InvalidationBus
+from tiercache._l1index import L1Index
 from tiercache._singleflight import (
     BusGate,
     Call,
@@ -30,7 +31,16 @@ from tiercache._singleflight import (
     drive_async,
     drive_sync,
 )
-from tiercache.decorators import Cached, FunctionSpec, KeyFn, TagsArg, make_cached, warm, warm_sync
+from tiercache.decorators import (
+    MAX_KEY_LENGTH,
+    Cached,
+    FunctionSpec,
+    KeyFn,
+    TagsArg,
+    make_cached,
+    warm,
+    warm_sync,
+)
 from tiercache.health import LoaderStats
 from tiercache.tiers.base import MISSING
 
@@ -107,10 +117,12 @@ class TierCache(Coherence):
 
         return decorate
 
-    def _segment(self, name: str) -> Any:
+    def _segment(self, name: str, prefix: str = "") -> Any:
+        """Our L1 segment ``name``; ``prefix``: how every relative L2 key in it starts."""
         segment = self._segments.get(name)
         if segment is None and self.l1 is not None:
             segment = self._segments[name] = self.l1.segment(name)
+            self._index.register(segment, prefix)
         return segment
 
     def register(self, spec: FunctionSpec) -> Any:
@@ -119,7 +131,10 @@ class TierCache(Coherence):
             log.warning("tiercache: %s decorated twice in cache %r; entries are shared",
                         spec.name, self.name)
         self._specs[spec.name] = spec
-        return self._segment(f"{self.namespace}:{spec.name}")
+        prefix = f"{spec.name}:"
+        if spec.key is not None or len(prefix) + 32 > MAX_KEY_LENGTH:
+            prefix = ""  # custom or shortened keys: no common prefix to rely on
+        return self._segment(f"{self.namespace}:{spec.name}", prefix)
 
     # ------------------------------------------------------------------ read path
 
@@ -321,42 +336,6 @@ class TierCache(Coherence):
         return bool(drive_sync(self._invalidate(keys=[key])))
 
     # ------------------------------------------------------------------ invalidation
-
-    async def invalidate_tags(self, *tags: str) -> int:
-        """Drop every entry tagged with any of ``tags`` (all tiers, all processes)."""
-        return await drive_async(self._invalidate(tags=tags))
-
-    def invalidate_tags_sync(self, *tags: str) -> int:
-        return drive_sync(self._invalidate(tags=tags))
-
-    async def invalidate_pattern(self, pattern: str) -> int:
-        """Drop keys matching a Redis glob relative to the namespace, e.g. ``"user:*"``."""
-        return await drive_async(self._invalidate(patterns=[pattern]))
-
-    def invalidate_pattern_sync(self, pattern: str) -> int:
-        return drive_sync(self._invalidate(patterns=[pattern]))
-
-    async def invalidate_call(self, spec: FunctionSpec, args: tuple[Any, ...],
-                              kwargs: dict[str, Any]) -> int:
-        return await drive_async(self._invalidate(keys=[spec.relative_key(args, kwargs)]))
-
-    def invalidate_call_sync(self, spec: FunctionSpec, args: tuple[Any, ...],
-                             kwargs: dict[str, Any]) -> int:
-        return drive_sync(self._invalidate(keys=[spec.relative_key(args, kwargs)]))
-
-    async def invalidate_function(self, spec: FunctionSpec) -> int:
-        """Every entry of one function (L2 too unless it uses a custom ``key=``)."""
-        return await drive_async(self._invalidate_function(spec))
-
-    def invalidate_function_sync(self, spec: FunctionSpec) -> int:
-        return drive_sync(self._invalidate_function(spec))
-
-    async def clear(self) -> int:
-        """Drop everything in this namespace (every tier, every process's L1)."""
-        return await drive_async(self._invalidate(everything=True))
-
-    def clear_sync(self) -> int:
-        return drive_sync(self._invalidate(everything=True))
 
     # ------------------------------------------------------------------ warm, stats, health
 
