@@ -416,3 +416,26 @@ def test_bad_arguments() -> None:
     with pytest.raises(TypeError):
         cache.cached(tags="user")(lambda x: x)
 
+
+
+def test_stats_feed_the_metrics_exporter(make_cache: Factory) -> None:
+    from tiercache import metrics
+
+    cache = make_cache(name=f"exported-{uuid.uuid4().hex[:6]}")
+
+    @cache.cached()
+    def get(x: int) -> int:
+        return x
+
+    get(1), get(1), get(2)
+    metrics.register(cache)
+    try:
+        current = metrics.samples()
+    finally:
+        metrics.unregister(cache)
+    requests = current["tiercache_requests_total"]
+    assert requests[(cache.name, "l1", "hit")] == 1 and requests[(cache.name, "l1", "miss")] == 2
+    assert requests[(cache.name, "l2", "miss")] == 2
+    assert current["tiercache_loader_calls_total"][(cache.name,)] == 2
+    assert current["tiercache_loader_duration_seconds"][(cache.name,)]["count"] == 2
+    assert current["tiercache_bus_connected"][(cache.name,)] == 1
