@@ -1,8 +1,9 @@
 """L2 micro suite: ``pytest benchmarks/bench_l2.py --benchmark-only``.
 
 RedisTier against raw redis-py on the session's Redis Cluster (``tiercache_stack``), the
-same keys holding the same bytes (the tier's msgpack envelopes), so each pair differs by
-exactly what the tier adds (breaker check, timing, counters, envelope decode):
+same keys holding the same bytes (the tier's msgpack envelopes); the raw clients are redis-py's
+``from_url`` defaults. The tier adds a breaker check, timing, counters and the envelope
+decode, and runs each async operation under one ``asyncio.timeout`` budget:
 
 * ``l2-get-async`` / ``l2-get-sync``: ``RedisTier.get`` vs ``RedisCluster.get``
   (issue 3's bar: <= 1.2x);

@@ -57,6 +57,10 @@ class RedisTier(AsyncOps):
 
     ``ttl`` default seconds (None = no expiry); ``ttl_jitter`` fraction: the stored TTL is
     uniform in ``[ttl*(1-j), ttl]``. ``cluster=None`` auto-detects (``INFO cluster``).
+    ``socket_timeout`` bounds a reply (sync: per socket read; async: the whole operation
+    gets ``connect_timeout + socket_timeout``, more for big batches); ``connect_timeout``
+    bounds opening a connection. The default ``breaker`` opens after 5 consecutive
+    failures and probes after 2 s; it is one breaker for the whole cluster.
     """
 
     def __init__(

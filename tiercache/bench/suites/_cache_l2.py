@@ -1,8 +1,10 @@
 """L2 figures of the ``cache`` suite: RedisTier vs raw redis-py on the same server.
 
 Fairness: both sides read the *same keys holding the same bytes* (the tier's envelopes), on
-the same cluster, through clients built the same way (hiredis, pooled connections), so the
-difference is exactly what the tier adds: breaker check, timing, counters, envelope decode.
+the same cluster, with hiredis and pooled connections. The raw side is redis-py as a user
+gets it from ``from_url`` (its defaults, 5 s socket timeouts); the tier adds its breaker
+check, timing, counters and envelope decode, and enforces its own 0.5 s operation budget
+(``asyncio.timeout``, cheaper than redis-py's per-write ``wait_for`` on the raw side).
 A loopback round trip is 40-200 us and a shared machine jitters by as much, so the two
 sides alternate call by call (A B, B A, ...) within each round, and the judged figure is
 the median over rounds of the per-round ratio of mean call times.
