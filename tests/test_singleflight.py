@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -203,3 +208,53 @@ def test_singleflight_sync_reentrancy_free_keys() -> None:
     flights = SingleFlight()
     assert flights.do_sync("a", lambda: flights.do_sync("b", lambda: 5)) == 5
     assert len(flights) == 0 and flights.waits == 0
+
+
+LEASE_CHILD = textwrap.dedent("""
+    import sys, time
+    from redis.cluster import RedisCluster
+    from tiercache.cache import TierCache
+    from tiercache.tiers.memory import MemoryTier
+    from tiercache.tiers.redis import RedisTier
+
+    url, namespace = sys.argv[1], sys.argv[2]
+    db = RedisCluster.from_url(url)
+    cache = TierCache(l1=MemoryTier(), l2=RedisTier(url, ttl=60), namespace=namespace,
+                      lock_wait=20)
+
+    @cache.cached(lock=True, key=lambda report: f"report:{report}")
+    def build(report):
+        db.incr(f"{namespace}:loads")  # how many processes ran the expensive load
+        time.sleep(0.5)
+        return f"built {report}"
+
+    db.incr(f"{namespace}:ready")
+    while not db.exists(f"{namespace}:go"):
+        time.sleep(0.005)
+    print(build("daily"), flush=True)
+    cache.close()
+""")
+
+
+def test_lease_across_real_processes(tiercache_stack: Any, redis_cluster_client: Any,
+                                     tmp_path: Path) -> None:
+    namespace = f"lease{uuid.uuid4().hex[:6]}"
+    script = tmp_path / "lease_child.py"
+    script.write_text(LEASE_CHILD)
+    procs = [subprocess.Popen([sys.executable, str(script), tiercache_stack.redis_url, namespace],
+                              stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).parent.parent) for _ in range(3)]
+    try:
+        deadline = time.monotonic() + 60
+        while int(redis_cluster_client.get(f"{namespace}:ready") or 0) < 3:
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+            time.sleep(0.01)
+        redis_cluster_client.set(f"{namespace}:go", 1)
+        outputs = [p.communicate(timeout=60)[0].strip() for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    assert outputs == ["built daily"] * 3
+    assert int(redis_cluster_client.get(f"{namespace}:loads")) == 1
