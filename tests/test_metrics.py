@@ -254,3 +254,41 @@ def test_opentelemetry_observable_instruments(tiercache_stack: Any,
     finally:
         metrics.unregister(tier)
         tier.close_sync()
+
+
+# ------------------------------------------------------------------ the primitives underneath
+
+
+def test_histogram_buckets_are_le_inclusive_and_cumulative() -> None:
+    from tiercache._stats import Histogram
+
+    h = Histogram((0.1, 1.0))
+    for v in (0.05, 0.1, 0.5, 1.0, 7.0):
+        h.observe(v)
+    snap = h.snapshot()
+    assert snap["buckets"] == [(0.1, 2), (1.0, 4), (math.inf, 5)]
+    assert snap["count"] == h.count == 5
+    assert snap["sum"] == pytest.approx(8.65)
+    h.reset()
+    assert h.snapshot()["count"] == 0
+    with pytest.raises(ValueError):
+        Histogram((1.0, 0.5))
+
+
+def test_merge_snapshots_and_counter_map() -> None:
+    from tiercache._stats import CounterMap, Histogram, hit_ratio, merge_snapshots
+
+    a, b = Histogram((1.0,)), Histogram((1.0,))
+    a.observe(0.5)
+    b.observe(2.0)
+    merged = merge_snapshots([a.snapshot(), b.snapshot()])
+    assert merged["buckets"] == [(1.0, 1), (math.inf, 2)] and merged["count"] == 2
+    with pytest.raises(ValueError):
+        merge_snapshots([a.snapshot(), Histogram((2.0,)).snapshot()])
+    assert merge_snapshots([]) == {"count": 0, "sum": 0.0, "buckets": []}
+    errors = CounterMap()
+    errors.inc("get")
+    errors.inc("get", 2)
+    errors.inc("set")
+    assert errors.snapshot() == {"get": 3, "set": 1} and errors.total == 4
+    assert hit_ratio(3, 1) == 0.75 and hit_ratio(0, 0) == 0.0
