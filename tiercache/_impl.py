@@ -8,6 +8,7 @@ slower, and says so once through ``logging``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -48,10 +49,8 @@ def load(name: str) -> ModuleType:
 def both(name: str) -> list[ModuleType]:
     """Every implementation of ``name`` importable here (tests run against each)."""
     modules = [importlib.import_module(f"tiercache._fallback.{name}")]
-    try:
+    with contextlib.suppress(ImportError):
         modules.insert(0, importlib.import_module(f"tiercache._ext.{name}"))
-    except ImportError:
-        pass
     return modules
 
 
