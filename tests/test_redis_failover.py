@@ -80,8 +80,9 @@ async def test_unreachable_redis_async_never_raises(caplog: pytest.LogCaptureFix
     # one warning per operation, the rest suppressed: a dead Redis must not flood the log
     assert len([r for r in caplog.records if "redis get failed" in r.getMessage()]) == 1
     assert SECRET not in caplog.text
-    with pytest.raises(redis.ConnectionError):
+    with pytest.raises(redis.ConnectionError) as info:
         await t.ping()
+    assert SECRET not in str(info.value) and SECRET not in repr(t)
     await t.close()
 
 
@@ -132,24 +133,27 @@ def standalone_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     workdir = tmp_path_factory.mktemp("redis-single")
     proc = subprocess.Popen(
         [str(find_redis().server), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)],
+         "--appendonly", "no", "--dir", str(workdir), "--requirepass", SECRET],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        client = redis.Redis(port=port)
+        client = redis.Redis(port=port, password=SECRET)
         for _ in range(200):
             with contextlib.suppress(redis.ConnectionError):
                 if client.ping():
                     break
             time.sleep(0.02)
         client.close()
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://:{SECRET}@127.0.0.1:{port}/0"
     finally:
         proc.terminate()
         proc.wait(10)
 
 
-def test_standalone_redis_is_detected_and_fully_served(standalone_url: str) -> None:
+def test_standalone_redis_is_detected_and_fully_served(
+    standalone_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     t = RedisTier(standalone_url)
+    assert SECRET not in repr(t)
     t.set_many_sync({f"s:{i}": i for i in range(30)})
     assert t.cluster is False
     assert t.get_many_sync([f"s:{i}" for i in range(35)]) == {f"s:{i}": i for i in range(30)}
@@ -161,6 +165,11 @@ def test_standalone_redis_is_detected_and_fully_served(standalone_url: str) -> N
     assert t.ping_sync() > 0
     t.clear_sync()
     t.close_sync()
+    wrong = RedisTier(standalone_url.replace(SECRET, "not-" + SECRET))
+    assert wrong.get_sync("s:1") is MISSING
+    assert wrong.stats()["errors_by_op"] == {"get": 1}
+    assert SECRET not in caplog.text and "redis get failed" in caplog.text
+    wrong.close_sync()
 
 
 async def test_standalone_redis_async(standalone_url: str) -> None:
