@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import signal
 import socket
 import subprocess
 import threading
@@ -255,26 +257,40 @@ def own_stack() -> Iterator[LocalStack]:
         yield stack
 
 
-async def _run_outage(stack: LocalStack, victims: list[int]) -> Callers:
+async def _run_outage(stack: LocalStack, victims: list[int],
+                      freeze: bool = False) -> Callers:
+    """Callers run throughout; the victims are killed (or frozen with SIGSTOP: a hung server,
+    every call times out) until the breaker has opened, then restarted (or resumed)."""
     callers = Callers(stack.redis_url)
     tasks = [asyncio.create_task(callers.async_caller()) for _ in range(6)]
     pool = ThreadPoolExecutor(3)
-    threads = [asyncio.get_running_loop().run_in_executor(pool, callers.sync_caller)
-               for _ in range(3)]
+    loop = asyncio.get_running_loop()
+    threads = [loop.run_in_executor(pool, callers.sync_caller) for _ in range(3)]
+    pids = [stack.pids[i] for i in victims]
     try:
         await callers.wait_for("warm hits", lambda: callers.tier.hits > 200)
-        for index in victims:
-            stack.kill_redis_node(index)
+        for index, pid in zip(victims, pids, strict=True):
+            if freeze:
+                os.killpg(pid, signal.SIGSTOP)
+            else:
+                stack.kill_redis_node(index)
         await callers.wait_for("breaker to open", lambda: callers.tier.breaker.opened_total > 0)
         await asyncio.sleep(0.5)  # callers keep running against a dead L2
-        with ThreadPoolExecutor(len(victims)) as restarter:
-            await asyncio.gather(*(asyncio.get_running_loop().run_in_executor(
-                restarter, stack.restart_redis_node, index) for index in victims))
+        if freeze:
+            for pid in pids:
+                os.killpg(pid, signal.SIGCONT)
+        else:
+            with ThreadPoolExecutor(len(victims)) as restarter:
+                await asyncio.gather(*(loop.run_in_executor(
+                    restarter, stack.restart_redis_node, index) for index in victims))
         hits_after = callers.tier.hits
         await callers.wait_for(
             "recovery (breaker closed, hits again)",
             lambda: callers.tier.breaker.state == "closed" and callers.tier.hits > hits_after + 50)
     finally:
+        if freeze:
+            for pid in pids:
+                os.killpg(pid, signal.SIGCONT)
         callers.stop.set()
         await asyncio.gather(*tasks, *threads)
         pool.shutdown()
@@ -300,3 +316,15 @@ async def test_killing_the_whole_cluster_under_load(own_stack: LocalStack) -> No
     assert callers.failures == []
     assert callers.wrong == 0
     assert callers.tier.stats()["breaker"] == "closed"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_a_hung_master_under_load(own_stack: LocalStack) -> None:
+    """SIGSTOP: connections stay open, replies never come -- the timeout path, cluster-wide."""
+    callers = await _run_outage(own_stack, [1], freeze=True)
+    assert callers.failures == []
+    assert callers.wrong == 0
+    s = callers.tier.stats()
+    assert s["breaker_opened"] >= 1 and s["breaker"] == "closed"
+    own_stack._redis_servers().wait_healthy(30)  # leave a healthy cluster to the next test

@@ -226,8 +226,9 @@ class RedisTierBase:
             self.breaker.record_failure()
         else:
             self.breaker.record_success()  # Redis answered; the request was the problem
+        detail = str(exc) or ("no reply in time" if isinstance(exc, TimeoutError) else "-")
         self._warn(op, "redis %s failed on %s: %s: %s", op, self._spec.redacted,
-                   type(exc).__name__, self._spec.redactor.text(str(exc)))
+                   type(exc).__name__, self._spec.redactor.text(detail))
 
     def _corrupt(self, key: str, exc: CodecError) -> Missing:
         self.errors += 1
