@@ -340,3 +340,13 @@ def test_l1_index_aliases_compaction_and_pruning(impl: ModuleType) -> None:
     assert len(index) == 10 and index.drop_tags(["tag49", "tag0"]) == 1
     with pytest.raises(ValueError):
         index.add("other:1", fn_seg, 1, [])
+
+
+async def test_a_write_first_process_is_subscribed_before_it_fills_l1(
+        make_cache: Factory) -> None:
+    writer, other = make_cache(), make_cache()
+    writer.set_sync("cfg", "v1")  # first operation of this cache, from a sync call in a loop
+    assert writer.get_sync("cfg") == "v1"
+    await other.set("cfg", "v2")
+    await eventually(lambda: writer.get_sync("cfg") == "v2")
+    assert writer.stats()["bus"]["connects"] == 1  # no late (re)subscription flushed it

@@ -290,6 +290,7 @@ class TierCache(Coherence):
             if tags:
                 for key in full:
                     yield TierOp(self.l2, "add_tags", key, tags, ttl)
+        yield from self._bus_ready()
         self._gen += 1  # loads that began before this write must not overwrite it in L1
         self._index.drop_keys(mapping)
         gen, l1ttl = self._gen, self._l1_ttl(None, ttl)
