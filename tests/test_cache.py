@@ -439,3 +439,17 @@ def test_stats_feed_the_metrics_exporter(make_cache: Factory) -> None:
     assert current["tiercache_loader_calls_total"][(cache.name,)] == 2
     assert current["tiercache_loader_duration_seconds"][(cache.name,)]["count"] == 2
     assert current["tiercache_bus_connected"][(cache.name,)] == 1
+
+
+async def test_no_tiers_at_all_still_calls_through() -> None:
+    cache = TierCache()
+    calls: list[int] = []
+
+    @cache.cached()
+    async def get(x: int) -> int:
+        calls.append(x)
+        return x
+
+    assert [await get(1), await get(1)] == [1, 1] and calls == [1, 1]
+    assert (await cache.health())["status"] == "healthy"
+    assert cache.stats()["loader"]["calls"] == 2

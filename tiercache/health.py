@@ -85,9 +85,11 @@ def _request_hit_ratio(stats: dict[str, Any]) -> tuple[int, float]:
     if l1 is not None:
         requests = l1["hits"] + l1["misses"]
         hits = l1["hits"] + (l2["hits"] if l2 is not None else 0)
-    else:
+    elif l2 is not None:
         requests = l2["hits"] + l2["misses"]
         hits = l2["hits"]
+    else:  # no tier at all: every call loads; nothing to judge
+        return 0, 1.0
     return requests, min(1.0, hits / requests) if requests else 1.0
 
 
