@@ -328,3 +328,17 @@ async def test_a_hung_master_under_load(own_stack: LocalStack) -> None:
     s = callers.tier.stats()
     assert s["breaker_opened"] >= 1 and s["breaker"] == "closed"
     own_stack._redis_servers().wait_healthy(30)  # leave a healthy cluster to the next test
+
+
+async def test_pool_exhaustion_is_counted_but_does_not_open_the_breaker(
+    tiercache_stack: Any, async_redis_cluster_client: Any
+) -> None:
+    """A burst bigger than the pool: some calls miss (counted), the cache stays on."""
+    t = RedisTier(tiercache_stack.redis_url, max_connections=2)
+    await t.set("burst:1", "v")
+    results = await asyncio.gather(*(t.get("burst:1") for _ in range(200)))
+    assert set(results) <= {"v", MISSING} and "v" in results
+    s = t.stats()
+    assert s["breaker"] == "closed" and s["breaker_opened"] == 0
+    assert s["errors_by_op"].get("get", 0) == results.count(MISSING) > 0
+    await t.close()

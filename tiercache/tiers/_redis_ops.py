@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from redis.crc import key_slot
-from redis.exceptions import DataError, ResponseError
+from redis.exceptions import DataError, MaxConnectionsError, ResponseError
 
 from tiercache._stats import LATENCY_BUCKETS, CounterMap, Histogram, hit_ratio
 from tiercache.codec import FORMAT_VERSION, CodecError, Entry, decode, pack_entry, unpack_entry
@@ -167,8 +167,10 @@ def _is_outage(exc: BaseException) -> bool:
 
     A plain error reply (WRONGTYPE, NOSCRIPT...) means Redis is up; redis-py's cluster
     errors (CLUSTERDOWN, TRYAGAIN, MOVED/ASK storms) subclass ResponseError but are outages.
+    An exhausted connection pool is a load spike on our side, not a dead server: opening
+    the breaker then would switch the cache off exactly when it is needed most.
     """
-    return not (type(exc) is ResponseError or isinstance(exc, DataError))
+    return not (type(exc) is ResponseError or isinstance(exc, DataError | MaxConnectionsError))
 
 
 class RedisTierBase:
