@@ -91,7 +91,7 @@ def test_sync_read_path_l1_l2_loader(make_cache: Factory, redis_cluster_client: 
     assert st["l2"]["hits"] == 1 and st["l1"]["hits"] == 1 and st["loader"]["calls"] == 0
 
 
-async def test_async_read_path_and_wrapper_shape(make_cache: Factory) -> None:
+async def test_async_read_path_and_wrapper_shape(make_cache: Factory, impl: ModuleType) -> None:
     src = Source()
     cache = make_cache()
 
@@ -100,6 +100,8 @@ async def test_async_read_path_and_wrapper_shape(make_cache: Factory) -> None:
         await asyncio.sleep(0)
         return src.load((x, full))
 
+    assert type(get) is impl.AsyncCachedFunction  # the MemoryTier's hit path, not a new layer
+    assert type(cache.cached()(Source.load)) is impl.CachedFunction
     assert inspect.iscoroutinefunction(get) and get.__name__ == "get"
     assert inspect.iscoroutinefunction(get.invalidate)
     assert await get(1) == "value-(1, False)"
@@ -108,6 +110,7 @@ async def test_async_read_path_and_wrapper_shape(make_cache: Factory) -> None:
     assert src.calls == [(1, False), (1, True)]
     assert await get.invalidate(1) == 1
     assert await get(1) == "value-(1, False)" and len(src.calls) == 3
+    assert isinstance(get(1), impl.Ready)  # an L1 hit: already-done awaitable, no coroutine
 
 
 @pytest.mark.parametrize("tiers", [(True, False), (False, True)], ids=["l1-only", "l2-only"])
