@@ -128,7 +128,7 @@ async def test_failure_reaches_every_waiter_and_is_not_cached(make_cache: Factor
     assert await get(1) == 1 and calls == [1, 1]
 
 
-async def test_a_cancelled_caller_does_not_cancel_the_shared_load(make_cache: Factory) -> None:
+async def test_cancelled_callers_never_break_the_others(make_cache: Factory) -> None:
     cache = make_cache()
     calls: list[int] = []
 
@@ -138,14 +138,18 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_load(make_cache: Fa
         await asyncio.sleep(0.05)
         return x
 
-    first = asyncio.create_task(get(9))
-    second = asyncio.create_task(get(9))
+    leader = asyncio.create_task(get(9))
+    waiters = [asyncio.create_task(get(9)) for _ in range(3)]
     await asyncio.sleep(0.01)
-    first.cancel()
-    assert await second == 9
-    with pytest.raises(asyncio.CancelledError):
-        await first
-    assert calls == [9]
+    waiters[0].cancel()  # a waiter leaves: the load goes on for the rest
+    await asyncio.sleep(0.01)
+    leader.cancel()  # the loading caller leaves: a waiter takes the load over
+    assert list(await asyncio.gather(*waiters[1:])) == [9, 9]
+    for gone in (leader, waiters[0]):
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+    assert calls == [9, 9] and len(cache.flights) == 0
+    assert await get(9) == 9 and calls == [9, 9]
 
 
 async def test_lease_makes_one_process_load(make_cache: Factory) -> None:

@@ -165,7 +165,7 @@ class SingleFlight:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._calls: dict[Hashable, _Call] = {}
-        self._tasks: dict[Hashable, asyncio.Task[Any]] = {}
+        self._futures: dict[Hashable, asyncio.Future[Any]] = {}
         self.waits = 0  # callers that joined somebody else's load
 
     def do_sync(self, key: Hashable, fn: Callable[[], Any]) -> Any:
@@ -193,23 +193,39 @@ class SingleFlight:
         return call.value
 
     async def do_async(self, key: Hashable, make: Callable[[], Awaitable[Any]]) -> Any:
+        """The first caller loads in its own task (no extra task, no extra loop trip);
+        the others await a future. If the leader is cancelled, a waiter takes over."""
         loop = asyncio.get_running_loop()
         flight = (id(loop), key)
-        task = self._tasks.get(flight)
-        if task is not None and task.get_loop() is loop and not task.done():
+        while True:
+            shared = self._futures.get(flight)
+            if shared is None:
+                break
             self.waits += 1
+            try:
+                # shield: a waiter being cancelled must not cancel the shared future
+                return await asyncio.shield(shared)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if shared.cancelled() and (task is None or not task.cancelling()):
+                    continue  # the leader was cancelled, not us: load it ourselves
+                raise
+        shared = self._futures[flight] = loop.create_future()
+        try:
+            value = await make()
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                shared.cancel()
+            else:
+                shared.set_exception(exc)
+                shared.exception()  # mark retrieved: nobody may be waiting
+            raise
         else:
-            task = asyncio.ensure_future(make())
-            self._tasks[flight] = task
-            task.add_done_callback(lambda t: self._forget(flight, t))
-        # shield: one caller being cancelled must not cancel the load the others wait for
-        return await asyncio.shield(task)
-
-    def _forget(self, flight: Hashable, task: asyncio.Task[Any]) -> None:
-        if self._tasks.get(flight) is task:
-            del self._tasks[flight]
-        if not task.cancelled():
-            task.exception()  # retrieved: no "exception never retrieved" noise
+            shared.set_result(value)
+            return value
+        finally:
+            if self._futures.get(flight) is shared:
+                del self._futures[flight]
 
     def __len__(self) -> int:
-        return len(self._calls) + len(self._tasks)
+        return len(self._calls) + len(self._futures)
