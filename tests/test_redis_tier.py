@@ -389,6 +389,17 @@ def test_user_supplied_clients_serve_both_flavours(tiercache_stack: Any,
     assert redis_cluster_client.get("uc:1") is not None  # the user's client is still open
 
 
+async def test_user_supplied_async_client_gets_a_sync_twin(
+    async_redis_cluster_client: AsyncCluster,
+) -> None:
+    t = RedisTier(async_redis_cluster_client)
+    assert t.cluster is True
+    await t.set("uac:1", [1, 2])
+    assert await asyncio.to_thread(t.get_sync, "uac:1") == [1, 2]  # built from the client
+    await t.close()
+    assert await async_redis_cluster_client.get("uac:1") is not None  # still open
+
+
 def test_async_client_follows_the_event_loop(tiercache_stack: Any,
                                              redis_cluster_client: RedisCluster) -> None:
     t = RedisTier(tiercache_stack.redis_url)
