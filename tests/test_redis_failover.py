@@ -342,3 +342,9 @@ async def test_pool_exhaustion_is_counted_but_does_not_open_the_breaker(
     assert s["breaker"] == "closed" and s["breaker_opened"] == 0
     assert s["errors_by_op"].get("get", 0) == results.count(MISSING) > 0
     await t.close()
+
+
+def test_connection_spec_repr_hides_the_password() -> None:
+    t = RedisTier(dead_url())
+    assert SECRET not in repr(t._spec) and SECRET not in repr(t)
+    assert SECRET not in str(t.stats())

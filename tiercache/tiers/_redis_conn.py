@@ -60,14 +60,14 @@ class ConnSpec:
 
     nodes: list[tuple[str, int]]
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a repr
     db: int = 0
     ssl: bool = False
     path: str | None = None  # unix socket (plain Redis only)
-    extra: dict[str, Any] = field(default_factory=dict)  # other URL query arguments
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)  # other URL query args
     redacted: str = ""
-    redactor: Redactor = field(default_factory=Redactor)
-    _rotation: itertools.count[int] = field(default_factory=itertools.count)
+    redactor: Redactor = field(default_factory=Redactor, repr=False)
+    _rotation: itertools.count[int] = field(default_factory=itertools.count, repr=False)
 
     def __post_init__(self) -> None:
         self.redactor.add(self.password)
