@@ -162,15 +162,18 @@ def fast_unpack(raw: bytes) -> Entry:
     return unpack_entry(raw)
 
 
-def _is_outage(exc: BaseException) -> bool:
-    """Does ``exc`` say the server is unreachable/unhealthy (feed the breaker)?
+def _server_verdict(exc: BaseException) -> bool | None:
+    """What ``exc`` says about the server, for the breaker: up (True), down (False), or
+    nothing (None).
 
     A plain error reply (WRONGTYPE, NOSCRIPT...) means Redis is up; redis-py's cluster
     errors (CLUSTERDOWN, TRYAGAIN, MOVED/ASK storms) subclass ResponseError but are outages.
-    An exhausted connection pool is a load spike on our side, not a dead server: opening
-    the breaker then would switch the cache off exactly when it is needed most.
+    An exhausted connection pool is a load spike on our side and says nothing about the
+    server: opening the breaker then would switch the cache off when it is needed most.
     """
-    return not (type(exc) is ResponseError or isinstance(exc, DataError | MaxConnectionsError))
+    if isinstance(exc, MaxConnectionsError):
+        return None
+    return type(exc) is ResponseError or isinstance(exc, DataError)
 
 
 class RedisTierBase:
@@ -224,9 +227,10 @@ class RedisTierBase:
     def _failed(self, op: str, exc: Exception) -> None:
         self.errors += 1
         self.errors_by_op.inc(op)
-        if _is_outage(exc):
+        verdict = _server_verdict(exc)
+        if verdict is False:
             self.breaker.record_failure()
-        else:
+        elif verdict:
             self.breaker.record_success()  # Redis answered; the request was the problem
         detail = str(exc) or ("no reply in time" if isinstance(exc, TimeoutError) else "-")
         self._warn(op, "redis %s failed on %s: %s: %s", op, self._spec.redacted,
