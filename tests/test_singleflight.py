@@ -64,7 +64,8 @@ async def test_1000_concurrent_async_misses_call_the_loader_once(make_cache: Fac
         return {"x": x}
 
     tasks = [asyncio.create_task(get(7)) for _ in range(1000)]
-    await asyncio.sleep(0.05)
+    while cache.flights.waits < 999:  # every caller is in: one loads, 999 wait
+        await asyncio.sleep(0.005)
     release.set()
     results = await asyncio.gather(*tasks)
     assert calls == [7]
@@ -131,19 +132,25 @@ async def test_failure_reaches_every_waiter_and_is_not_cached(make_cache: Factor
 async def test_cancelled_callers_never_break_the_others(make_cache: Factory) -> None:
     cache = make_cache()
     calls: list[int] = []
+    loading, gate = asyncio.Event(), asyncio.Event()
 
     @cache.cached()
     async def get(x: int) -> int:
         calls.append(x)
-        await asyncio.sleep(0.05)
+        loading.set()
+        await gate.wait()
         return x
 
     leader = asyncio.create_task(get(9))
+    await loading.wait()  # the leader is inside the loader
     waiters = [asyncio.create_task(get(9)) for _ in range(3)]
-    await asyncio.sleep(0.01)
+    while cache.flights.waits < 3:
+        await asyncio.sleep(0.001)
     waiters[0].cancel()  # a waiter leaves: the load goes on for the rest
-    await asyncio.sleep(0.01)
+    loading.clear()
     leader.cancel()  # the loading caller leaves: a waiter takes the load over
+    await loading.wait()
+    gate.set()
     assert list(await asyncio.gather(*waiters[1:])) == [9, 9]
     for gone in (leader, waiters[0]):
         with pytest.raises(asyncio.CancelledError):
