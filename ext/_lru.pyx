@@ -1,4 +1,4 @@
-# cython: language_level=3, freethreading_compatible=False
+# cython: language_level=3, freethreading_compatible=False, auto_pickle=False
 """The L1 store (LRU + per-entry TTL) and the @cached hit path, in C.
 
 Layout: each segment (one per cached function) has a dict mapping a key to a small non-GC

@@ -1,4 +1,4 @@
-# cython: freethreading_compatible = False
+# cython: freethreading_compatible = False, auto_pickle = False
 # cython: always_allow_keywords = False
 """Hot path of the consistent-hash ring: key hashing and continuum lookup, in C.
 

@@ -16,8 +16,6 @@ import sys
 import tokenize
 from pathlib import Path
 
-import pytest
-
 import tiercache
 
 PACKAGE = Path(tiercache.__file__).parent
@@ -113,8 +111,6 @@ def test_importing_every_module_never_imports_pickle() -> None:
     assert report["runtime_pickle"] == [], "a runtime import pulled in pickle"
 
 
-@pytest.mark.xfail(strict=True, reason="ext/_lru.pyx lacks '# cython: auto_pickle=False': Cython "
-                   "generates __reduce_cython__/__pyx_unpickle_* that import pickle on use")
 def test_extension_types_carry_no_pickle_support() -> None:
     """Cython auto-generates pickling for cdef classes; the directive turns it off."""
     import importlib
