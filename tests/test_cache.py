@@ -46,6 +46,7 @@ async def make_cache(impl: ModuleType, tiercache_stack: Any,
 
     def factory(l1: bool = True, l2: bool = True, **kw: Any) -> TierCache:
         kw.setdefault("namespace", namespace)
+        kw.setdefault("bus_wait", 30.0)  # a loaded CI box may take >1s to subscribe
         cache = TierCache(
             l1=MemoryTier(maxsize=1000, ttl=kw.pop("l1_default_ttl", None),
                           clock=kw.pop("clock", None)) if l1 else None,

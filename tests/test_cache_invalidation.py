@@ -43,6 +43,7 @@ async def make_cache(impl: ModuleType, tiercache_stack: Any,
 
     def factory(**kw: Any) -> TierCache:
         kw.setdefault("namespace", namespace)
+        kw.setdefault("bus_wait", 30.0)  # a loaded CI box may take >1s to subscribe
         cache = TierCache(l1=MemoryTier(maxsize=1000, ttl=300),
                           l2=RedisTier(tiercache_stack.redis_url, ttl=300), **kw)
         made.append(cache)
@@ -246,7 +247,8 @@ CHILD = textwrap.dedent("""
 
     url, namespace = sys.argv[1], sys.argv[2]
     db = RedisCluster.from_url(url)
-    cache = TierCache(l1=MemoryTier(ttl=300), l2=RedisTier(url, ttl=300), namespace=namespace)
+    cache = TierCache(l1=MemoryTier(ttl=300), l2=RedisTier(url, ttl=300), namespace=namespace,
+                      bus_wait=30)
     loads = []
 
     @cache.cached(ttl=300, key=lambda sku: f"price:{sku}", tags=lambda sku: [f"sku:{sku}"])

@@ -41,6 +41,7 @@ async def make_cache(impl: ModuleType, tiercache_stack: Any,
     namespace = f"sf{uuid.uuid4().hex[:8]}"
 
     def factory(l1: bool = True, **kw: Any) -> TierCache:
+        kw.setdefault("bus_wait", 30.0)  # a loaded CI box may take >1s to subscribe
         cache = TierCache(l1=MemoryTier(maxsize=5000) if l1 else None,
                           l2=RedisTier(tiercache_stack.redis_url, ttl=60),
                           namespace=namespace, **kw)
