@@ -20,11 +20,14 @@ from typing import Any
 
 from tiercache import codec
 from tiercache._l1index import L1Index, glob_to_regex
-from tiercache._singleflight import Flow, TierOp, drive_async, drive_sync
+from tiercache._singleflight import Flow, Sleep, TierOp, drive_async, drive_sync
 
 __all__ = ["Coherence", "InvalidationBus"]
 
 log = logging.getLogger("tiercache.invalidation")
+
+#: seconds an invalidation waits at most for overlapping L2 writes (see _drain_writes)
+DRAIN_TIMEOUT = 2.0
 
 Handler = Callable[[dict[str, Any]], None]
 
@@ -228,17 +231,49 @@ class Coherence:
     _kv: Any
     _segments: dict[str, Any]
     _bus: InvalidationBus | None
+    _writes: dict[str, int]
+    _writes_lock: threading.Lock
+    _fence: threading.RLock
 
     def full_key(self, key: str) -> str:
         return self._prefix + key
 
+    def _writing(self, full: str, delta: int) -> None:
+        """Count loads' L2 writes in flight, per key (threads too, hence the lock)."""
+        with self._writes_lock:
+            n = self._writes.get(full, 0) + delta
+            if n:
+                self._writes[full] = n
+            else:
+                del self._writes[full]
+
+    def _drain_writes(self, fulls: list[str] | None) -> Flow[None]:
+        """Wait (bounded) for loads' L2 writes that began before a generation bump.
+
+        Such a write may land after our delete; it then sees the bump and deletes its
+        value again. ``fulls=None``: writes to any key.
+        """
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while time.monotonic() < deadline:
+            writes = self._writes
+            if not writes or (fulls is not None and not any(f in writes for f in fulls)):
+                return
+            yield Sleep(0.001)
+
     def _invalidate(self, keys: Iterable[str] = (), tags: Iterable[str] = (),
                     patterns: Iterable[str] = (), functions: Iterable[str] = (),
                     everything: bool = False) -> Flow[int]:
-        """L2 first, then this process's L1, then the bus; returns what L2 (or L1) dropped."""
+        """L2, then this process's L1, then the bus; returns what L2 (or L1) dropped.
+
+        Generation bumps fence loads: the first (before the L2 delete) stops loads from
+        writing L2 from then on; the drain waits for writes that began earlier (they undo
+        themselves); the second bump and the L1 drop then remove whatever a reader took
+        from L2 meanwhile. Only then may the caller assume no tier here has the old value.
+        """
         keys, tags, patterns, functions = list(keys), list(tags), list(patterns), list(functions)
         removed = 0
         if self.l2 is not None:
+            self._gen += 1
             if keys:
                 removed += yield TierOp(self.l2, "delete_many", [self.full_key(k) for k in keys])
             if tags:
@@ -249,6 +284,9 @@ class Coherence:
             for pattern in l2_patterns:
                 removed += yield TierOp(self.l2, "delete_pattern",
                                         _glob_escape(self._prefix) + pattern)
+            exact = None if tags or patterns or functions or everything else keys
+            yield from self._drain_writes(None if exact is None else
+                                          [self.full_key(k) for k in exact])
         local = self._apply_local(keys, tags, patterns, functions, everything)
         yield from self._publish(keys=keys, tags=tags, patterns=patterns, functions=functions,
                                  everything=everything)
@@ -256,19 +294,22 @@ class Coherence:
 
     def _apply_local(self, keys: list[str], tags: list[str], patterns: list[str],
                      functions: list[str], everything: bool) -> int:
-        self._gen += 1
-        index = self._index
-        n = index.drop_keys(keys) + index.drop_tags(tags)
-        if self._kv is not None:
-            n += sum(bool(self._kv.delete(k)) for k in keys)
-        for pattern in patterns:
-            n += index.drop_matching(glob_to_regex(pattern))
-        segments = self._segments.values() if everything else [
-            s for f in functions if (s := self._segments.get(f"{self.namespace}:{f}"))]
-        if segments:
-            n += sum(len(s) for s in segments)
-            index.drop_segments(segments)
-        return n
+        """Bump the generation and drop this process's L1 copies (under the fence lock)."""
+        regexes = [glob_to_regex(p) for p in patterns]
+        with self._fence:
+            self._gen += 1
+            index = self._index
+            n = index.drop_keys(keys) + index.drop_tags(tags)
+            if self._kv is not None:
+                n += sum(bool(self._kv.delete(k)) for k in keys)
+            for regex in regexes:
+                n += index.drop_matching(regex)
+            segments = list(self._segments.values()) if everything else [
+                s for f in functions if (s := self._segments.get(f"{self.namespace}:{f}"))]
+            if segments:
+                n += sum(len(s) for s in segments)
+                index.drop_segments(segments)
+            return n
 
     def _publish(self, **parts: Any) -> Flow[None]:
         bus = self._bus
@@ -285,8 +326,9 @@ class Coherence:
 
     def _on_bus_connect(self) -> None:
         """(Re)subscribed: invalidations may have been missed, so drop every L1 copy."""
-        self._gen += 1
-        self._index.drop_segments(self._segments.values())
+        with self._fence:
+            self._gen += 1
+            self._index.drop_segments(list(self._segments.values()))
 
     def _invalidate_function(self, spec: Any) -> Flow[int]:
         if spec.key is not None:

@@ -13,6 +13,7 @@ arriving after it start a new flight instead of joining the old one.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, ParamSpec, TypeVar
@@ -89,6 +90,9 @@ class TierCache(Coherence):
         self._flights = SingleFlight()
         self._index = L1Index()
         self._gen = 0
+        self._writes: dict[str, int] = {}
+        self._writes_lock = threading.Lock()
+        self._fence = threading.RLock()  # generation bumps + L1 drops vs. L1 fills
         self._specs: dict[str, FunctionSpec] = {}
         self._segments: dict[str, Any] = {}
         self._kv = self._segment(f"{namespace}:") if l1 is not None else None
@@ -183,8 +187,8 @@ class TierCache(Coherence):
             value, seconds = yield from self._load(spec.func, args, kwargs)
             if value is None and not spec.cache_none:
                 return value, False, None
-            if l2 is not None and gen == self._gen:
-                yield from self._l2_write(full, value, spec.ttl, seconds, tags)
+            if l2 is not None:
+                yield from self._l2_write(full, value, spec.ttl, seconds, tags, gen)
             ttl = spec.ttl if spec.ttl is not None or l2 is None else getattr(l2, "ttl", None)
             return value, gen == self._gen, ttl
         finally:
@@ -204,18 +208,28 @@ class TierCache(Coherence):
         return value, seconds
 
     def _l2_write(self, full: str, value: Any, ttl: float | None, seconds: float,
-                  tags: list[str]) -> Flow[None]:
-        gen = self._gen
+                  tags: list[str], gen: int) -> Flow[None]:
+        """Write a value loaded in generation ``gen``, unless an invalidation overlapped.
+
+        Registered *before* the generation check, so an invalidation either makes us skip
+        the write or sees it in flight and waits for it (and we undo it after it landed).
+        """
+        self._writing(full, +1)
         try:
-            yield TierOp(self.l2, "set", full, value, ttl, load_time=seconds)
-        except TypeError as exc:  # unencodable: serve it, keep it in L1 only, say so
-            self.loader.encode_errors += 1
-            log.warning("tiercache: %s not stored in L2: %s", full, exc)
-            return
-        if tags:
-            yield TierOp(self.l2, "add_tags", full, tags, ttl)
-        if gen != self._gen:  # an invalidation raced this write: do not leave it behind
-            yield TierOp(self.l2, "delete", full)
+            if gen != self._gen:
+                return
+            try:
+                yield TierOp(self.l2, "set", full, value, ttl, load_time=seconds)
+            except TypeError as exc:  # unencodable: serve it, keep it in L1 only, say so
+                self.loader.encode_errors += 1
+                log.warning("tiercache: %s not stored in L2: %s", full, exc)
+                return
+            if tags:
+                yield TierOp(self.l2, "add_tags", full, tags, ttl)
+            if gen != self._gen:  # an invalidation raced this write: do not leave it behind
+                yield TierOp(self.l2, "delete", full)
+        finally:
+            self._writing(full, -1)
 
     def _l1_ttl(self, l1_ttl: float | None, ttl: float | None) -> float | None:
         """min(L1 TTL, the entry's TTL); None = the MemoryTier's default."""
@@ -226,14 +240,18 @@ class TierCache(Coherence):
 
     def _fill(self, segment: Any, rel: str, l1key: Hashable, value: Any, ttl: float | None,
               tags: Iterable[str], gen: int) -> None:
-        if segment is None or gen != self._gen or (ttl is not None and ttl <= 0):
+        """Put a value read/loaded in generation ``gen`` into L1, unless invalidated since.
+
+        Under the fence lock, like the invalidations' bump-and-drop: a thread can never
+        slip an old value into L1 between another thread's bump and its drop.
+        """
+        if segment is None or (ttl is not None and ttl <= 0):
             return
-        if l1key in segment:  # a flight partner with the same call form already filled it
-            return
-        segment.put(l1key, value, ttl)
-        self._index.add(rel, segment, l1key, tags)
-        if gen != self._gen:  # invalidated while we were writing: undo
-            segment.delete(l1key)
+        with self._fence:
+            if gen != self._gen or l1key in segment:  # stale, or a flight partner filled it
+                return
+            segment.put(l1key, value, ttl)
+            self._index.add(rel, segment, l1key, tags)
 
     def _bus_ready(self) -> Flow[None]:
         """Subscribe before the first L1 fill, so no invalidation can slip past."""
@@ -280,7 +298,9 @@ class TierCache(Coherence):
 
     def _set_many(self, mapping: Mapping[str, Any], ttl: float | None,
                   tags: list[str]) -> Flow[None]:
+        yield from self._bus_ready()
         if self.l2 is not None:
+            self._gen += 1  # fence: loads that began before must not write L2 after us
             full = {self.full_key(k): v for k, v in mapping.items()}
             if len(full) == 1:
                 ((key, value),) = full.items()
@@ -290,14 +310,16 @@ class TierCache(Coherence):
             if tags:
                 for key in full:
                     yield TierOp(self.l2, "add_tags", key, tags, ttl)
-        yield from self._bus_ready()
-        self._gen += 1  # loads that began before this write must not overwrite it in L1
-        self._index.drop_keys(mapping)
-        gen, l1ttl = self._gen, self._l1_ttl(None, ttl)
-        for key, value in mapping.items():
-            if self._kv is not None:
-                self._kv.delete(key)
-            self._fill(self._kv, key, key, value, l1ttl, tags, gen)
+            yield from self._drain_writes(list(full))
+        l1ttl = self._l1_ttl(None, ttl)
+        with self._fence:
+            self._gen += 1  # loads that began before this write must not overwrite it in L1
+            self._index.drop_keys(mapping)
+            gen = self._gen
+            for key, value in mapping.items():
+                if self._kv is not None:
+                    self._kv.delete(key)
+                self._fill(self._kv, key, key, value, l1ttl, tags, gen)
         yield from self._publish(keys=list(mapping))
 
     async def get(self, key: str, default: Any = None) -> Any:
