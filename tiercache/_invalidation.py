@@ -15,12 +15,12 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 from tiercache import codec
 from tiercache._l1index import L1Index, glob_to_regex
-from tiercache._singleflight import Flow, Sleep, TierOp, drive_async, drive_sync
+from tiercache._singleflight import BusGate, Flow, Sleep, TierOp, drive_async, drive_sync
 
 __all__ = ["Coherence", "InvalidationBus"]
 
@@ -234,9 +234,31 @@ class Coherence:
     _writes: dict[str, int]
     _writes_lock: threading.Lock
     _fence: threading.RLock
+    bus_wait: float
 
     def full_key(self, key: str) -> str:
         return self._prefix + key
+
+    def _fill(self, segment: Any, rel: str, l1key: Hashable, value: Any, ttl: float | None,
+              tags: Iterable[str], gen: int) -> None:
+        """Put a value read/loaded in generation ``gen`` into L1, unless invalidated since.
+
+        Under the fence lock, like the invalidations' bump-and-drop: a thread can never
+        slip an old value into L1 between another thread's bump and its drop.
+        """
+        if segment is None or (ttl is not None and ttl <= 0):
+            return
+        with self._fence:
+            if gen != self._gen or l1key in segment:  # stale, or a flight partner filled it
+                return
+            segment.put(l1key, value, ttl)
+            self._index.add(rel, segment, l1key, tags)
+
+    def _bus_ready(self) -> Flow[None]:
+        """Subscribe before the first L1 fill, so no invalidation can slip past."""
+        bus = self._bus
+        if bus is not None and not (bus.connected and bus.running()):
+            yield BusGate(bus, self.bus_wait)
 
     def _writing(self, full: str, delta: int) -> None:
         """Count loads' L2 writes in flight, per key (threads too, hence the lock)."""

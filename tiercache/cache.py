@@ -22,7 +22,6 @@ from tiercache import health as _health
 from tiercache._invalidation import Coherence, InvalidationBus
 from tiercache._l1index import L1Index
 from tiercache._singleflight import (
-    BusGate,
     Call,
     Flight,
     Flow,
@@ -237,27 +236,6 @@ class TierCache(Coherence):
             l1_ttl = self.l1.store.ttl
         candidates = [t for t in (l1_ttl, ttl) if t is not None]
         return min(candidates) if candidates else None
-
-    def _fill(self, segment: Any, rel: str, l1key: Hashable, value: Any, ttl: float | None,
-              tags: Iterable[str], gen: int) -> None:
-        """Put a value read/loaded in generation ``gen`` into L1, unless invalidated since.
-
-        Under the fence lock, like the invalidations' bump-and-drop: a thread can never
-        slip an old value into L1 between another thread's bump and its drop.
-        """
-        if segment is None or (ttl is not None and ttl <= 0):
-            return
-        with self._fence:
-            if gen != self._gen or l1key in segment:  # stale, or a flight partner filled it
-                return
-            segment.put(l1key, value, ttl)
-            self._index.add(rel, segment, l1key, tags)
-
-    def _bus_ready(self) -> Flow[None]:
-        """Subscribe before the first L1 fill, so no invalidation can slip past."""
-        bus = self._bus
-        if bus is not None and not (bus.connected and bus.running()):
-            yield BusGate(bus, self.bus_wait)
 
     # ------------------------------------------------------------------ key/value API
 
