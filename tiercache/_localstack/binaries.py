@@ -170,7 +170,8 @@ def for_user(found: PgBinaries, uid: int, gid: int) -> PgBinaries:
         return found
     root = found.bindir.parent
     stamp = found.tool("postgres").stat()
-    digest = hashlib.sha1(f"{root.resolve()}:{stamp.st_size}:{stamp.st_mtime_ns}".encode()).hexdigest()
+    source_id = f"{root.resolve()}:{stamp.st_size}:{stamp.st_mtime_ns}"
+    digest = hashlib.sha1(source_id.encode()).hexdigest()
     copy = Path(tempfile.gettempdir()) / f"tiercache-pgbin-{digest[:16]}"
     # auditwheel-style wheels keep shared libraries in a sibling "<package>.libs" dir,
     # reached through an $ORIGIN-relative RPATH that the copy breaks: copy it too and put
