@@ -424,3 +424,38 @@ def test_threads_never_see_an_older_version_after_invalidate(make_cache: Factory
         t.join(30)
     assert stale == []
     assert read(1) == 99
+
+
+async def test_a_remote_load_racing_an_invalidation_is_undone(
+        make_cache: Factory, redis_cluster_client: RedisCluster) -> None:
+    """B loads the old row; A deletes the key; B's write lands after the delete and before
+    A's message: when the message arrives, B deletes its raced write again."""
+    a, b = make_cache(), make_cache()
+    row = {"v": "old"}
+    release = asyncio.Event()
+
+    async def load(key: int) -> str:
+        seen = row["v"]
+        if key == 1:
+            await release.wait()
+        return seen
+
+    fa, fb = a.cached()(load), b.cached()(load)
+    await fa(0), await fb(0)  # both buses are up
+    full = a.full_key(fa.key_for(1))
+    pending = asyncio.create_task(fb(1))  # B read "old" and waits
+    await asyncio.sleep(0.05)
+    row["v"] = "new"
+    steps = a._invalidate(keys=[fa.key_for(1)])  # A's invalidation, one step at a time
+    op = next(steps)
+    removed = await op.run_async()  # A's DEL reaches Redis ...
+    release.set()
+    assert await pending == "old"  # ... then B's load writes "old" after it
+    assert redis_cluster_client.get(full) is not None
+    with pytest.raises(StopIteration):  # A finishes: drain, L1, publish
+        while True:
+            op = steps.send(removed)
+            removed = await op.run_async()
+    await eventually(lambda: redis_cluster_client.get(full) is None)
+    assert b.stats()["bus"]["raced_writes_undone"] >= 1
+    assert await fb(1) == "new" and await fa(1) == "new"

@@ -92,6 +92,8 @@ class TierCache(Coherence):
         self._writes: dict[str, int] = {}
         self._writes_lock = threading.Lock()
         self._fence = threading.RLock()  # generation bumps + L1 drops vs. L1 fills
+        self._recent: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self.raced_writes_undone = 0
         self._specs: dict[str, FunctionSpec] = {}
         self._segments: dict[str, Any] = {}
         self._kv = self._segment(f"{namespace}:") if l1 is not None else None
@@ -223,6 +225,7 @@ class TierCache(Coherence):
                 self.loader.encode_errors += 1
                 log.warning("tiercache: %s not stored in L2: %s", full, exc)
                 return
+            self._wrote(full, tags)
             if tags:
                 yield TierOp(self.l2, "add_tags", full, tags, ttl)
             if gen != self._gen:  # an invalidation raced this write: do not leave it behind

@@ -75,7 +75,8 @@ def snapshot(cache: TierCache) -> dict[str, Any]:
     }
     bus = cache.bus
     if bus is not None:
-        out["bus"] = {**bus.stats, "connected": bus.connected, "running": bus.running()}
+        out["bus"] = {**bus.stats, "raced_writes_undone": cache.raced_writes_undone,
+                      "connected": bus.connected, "running": bus.running()}
     return out
 
 
