@@ -1,4 +1,5 @@
-"""Single-flight (one load per key per process) and the Redis lease (one load across processes)."""
+"""Concurrent loads: single-flight (one per key per process), the Redis lease (one across
+processes), and loads racing invalidations (no read after an invalidation sees older data)."""
 
 from __future__ import annotations
 
@@ -270,3 +271,74 @@ def test_lease_across_real_processes(tiercache_stack: Any, redis_cluster_client:
                 p.communicate()
     assert outputs == ["built daily"] * 3
     assert int(redis_cluster_client.get(f"{namespace}:loads")) == 1
+
+
+async def test_no_read_after_invalidate_sees_an_older_version(make_cache: Factory) -> None:
+    """Readers race a writer that bumps the row and invalidates; any read *started* after an
+    invalidation returned must see at least that version, from whichever tier answers."""
+    cache = make_cache()
+    row = {"version": 0}
+    committed = [0]
+    stale: list[tuple[int, int]] = []
+    done = asyncio.Event()
+
+    @cache.cached()
+    async def read(key: int) -> int:
+        seen = row["version"]
+        await asyncio.sleep(0.0005 * (seen % 4))  # loads of different lengths overlap
+        return seen
+
+    async def reader() -> None:
+        while not done.is_set():
+            floor = committed[0]
+            got = await read(1)
+            if got < floor:
+                stale.append((got, floor))
+            await asyncio.sleep(0)
+
+    async def writer() -> None:
+        for version in range(1, 150):
+            row["version"] = version
+            await read.invalidate(1)
+            committed[0] = version
+            await asyncio.sleep(0.001)
+        done.set()
+
+    await asyncio.gather(writer(), *(reader() for _ in range(8)))
+    assert stale == []
+    assert await read(1) == 149
+
+
+def test_threads_never_see_an_older_version_after_invalidate(make_cache: Factory) -> None:
+    cache = make_cache()
+    row = {"version": 0}
+    committed = [0]
+    stale: list[tuple[int, int]] = []
+    done = threading.Event()
+
+    @cache.cached()
+    def read(key: int) -> int:
+        seen = row["version"]
+        time.sleep(0.0005 * (seen % 4))
+        return seen
+
+    def reader() -> None:
+        while not done.is_set():
+            floor = committed[0]
+            got = read(1)
+            if got < floor:
+                stale.append((got, floor))
+
+    threads = [threading.Thread(target=reader) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for version in range(1, 100):
+        row["version"] = version
+        read.invalidate(1)
+        committed[0] = version
+        time.sleep(0.001)
+    done.set()
+    for t in threads:
+        t.join(30)
+    assert stale == []
+    assert read(1) == 99
