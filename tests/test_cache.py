@@ -413,12 +413,18 @@ async def test_stats_and_health(make_cache: Factory) -> None:
     assert any("hit ratio" in reason for reason in report["reasons"])
 
 
-def test_bad_arguments() -> None:
+def test_bad_arguments_and_timedelta_ttls() -> None:
     with pytest.raises(ValueError):
         TierCache(namespace="a:b")
     cache = TierCache(l1=MemoryTier())
     with pytest.raises(TypeError):
         cache.cached(tags="user")(lambda x: x)
+    with pytest.raises(TypeError, match="parentheses"):
+        cache.cached(lambda x: x)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="ttl"):
+        cache.cached(ttl=0)(lambda x: x)
+    fn = cache.cached(ttl=dt.timedelta(minutes=5), l1_ttl=dt.timedelta(seconds=30))(abs)
+    assert fn.spec.ttl == 300.0 and fn.spec.l1_ttl == 30.0 and fn(-2) == 2
 
 
 

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
+from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar
 
 from tiercache import health as _health
@@ -106,14 +107,21 @@ class TierCache(Coherence):
 
     def cached(
         self,
-        ttl: float | None = None,
+        ttl: float | timedelta | None = None,
         tags: TagsArg = None,
         key: KeyFn | None = None,
         lock: bool = False,
         cache_none: bool | None = None,
-        l1_ttl: float | None = None,
+        l1_ttl: float | timedelta | None = None,
     ) -> Callable[[Callable[P, R]], Cached[P, R]]:
-        """Cache a sync or async function; see :mod:`tiercache.decorators` for keys."""
+        """Cache a sync or async function; see :mod:`tiercache.decorators` for keys.
+
+        ``ttl``/``l1_ttl`` are seconds (or ``timedelta``); ``tags`` a list or a callable of
+        the arguments; ``key`` a callable building the relative L2 key; ``lock`` takes a
+        Redis lease so one process loads.
+        """
+        if callable(ttl):
+            raise TypeError("use @cache.cached() with parentheses (ttl= got a function)")
 
         def decorate(func: Callable[P, R]) -> Cached[P, R]:
             wrapper: Cached[P, R] = make_cached(self, func, ttl=ttl, tags=tags, key=key,

@@ -28,6 +28,7 @@ import inspect
 from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, Protocol, TypeVar
 
 import msgpack
@@ -196,12 +197,12 @@ def make_cached(
     cache: TierCache,
     func: Callable[..., Any],
     *,
-    ttl: float | None,
+    ttl: float | timedelta | None,
     tags: TagsArg,
     key: KeyFn | None,
     lock: bool,
     cache_none: bool | None,
-    l1_ttl: float | None,
+    l1_ttl: float | timedelta | None,
 ) -> Any:
     """Wrap ``func``: the MemoryTier's C hit path in front, the core behind it on a miss.
 
@@ -210,6 +211,7 @@ def make_cached(
     """
     if isinstance(tags, str):
         raise TypeError("tags= must be a list of tags or a callable, not a str")
+    ttl, l1_ttl = _seconds(ttl, "ttl"), _seconds(l1_ttl, "l1_ttl")
     is_async = inspect.iscoroutinefunction(func)
     spec = FunctionSpec(
         func=func,
@@ -284,6 +286,14 @@ def warm_sync(fn: Callable[..., Any], list_of_args: Iterable[Any], concurrency: 
         for future in [pool.submit(fn, *a, **kw) for a, kw in items]:
             future.result()
     return len(items)
+
+
+def _seconds(value: float | timedelta | None, name: str) -> float | None:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if value is not None and not value > 0:
+        raise ValueError(f"{name} must be > 0 seconds or None, got {value!r}")
+    return value
 
 
 def _as_call(item: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
