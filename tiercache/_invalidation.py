@@ -17,7 +17,7 @@ from typing import Any
 
 from tiercache._bus import InvalidationBus
 from tiercache._l1index import L1Index, glob_to_regex
-from tiercache._singleflight import BusGate, Flow, Sleep, TierOp, drive_async, drive_sync
+from tiercache._singleflight import BusGate, Flow, TierOp, Until, drive_async, drive_sync
 
 __all__ = ["Coherence", "InvalidationBus"]
 
@@ -90,12 +90,13 @@ class Coherence:
         Such a write may land after our delete; it then sees the bump and deletes its
         value again. ``fulls=None``: writes to any key.
         """
-        deadline = time.monotonic() + DRAIN_TIMEOUT
-        while time.monotonic() < deadline:
+
+        def drained() -> bool:
             writes = self._writes
-            if not writes or (fulls is not None and not any(f in writes for f in fulls)):
-                return
-            yield Sleep(0.001)
+            return not writes or (fulls is not None and not any(f in writes for f in fulls))
+
+        if not drained():
+            yield Until(drained, DRAIN_TIMEOUT)
 
     def _invalidate(self, keys: Iterable[str] = (), tags: Iterable[str] = (),
                     patterns: Iterable[str] = (), functions: Iterable[str] = (),

@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Hashable
 from typing import Any, TypeVar
 
-__all__ = ["BusGate", "Call", "Flight", "Flow", "Op", "SingleFlight", "Sleep", "TierOp",
+__all__ = ["BusGate", "Call", "Flight", "Flow", "Op", "SingleFlight", "Sleep", "TierOp", "Until",
            "drive_async", "drive_sync"]
 
 T = TypeVar("T")
@@ -86,6 +86,41 @@ class Sleep(Op):
 
     async def run_async(self) -> None:
         await asyncio.sleep(self.seconds)
+
+
+class Until(Op):
+    """Poll ``done()`` until true or ``timeout`` seconds passed; True if it became true.
+
+    The sync shell on a thread that runs an event loop gives up after a few milliseconds:
+    what it waits for may need that very loop, which sleeping here would starve.
+    """
+
+    __slots__ = ("done", "timeout")
+
+    def __init__(self, done: Callable[[], bool], timeout: float) -> None:
+        self.done, self.timeout = done, timeout
+
+    def run_sync(self) -> bool:
+        timeout = self.timeout
+        try:
+            asyncio.get_running_loop()
+            timeout = min(timeout, 0.005)
+        except RuntimeError:
+            pass
+        deadline = time.monotonic() + timeout
+        while not self.done():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+        return True
+
+    async def run_async(self) -> bool:
+        deadline = time.monotonic() + self.timeout
+        while not self.done():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.001)
+        return True
 
 
 class BusGate(Op):
