@@ -194,6 +194,23 @@ def test_lease_wait_is_bounded_then_loads_itself(make_cache: Factory) -> None:
     assert cache.l2.release_lease_sync(cache.full_key(get.key_for(3)), stuck)
 
 
+def test_a_failed_load_releases_its_lease(make_cache: Factory) -> None:
+    a, b = make_cache(), make_cache()
+    attempts: list[int] = []
+
+    def flaky(x: int) -> int:
+        attempts.append(x)
+        if len(attempts) == 1:
+            raise TimeoutError("database timeout")
+        return x
+
+    fa, fb = a.cached(lock=True)(flaky), b.cached(lock=True)(flaky)
+    with pytest.raises(TimeoutError):
+        fa(5)
+    assert fb(5) == 5  # the lease went with the failure: b loads at once, no waiting
+    assert b.stats()["loader"]["lock_waits"] == 0 and attempts == [5, 5]
+
+
 def test_drivers_run_one_flow_both_ways() -> None:
     log: list[str] = []
 
