@@ -18,6 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bench.add_argument("--redis-url", help="use this Redis (Cluster) instead of a LocalStack")
+    bench.add_argument("--plot", metavar="DIR",
+                       help="also write PNG plots (latency distributions, comparisons) to DIR")
     bench.add_argument("--strict", action="store_true",
                        help="exit 1 when a measurement misses its target")
     bench.add_argument("--pg-dsn", action="append", metavar="NAME=DSN",

@@ -26,6 +26,7 @@ from rich.table import Table
 
 from tiercache._impl import implementation
 from tiercache.bench import base
+from tiercache.bench.plots import strip_samples
 from tiercache.bench.registry import Suite, discover
 
 __all__ = ["run_cli", "run_suites"]
@@ -155,8 +156,17 @@ def run_cli(args: argparse.Namespace) -> int:
     console.print(_table(results))
     for name, message in failures.items():
         console.print(f"[red]suite {name} FAILED[/]: {message}")
+    if getattr(args, "plot", None):
+        try:
+            from tiercache.bench.plots import plot_results
+
+            for path in plot_results(results, args.plot):
+                console.log(f"plot written to {path}")
+        except ImportError:
+            console.print("[yellow]--plot needs matplotlib: pip install 'tiercache[plots]'[/]")
     if args.json:
-        payload = {"machine": _machine(), "results": results, "failures": failures}
+        payload = {"machine": _machine(), "results": strip_samples(results),
+                   "failures": failures}
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(payload, fh, indent=2, default=str)
         console.log(f"results written to {args.json}")

@@ -18,6 +18,7 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
 from tiercache.bench.base import BenchContext, Row, SuiteError
+from tiercache.bench.plots import SAMPLES_KEY
 
 NAME = "stack"
 DESCRIPTION = "raw redis-py GET/MGET on the cluster and raw asyncpg fetchval per shard"
@@ -33,7 +34,10 @@ def _row(name: str, samples_ns: list[float], extra: dict[str, Any] | None = None
                    f"({len(samples_ns)} calls)",
         "target": None,
         "ok": None,
-        "data": {"median_ns": median, "p99_ns": p99, "calls": len(samples_ns), **(extra or {})},
+        "data": {
+            "median_ns": median, "p99_ns": p99, "calls": len(samples_ns), SAMPLES_KEY: samples_ns,
+            **(extra or {}),
+        },
     }
 
 
