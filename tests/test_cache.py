@@ -246,6 +246,10 @@ class Color(enum.Enum):
     RED = 1
 
 
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
 @dataclasses.dataclass
 class Account:
     id: int
@@ -266,10 +270,17 @@ def test_key_building_is_canonical_and_stable(make_cache: Factory) -> None:
     assert key(1).startswith("test_cache._module_level:") or key(1).startswith(
         "tests.test_cache._module_level:")
     assert key({"x": 1, "y": 2}) == key({"y": 2, "x": 1})
-    assert key({3, 1, 2}) == key({2, 3, 1}) and key({1}) != key(frozenset({1}))
-    assert key([1, 2]) != key((1, 2)) and key(1) != key(True) and key(1) != key(1.0)
+    assert key({3, 1, 2}) == key({2, 3, 1}) and key([1, 2]) != key((1, 2))
     assert key(1, 2, 3) != key(1, 2, 4) and key(1, x=1) != key(1, x=2)
-    assert key(Color.RED) != key(1)
+    # equal arguments, one key (they share one L1 entry, like functools.lru_cache)
+    assert key(1) == key(1.0) == key(True) == key(Decimal("1.00")) != key("1")
+    assert key(0.0) == key(-0.0) and key(1.5) == key(Decimal("1.5")) != key(Decimal("1.6"))
+    assert key(Decimal("0.1")) != key(0.1) and key((1, 2.0)) == key((1.0, 2))
+    assert key({1}) == key(frozenset({1.0})) and key({"a": 1}) == key({"a": 1.0})
+    assert key(Color.RED) != key(1) and key(Level.HIGH) == key(3)
+    utc = dt.datetime(2024, 1, 1, 12, tzinfo=dt.UTC)
+    assert key(utc) == key(utc.astimezone(dt.timezone(dt.timedelta(hours=2))))
+    assert key(utc) != key(utc.replace(tzinfo=None))
     assert key(Decimal("1.5"), dt.date(2024, 1, 1)) == key(Decimal("1.5"), dt.date(2024, 1, 1))
     assert key(Account(7)) == key(Account(7)) != key(Account(8))
     with pytest.raises(TypeError, match="argument 'a'"):
@@ -281,6 +292,21 @@ def test_key_building_is_canonical_and_stable(make_cache: Factory) -> None:
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env=env, check=True, timeout=60).stdout.strip()
     assert other == canonical_digest({"a": {"y": (2, 3), "x": 1}, "b": {"u", "t", "s"}})
+
+
+def test_invalidating_an_equal_argument_reaches_the_shared_l1_entry(
+        make_cache: Factory) -> None:
+    cache = make_cache()
+    loads: list[Any] = []
+
+    @cache.cached()
+    def get(x: Any) -> int:
+        loads.append(x)
+        return len(loads)
+
+    assert get(1.0) == 1 and get(True) == 1  # one L1 entry: (1.0,) == (True,)
+    assert get.invalidate(True) == 1
+    assert get(1.0) == 2 and loads == [1.0, 1.0]
 
 
 def test_custom_key_and_long_keys(make_cache: Factory, redis_cluster_client: Any) -> None:

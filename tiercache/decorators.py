@@ -9,6 +9,9 @@ Key stability (the L2 key is shared by every process and survives restarts and u
   insertion order or set iteration order, nor on the process or the Python version.
 * it changes when the namespace, module, qualname or a parameter name changes, or a default
   value changes (the result probably changed too), or :data:`KEY_SCHEME` is bumped.
+* arguments that compare equal give one key, as they share one L1 entry (and one
+  ``functools.lru_cache`` entry): ``1``, ``1.0``, ``True`` and ``Decimal("1")`` alike, a set
+  like the equal frozenset, an ``IntEnum`` member like its value, aware datetimes by instant.
 * argument values: None/bool/int/float/str/bytes, list/tuple/dict/set/frozenset of them,
   Enum members, everything :mod:`tiercache.codec` encodes (datetime, Decimal, UUID, registered
   types), and objects with a ``__cache_key__()`` method (e.g. ``self`` of a cached method).
@@ -22,6 +25,7 @@ Key stability (the L2 key is shared by every process and survives restarts and u
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import enum
 import hashlib
 import inspect
@@ -29,6 +33,7 @@ from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, Protocol, TypeVar
 
 import msgpack
@@ -50,7 +55,7 @@ __all__ = [
     "warm_sync",
 ]
 
-KEY_SCHEME: Final = b"tiercache-key-v1"
+KEY_SCHEME: Final = b"tiercache-key-v2"
 MAX_KEY_LENGTH: Final = 200
 
 P = ParamSpec("P")
@@ -87,33 +92,58 @@ TagsArg = Iterable[str] | Callable[..., Iterable[str]] | None
 KeyFn = Callable[..., str]
 
 # ext codes private to the digest encoding (never stored, never decoded)
-_LIST, _TUPLE, _DICT, _SET, _FROZENSET, _ENUM, _OBJ, _LEAF = range(1, 9)
-_NATIVE: Final = (str, int, float, bool, bytes, type(None))
+_LIST, _TUPLE, _DICT, _SET, _ENUM, _OBJ, _LEAF, _DECIMAL, _INSTANT = range(1, 10)
 
 
 def _canon(value: Any) -> Any:
-    """A msgpack-encodable structure that is equal for equal arguments."""
+    """A msgpack-encodable structure, equal for arguments that compare equal.
+
+    Equal arguments must give equal keys because L1 (like ``functools.lru_cache``) treats
+    them as one entry: ``f(1.0)`` and ``f(True)`` share an L1 entry, so an invalidation of
+    either must reach it. Hence numbers are encoded by value (1, 1.0, True, Decimal("1")
+    alike), sets like frozensets, IntEnum/StrEnum members like their values, and aware
+    datetimes as UTC instants.
+    """
     cls = type(value)
-    if cls in _NATIVE:
-        if cls is int and not -(2**63) <= value < 2**64:
-            return msgpack.ExtType(_LEAF, codec.encode(value))
+    if cls is str or cls is bytes or value is None:
         return value
-    if cls is list:
-        return msgpack.ExtType(_LIST, _pack([_canon(v) for v in value]))
-    if cls is tuple:
-        return msgpack.ExtType(_TUPLE, _pack([_canon(v) for v in value]))
+    if cls is int or cls is bool:
+        return int(value) if -(2**63) <= value < 2**64 else _leaf(int(value))
+    if cls is float:
+        return _canon(int(value)) if value.is_integer() else value
+    if cls is Decimal:
+        return _canon_decimal(value)
+    if cls is list or cls is tuple:
+        return msgpack.ExtType(_LIST if cls is list else _TUPLE, _pack([_canon(v) for v in value]))
     if cls is dict:
         items = sorted([_pack(_canon(k)), _pack(_canon(v))] for k, v in value.items())
         return msgpack.ExtType(_DICT, _pack(items))
     if cls is set or cls is frozenset:
-        code = _SET if cls is set else _FROZENSET
-        return msgpack.ExtType(code, _pack(sorted(_pack(_canon(v)) for v in value)))
+        return msgpack.ExtType(_SET, _pack(sorted(_pack(_canon(v)) for v in value)))
     if isinstance(value, enum.Enum):
+        if isinstance(value, int | float | str):  # IntEnum, StrEnum, IntFlag: equal to values
+            return _canon(value.value)
         return msgpack.ExtType(_ENUM, _pack([_type_name(cls), _canon(value.value)]))
+    if cls is dt.datetime and value.utcoffset() is not None:
+        return msgpack.ExtType(_INSTANT, _pack(value.timestamp()))
     custom = getattr(value, "__cache_key__", None)
     if custom is not None and callable(custom):
         return msgpack.ExtType(_OBJ, _pack([_type_name(cls), _canon(custom())]))
-    return msgpack.ExtType(_LEAF, codec.encode(value))  # TypeError for unknown types
+    return _leaf(value)  # TypeError for types the codec does not know
+
+
+def _canon_decimal(value: Decimal) -> Any:
+    if value.is_finite():
+        if value == value.to_integral_value():
+            return _canon(int(value))
+        if Decimal(float(value)) == value:  # 1.5 == Decimal("1.5"): one key
+            return float(value)
+        return msgpack.ExtType(_DECIMAL, str(value.normalize()).encode())
+    return _canon(float(value)) if not value.is_snan() else _leaf(value)
+
+
+def _leaf(value: Any) -> msgpack.ExtType:
+    return msgpack.ExtType(_LEAF, codec.encode(value))
 
 
 def _type_name(cls: type) -> str:
