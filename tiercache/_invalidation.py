@@ -28,12 +28,13 @@ DRAIN_TIMEOUT = 2.0
 #: seconds a completed L2 write is remembered, to undo it if a remote invalidation raced it
 RECENT = 5.0
 
+
 class Coherence:
     """The invalidation half of :class:`~tiercache.cache.TierCache` (one flow, both shells).
 
-    Order matters: L2 first (a reader arriving later cannot refill from it), then the
-    generation bump and this process's L1 (loads that overlapped the invalidation discard
-    their result), then the bus for every other process.
+    A generation number, bumped by every invalidation, fences loads: a load that overlapped
+    an invalidation neither fills L1 nor keeps its L2 write, and callers arriving after it
+    start a new single-flight instead of joining the old one. See :meth:`_invalidate`.
     """
 
     l2: Any
