@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import enum
+import functools
 import inspect
 import os
 import subprocess
@@ -449,6 +450,8 @@ def test_bad_arguments_and_timedelta_ttls() -> None:
         cache.cached(lambda x: x)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="ttl"):
         cache.cached(ttl=0)(lambda x: x)
+    with pytest.raises(TypeError, match="wrap it in a def"):
+        cache.cached()(functools.partial(divmod, 7))
     fn = cache.cached(ttl=dt.timedelta(minutes=5), l1_ttl=dt.timedelta(seconds=30))(abs)
     assert fn.spec.ttl == 300.0 and fn.spec.l1_ttl == 30.0 and fn(-2) == 2
 

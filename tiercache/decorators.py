@@ -245,7 +245,7 @@ def make_cached(
     is_async = inspect.iscoroutinefunction(func)
     spec = FunctionSpec(
         func=func,
-        name=f"{func.__module__}.{func.__qualname__}",
+        name=_function_name(func),
         ttl=ttl,
         tags=tags if tags is None or callable(tags) else list(tags),
         key=key,
@@ -316,6 +316,18 @@ def warm_sync(fn: Callable[..., Any], list_of_args: Iterable[Any], concurrency: 
         for future in [pool.submit(fn, *a, **kw) for a, kw in items]:
             future.result()
     return len(items)
+
+
+def _function_name(func: Callable[..., Any]) -> str:
+    """``module.qualname``: the L1 segment and the L2 key prefix, so it must identify ``func``.
+
+    Partials and callable instances have none (two partials would share entries): refused.
+    """
+    module, qualname = getattr(func, "__module__", None), getattr(func, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        raise TypeError(f"@cached needs a function or method, not {type(func).__name__} "
+                        "(wrap it in a def, whose name then identifies the cache entries)")
+    return f"{module}.{qualname}"
 
 
 def _seconds(value: float | timedelta | None, name: str) -> float | None:
