@@ -77,6 +77,7 @@ class TierCache(Coherence):
         min_hit_ratio: float = 0.8,
         min_requests: int = 100,
         max_error_rate: float = 0.05,
+        pool: Any = None,
     ) -> None:
         if ":" in namespace or not namespace:
             raise ValueError("namespace must be a non-empty string without ':'")
@@ -86,6 +87,7 @@ class TierCache(Coherence):
         self.lock_wait, self.lease_ttl, self.bus_wait = lock_wait, lease_ttl, bus_wait
         self.thresholds = {"min_hit_ratio": min_hit_ratio, "min_requests": min_requests,
                            "max_error_rate": max_error_rate}
+        self.pool = pool  # a ShardedPool whose health() joins ours
         self.loader = LoaderStats()
         self._flights = SingleFlight()
         self._index = L1Index()
@@ -369,10 +371,17 @@ class TierCache(Coherence):
         return _health.snapshot(self)
 
     async def health(self) -> dict[str, Any]:
-        """``{"status": healthy|degraded|unhealthy, "reasons": [...], "checks": {...}}``."""
-        return await drive_async(_health.check(self))
+        """``{"status": healthy|degraded|unhealthy, "reasons": [...], "checks": {...}}``.
+
+        With ``pool=`` (a ShardedPool), its per-shard health is part of the report.
+        """
+        report = await drive_async(_health.check(self))
+        if self.pool is not None:
+            report = _health.with_pool(report, await self.pool.health())
+        return report
 
     def health_sync(self) -> dict[str, Any]:
+        """:meth:`health` without the pool (ShardedPool.health() is async-only)."""
         return drive_sync(_health.check(self))
 
     @property

@@ -17,7 +17,7 @@ from tiercache._stats import LOADER_BUCKETS, Histogram
 if TYPE_CHECKING:
     from tiercache.cache import TierCache
 
-__all__ = ["LoaderStats", "check", "snapshot"]
+__all__ = ["LoaderStats", "check", "snapshot", "with_pool"]
 
 _L1_COUNTERS = ("hits", "misses", "sets", "deletes", "evictions_size", "evictions_expired",
                 "size")
@@ -135,6 +135,18 @@ def check(cache: TierCache) -> Flow[dict[str, Any]]:
             degraded.append("invalidation bus disconnected (L1 may lag other processes)")
     status = "unhealthy" if unhealthy else "degraded" if degraded else "healthy"
     return {"status": status, "reasons": unhealthy + degraded, "checks": checks}
+
+
+_SEVERITY = {"healthy": 0, "degraded": 1, "unhealthy": 2}
+
+
+def with_pool(report: dict[str, Any], pool_report: dict[str, Any]) -> dict[str, Any]:
+    """Fold a ShardedPool.health() report into a cache's: the worse status wins."""
+    pool_status = str(pool_report.get("status", "unhealthy"))
+    status = max(report["status"], pool_status, key=lambda s: _SEVERITY.get(s, 2))
+    reasons = [*report["reasons"], *(f"pool: {r}" for r in pool_report.get("reasons", []))]
+    return {"status": status, "reasons": reasons, "checks": {**report["checks"],
+                                                             "pool": pool_report}}
 
 
 def _state_name(state: Any) -> str:

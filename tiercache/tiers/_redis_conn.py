@@ -87,6 +87,11 @@ class ConnSpec:
             socket_timeout=socket_timeout,
             socket_connect_timeout=connect_timeout,
             max_connections=max_connections,
+            # No CLIENT SETINFO on connect: one round trip less per connection, and redis-py's
+            # async cluster client otherwise fails some concurrent first connections on
+            # servers without SETINFO (Redis < 7.2).
+            lib_name=None,
+            lib_version=None,
         )
         return kwargs
 
