@@ -18,6 +18,7 @@ Cluster auto-detection asks the node ``INFO cluster`` (``cluster_enabled:1``).
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -87,13 +88,19 @@ class ConnSpec:
             socket_timeout=socket_timeout,
             socket_connect_timeout=connect_timeout,
             max_connections=max_connections,
-            # No CLIENT SETINFO on connect: one round trip less per connection, and redis-py's
-            # async cluster client otherwise fails some concurrent first connections on
-            # servers without SETINFO (Redis < 7.2).
-            lib_name=None,
-            lib_version=None,
+            **_NO_SETINFO,
         )
         return kwargs
+
+
+# No CLIENT SETINFO on connect: one round trip less per connection, and redis-py's async
+# cluster client otherwise fails some concurrent first connections on servers without
+# SETINFO (Redis < 7.2). redis-py >= 7 spells it driver_info=None; older ones lib_name=None.
+_NO_SETINFO: dict[str, Any] = (
+    {"driver_info": None}
+    if "driver_info" in inspect.signature(redis.Redis.__init__).parameters
+    else {"lib_name": None, "lib_version": None}
+)
 
 
 def spec_from_url(url: str) -> ConnSpec:
