@@ -26,6 +26,7 @@ cdef extern from "tc_md5.h":
     int TC_MD5_ONE_BLOCK_MAX
     void tc_md5_words(const uint8_t *msg, size_t length, uint32_t out[4]) nogil
     uint32_t tc_md5_a(const uint8_t *msg, size_t length) nogil
+    int tc_md5_a_small_int(long long value, uint32_t *hash) nogil
     void tc_md5_x8(const uint8_t *const msgs[8], const size_t lens[8], uint32_t out[8]) nogil
 
 cdef enum:
@@ -101,8 +102,21 @@ cdef object key_view(object key, const uint8_t **data, Py_ssize_t *length, char 
     return owner
 
 
+cdef inline bint small_int_hash(object key, uint32_t *h) noexcept:
+    """The hash of an exact int key below 10**15 in magnitude, formatted in registers."""
+    cdef int overflow = 0
+    cdef long long iv
+    if not PyLong_CheckExact(key):
+        return False
+    iv = PyLong_AsLongLongAndOverflow(key, &overflow)
+    return not overflow and tc_md5_a_small_int(iv, h)
+
+
 cpdef uint32_t hash_key(object key) except? 0xFFFFFFFF:
     """Ketama hash (replica 0) of a key: the first four MD5 bytes, little-endian."""
+    cdef uint32_t h
+    if small_int_hash(key, &h):
+        return h
     cdef const uint8_t *data
     cdef Py_ssize_t length
     cdef char intbuf[INT_BUF]
@@ -220,7 +234,10 @@ cdef class Continuum:
         cdef const uint8_t *data
         cdef Py_ssize_t length
         cdef char intbuf[INT_BUF]
+        cdef uint32_t h
         self._check_nonempty()
+        if small_int_hash(key, &h):
+            return self._names[self._owners[self._index(h)]]
         cdef object owner = key_view(key, &data, &length, intbuf)
         return self._names[self._owners[self._index(tc_md5_a(data, <size_t>length))]]
 

@@ -135,6 +135,57 @@ static inline uint32_t tc_md5_a(const uint8_t *msg, size_t len) {
     return a + TC_MD5_A0;
 }
 
+#if defined(__SIZEOF_INT128__)
+#define TC_MD5_HAVE_INT_KEYS 1
+/* Word A of the MD5 of str(value) for |value| < 10**15: the digits are built in a 128-bit
+ * register, two at a time, and go straight into the message words (no bytes in memory, so
+ * no store-to-load stall between formatting and hashing). Returns 0 when out of range. */
+static inline int tc_md5_a_small_int(long long value, uint32_t *hash) {
+    static const char pairs[201] =
+        "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+        "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+        "8081828384858687888990919293949596979899";
+    unsigned long long v = value < 0 ? (unsigned long long)(-(value + 1)) + 1
+                                     : (unsigned long long)value;
+    if (v >= 1000000000000000ULL) return 0;
+    unsigned __int128 acc = 0;
+    unsigned n = 0;
+    while (v >= 100) {
+        unsigned p = (unsigned)(v % 100) * 2;
+        v /= 100;
+        acc = (acc << 16) | (unsigned)(uint8_t)pairs[p] | ((unsigned)(uint8_t)pairs[p + 1] << 8);
+        n += 2;
+    }
+    if (v >= 10) {
+        unsigned p = (unsigned)v * 2;
+        acc = (acc << 16) | (unsigned)(uint8_t)pairs[p] | ((unsigned)(uint8_t)pairs[p + 1] << 8);
+        n += 2;
+    } else {
+        acc = (acc << 8) | (unsigned)('0' + v);
+        n += 1;
+    }
+    if (value < 0) {
+        acc = (acc << 8) | (unsigned)'-';
+        n += 1;
+    }
+    uint32_t M[16] = {0};
+    if (n < 16) acc |= (unsigned __int128)0x80 << (8 * n);
+    else M[4] = 0x80u;                        /* 16 chars: the pad byte starts word 4 */
+    M[0] = (uint32_t)acc; M[1] = (uint32_t)(acc >> 32);
+    M[2] = (uint32_t)(acc >> 64); M[3] = (uint32_t)(acc >> 96);
+    M[14] = n * 8u;
+    uint32_t a = TC_MD5_A0, b = TC_MD5_B0, c = TC_MD5_C0, d = TC_MD5_D0;
+    TC_MD5_ROUNDS_TO_A(a, b, c, d, M)
+    *hash = a + TC_MD5_A0;
+    return 1;
+}
+#else
+static inline int tc_md5_a_small_int(long long value, uint32_t *hash) {
+    (void)value; (void)hash;
+    return 0;   /* no 128-bit integers: callers take the generic path */
+}
+#endif
+
 #if defined(__GNUC__) || defined(__clang__)
 #define TC_MD5_HAVE_LANES 1
 typedef uint32_t tc_v8u __attribute__((vector_size(32)));

@@ -55,6 +55,19 @@ def test_hash_matches_uhashring(impl: ModuleType) -> None:
     assert [impl.hash_key(k) for k in keys] == [reference.hashi(k) for k in keys]
 
 
+def test_int_keys_at_every_formatting_boundary(impl: ModuleType) -> None:
+    """Small ints are formatted in registers (C): check each digit count and sign."""
+    reference = uhashring.HashRing(["a"], hash_fn="ketama")
+    keys = [0, -0, 2**63 - 1, -(2**63), 2**64]
+    for digits in range(1, 20):
+        for base in (10 ** (digits - 1), 10**digits - 1):
+            keys += [base, -base, base + 1, -(base + 1)]
+    assert [impl.hash_key(k) for k in keys] == [reference.hashi(k) for k in keys]
+    ring = ring_class(impl)(["a", "b", "c"])
+    ref_ring = uh_ring({"a": 1, "b": 1, "c": 1})
+    assert [ring.get_node(k) for k in keys] == [ref_ring.get_node(k) for k in keys]
+
+
 def test_hash_points_are_uhashring_vnodes(impl: ModuleType) -> None:
     reference = uhashring.HashRing(["a"], hash_fn="ketama").runtime
     expected = [reference.hashi(f"node-{w}", replica=r) for w in range(5) for r in range(4)]
