@@ -60,8 +60,9 @@ class Continuum:
     """
 
     def __init__(self) -> None:
-        self._points: list[int] = []
-        self._owner_names: list[str] = []
+        # (points, owner name per point), swapped as one object so a lookup racing a
+        # rebuild in another thread sees the old table or the new one, never a mix.
+        self._table: tuple[list[int], list[str]] = ([], [])
 
     def _load(self, points: Sequence[int], owners: Sequence[int], names: tuple[str, ...]) -> None:
         """Replace the continuum: ``points`` ascending and unique, ``owners[i]`` indexes names."""
@@ -72,18 +73,19 @@ class Continuum:
                 raise ValueError("points must be strictly ascending")
         if any(not 0 <= owner < len(names) for owner in owners):
             raise ValueError("owner index out of range")
-        self._points = list(points)
-        self._owner_names = [names[owner] for owner in owners]
+        self._table = (list(points), [names[owner] for owner in owners])
 
-    def _check_nonempty(self) -> None:
-        if not self._points:
+    def _nonempty_table(self) -> tuple[list[int], list[str]]:
+        table = self._table
+        if not table[0]:
             raise LookupError("the hash ring has no nodes (or none with points): add_node() first")
+        return table
 
     def node_for_hash(self, h: int) -> str:
         """Owner of the ring position ``h``."""
-        self._check_nonempty()
-        index = bisect_right(self._points, h)
-        return self._owner_names[index if index < len(self._points) else 0]
+        points, names = self._nonempty_table()
+        index = bisect_right(points, h)
+        return names[index if index < len(points) else 0]
 
     def get_node(self, key: object) -> str:
         """The node that owns ``key``."""
@@ -91,8 +93,8 @@ class Continuum:
 
     def get_node_many(self, keys: Iterable[object]) -> list[str]:
         """``[get_node(k) for k in keys]`` in one call."""
-        self._check_nonempty()
-        points, names, size = self._points, self._owner_names, len(self._points)
+        points, names = self._nonempty_table()
+        size = len(points)
         result = []
         for key in keys:
             index = bisect_right(points, hash_key(key))
@@ -102,4 +104,4 @@ class Continuum:
     @property
     def size(self) -> int:
         """Number of points on the ring."""
-        return len(self._points)
+        return len(self._table[0])

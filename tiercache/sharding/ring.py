@@ -249,5 +249,7 @@ class HashRing(_RingLogic, ring_impl.Continuum):
     """Consistent-hash ring over shard names; see the module docstring for the modes.
 
     ``nodes`` is a list of names (weight 1 each) or a dict ``name -> weight`` (int >= 1).
-    Lookups (``get_node``, ``get_node_many``) raise ``LookupError`` on an empty ring.
+    Lookups (``get_node``, ``get_node_many``) raise ``LookupError`` on an empty ring. A lookup
+    racing ``add_node``/``remove_node`` in another thread sees the old ring or the new one;
+    serialize the changes themselves (one writer).
     """
