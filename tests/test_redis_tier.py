@@ -414,6 +414,29 @@ def test_async_client_follows_the_event_loop(tiercache_stack: Any,
     t.close_sync()
 
 
+def test_clients_of_finished_loops_are_closed(tiercache_stack: Any,
+                                              redis_cluster_client: RedisCluster) -> None:
+    """Each asyncio.run() gets its own client; it must be closed with its loop, not leaked
+    ("Unclosed ClusterNode object" / "unclosed transport" when collected)."""
+    import gc
+    import warnings
+
+    tiers = [RedisTier(tiercache_stack.redis_url)]
+
+    async def roundtrip(value: int) -> Any:
+        await tiers[0].set("loop:2", value)
+        return await tiers[0].get("loop:2")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for i in range(3):
+            assert asyncio.run(roundtrip(i)) == i
+        tiers.pop().close_sync()
+        gc.collect()
+    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert leaks == []
+
+
 @settings(max_examples=100, deadline=None)
 @given(value=values, stored_at=st.one_of(st.floats(0, 2e9), st.integers(0, 2**31)),
        ttl=st.one_of(st.none(), st.floats(0.001, 1e6), st.integers(1, 10**6)),

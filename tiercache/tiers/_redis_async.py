@@ -11,9 +11,10 @@ A cancelled read/write makes redis-py drop that connection, so no reply is ever 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from asyncio import get_running_loop
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from time import perf_counter
 from typing import Any, TypeVar
 
@@ -52,8 +53,11 @@ class AsyncOps(SyncTwins):
     """Async client lifecycle, ``_call`` (breaker/timeout/counting), and the rarer ops."""
 
     _user_async: AsyncClient | None
+    _user_async_taken: bool
     _aclient: AsyncClient | None
     _aloop: asyncio.AbstractEventLoop | None
+    _aclients: dict[asyncio.AbstractEventLoop,
+                    tuple[AsyncClient, AsyncGenerator[None, None] | None]]
     _budget: float
 
     def _batch_budget(self, n: int) -> float:
@@ -61,21 +65,49 @@ class AsyncOps(SyncTwins):
         return self._budget + self.socket_timeout * (n // 1000)
 
     async def _client(self) -> AsyncClient:
+        """This loop's client. Each event loop gets its own (a client's connections belong
+        to the loop that opened them); ours are closed when their loop shuts down."""
         loop = get_running_loop()
         if self._aloop is loop and self._aclient is not None:
             return self._aclient
-        if self._user_async is not None and self._aloop is None:
+        held = self._aclients.get(loop)
+        if held is not None:
+            self._aclient, self._aloop = held[0], loop
+            return held[0]
+        if self._user_async is not None and not self._user_async_taken:
+            self._user_async_taken = True
             client: AsyncClient = self._user_async
+            self._aclients[loop] = (client, None)
         else:
             if self._cluster is None:
                 self._cluster = await detect_cluster_async(
                     self._spec, self.connect_timeout, self.socket_timeout)
-            if self._aloop is loop and self._aclient is not None:
-                return self._aclient  # another task connected meanwhile
+            held = self._aclients.get(loop)
+            if held is not None:  # another task connected meanwhile
+                self._aclient, self._aloop = held[0], loop
+                return held[0]
             client = make_async_client(self._spec, self._cluster, None,
                                        self.connect_timeout, self.max_connections)
+            guard = _closed_with_loop(client)
+            await guard.asend(None)  # now in loop._asyncgens: shutdown_asyncgens() closes it
+            for old in [lp for lp in self._aclients if lp.is_closed()]:
+                del self._aclients[old]  # closed with their loop (or beyond saving)
+            self._aclients[loop] = (client, guard)
         self._aclient, self._aloop = client, loop
         return client
+
+    async def _close_clients(self) -> None:
+        """Close our clients: this loop's now, other live loops' on those loops."""
+        clients, self._aclients = self._aclients, {}
+        self._aclient = self._aloop = None
+        self._user_async_taken = False  # the user's client (never closed here) may serve again
+        here = get_running_loop()
+        for loop, (_, guard) in clients.items():
+            if guard is not None and loop is here:
+                with contextlib.suppress(Exception):
+                    await guard.aclose()
+        # Other loops' guards: dropping ``clients`` (their last reference) makes asyncio's
+        # async-generator finalizer schedule their aclose() on their own (live) loop.
 
     def _allowed(self) -> bool:
         breaker = self.breaker
@@ -240,3 +272,14 @@ class AsyncOps(SyncTwins):
                 await client.flushdb(asynchronous=True)
 
         await self._call("clear", flush, None)
+
+
+async def _closed_with_loop(client: AsyncClient) -> AsyncGenerator[None, None]:
+    """Parked at its ``yield`` until the loop shuts down (``asyncio.run`` and
+    ``Runner.close`` call ``shutdown_asyncgens()``) or it is closed: then closes ``client``
+    on its own loop, where its connections live."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            await client.aclose()

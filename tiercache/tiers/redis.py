@@ -29,7 +29,6 @@ flushes the whole database on every master (like cashews/aiocache): use
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from asyncio import get_running_loop, timeout
 from collections.abc import Iterable, Mapping
 from time import perf_counter
@@ -81,8 +80,10 @@ class RedisTier(AsyncOps):
         self.max_connections = max_connections
         self._budget = connect_timeout + socket_timeout  # per operation, see _redis_async
         self._user_async: AsyncClient | None = None
+        self._user_async_taken = False
         self._aclient: AsyncClient | None = None
         self._aloop: asyncio.AbstractEventLoop | None = None
+        self._aclients: dict[asyncio.AbstractEventLoop, Any] = {}  # see _client()
         if isinstance(url_or_client, str):
             self._spec = spec_from_url(url_or_client)
             self._cluster = cluster
@@ -213,8 +214,5 @@ class RedisTier(AsyncOps):
 
     async def close(self) -> None:
         """Close the clients this tier created (user-provided clients stay open)."""
-        client, self._aclient, self._aloop = self._aclient, None, None
-        if client is not None and client is not self._user_async:
-            with contextlib.suppress(Exception):
-                await client.aclose()
+        await self._close_clients()
         self.close_sync()
