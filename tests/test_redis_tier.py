@@ -143,7 +143,24 @@ def test_foreign_corrupt_or_newer_payload_is_a_counted_miss(
     s = tier.stats()
     assert s["errors_by_op"] == {"decode": 2}
     assert s["errors"] == 2 and s["breaker"] == "closed"
+    assert (s["hits"], s["misses"]) == (1, 2)  # a miss (plus an error), never a hit
     assert any("bad:1" in r.getMessage() for r in caplog.records)
+
+
+def test_text_payload_from_a_decoding_client_is_a_counted_miss(
+    tiercache_stack: Any, redis_cluster_client: RedisCluster,
+) -> None:
+    """A user's client with decode_responses=True hands back str, not bytes: still a miss."""
+    host, port = tiercache_stack.redis_nodes[0]
+    client = RedisCluster(host=host, port=port, decode_responses=True)
+    try:
+        client.set("text:1", "plain text")
+        tier = RedisTier(client)
+        assert tier.get_sync("text:1") is MISSING
+        assert tier.get_many_sync(["text:1"]) == {}
+        assert tier.stats()["errors_by_op"] == {"decode": 2}
+    finally:
+        client.close()
 
 
 async def test_bad_payload_async(atier: RedisTier,

@@ -270,6 +270,8 @@ _FLOAT_TYPES: Final = (float, int)
 
 def unpack_entry(data: bytes | bytearray | memoryview) -> Entry:
     """Decode an envelope written by :func:`pack_entry`, or raise ``CodecError``."""
+    if not isinstance(data, bytes | bytearray | memoryview):  # e.g. str (decode_responses)
+        raise CodecError(f"not a tiercache entry: {type(data).__name__}, not bytes")
     raw = bytes(data)
     if raw[:3] != _MAGIC or len(raw) < 5:
         raise CodecError("not a tiercache entry (foreign or corrupt payload)")

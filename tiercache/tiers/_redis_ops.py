@@ -237,6 +237,8 @@ class RedisTierBase:
                    type(exc).__name__, self._spec.redactor.text(detail))
 
     def _corrupt(self, key: str, exc: CodecError) -> Missing:
+        """An unreadable payload: a miss for the caller, plus an error and a log line."""
+        self.misses += 1
         self.errors += 1
         self.errors_by_op.inc("decode")
         self._warn("decode", "unreadable L2 entry %r treated as a miss: %s", key, exc)
@@ -316,7 +318,8 @@ class RedisTierBase:
     # ------------------------------------------------------------ stats
 
     def stats(self) -> dict[str, Any]:
-        """Counter snapshot; failed calls count in ``errors`` only (not as misses)."""
+        """Counter snapshot; failed calls count in ``errors`` only (not as misses), an
+        unreadable payload in both."""
         return {
             "hits": self.hits,
             "misses": self.misses,
