@@ -210,6 +210,21 @@ def test_l1_ttl_is_min_of_ttl_l1_ttl_and_l2_remaining(make_cache: Factory) -> No
     assert short.segment.expires_at(1) <= now[0] + 30
 
 
+async def test_get_many_backfill_keeps_the_l2_entry_ttl(make_cache: Factory) -> None:
+    """get_many backfills L1 like get does: no longer than the L2 entry has left to live
+    (L1 without a default TTL would otherwise keep a 5 s entry forever)."""
+    now = [1000.0]
+    writer, reader = make_cache(l1=False), make_cache(clock=lambda: now[0])
+    await writer.set("short:1", 1, ttl=5)
+    await writer.set("short:2", 2, ttl=5)
+    assert await reader.get("short:1") == 1
+    assert await reader.get_many(["short:2"]) == {"short:2": 2}
+    assert reader.get_many_sync(["short:2"]) == {"short:2": 2}
+    kv = reader.segments[f"{reader.namespace}:"]
+    assert kv.expires_at("short:1") is not None and kv.expires_at("short:1") <= now[0] + 5
+    assert kv.expires_at("short:2") is not None and kv.expires_at("short:2") <= now[0] + 5
+
+
 def test_unhashable_arguments_use_l2_only(make_cache: Factory) -> None:
     cache = make_cache()
     calls: list[Any] = []

@@ -279,12 +279,13 @@ class TierCache(Coherence):
         if rest and self.l2 is not None:
             yield from self._bus_ready()
             gen = self._gen
-            hits = yield TierOp(self.l2, "get_many", [self.full_key(k) for k in rest])
+            fulls = [self.full_key(k) for k in rest]
+            hits = yield TierOp(self.l2, "get_many_entries", fulls)
             cut = len(self._prefix)
-            for full, value in hits.items():
-                found[full[cut:]] = value
-                self._fill(self._kv, full[cut:], full[cut:], value, self._l1_ttl(None, None),
-                           (), gen)
+            for full, entry in hits.items():
+                found[full[cut:]] = entry.value
+                self._fill(self._kv, full[cut:], full[cut:], entry.value,
+                           self._l1_ttl(None, _remaining(entry)), (), gen)
         return found
 
     def _set_many(self, mapping: Mapping[str, Any], ttl: float | None,
@@ -348,8 +349,6 @@ class TierCache(Coherence):
 
     def delete_sync(self, key: str) -> bool:
         return bool(drive_sync(self._invalidate(keys=[key])))
-
-    # ------------------------------------------------------------------ invalidation
 
     # ------------------------------------------------------------------ warm, stats, health
 

@@ -300,7 +300,9 @@ class RedisTierBase:
         self.hits += 1
         return entry
 
-    def _decode_many(self, keys: list[str], raws: list[Any]) -> dict[str, Any]:
+    def _decode_many(self, keys: list[str], raws: list[Any],
+                     entries: bool = False) -> dict[str, Any]:
+        """The hits: values, or whole :class:`Entry` envelopes with ``entries=True``."""
         found: dict[str, Any] = {}
         misses = 0
         for key, raw in zip(keys, raws, strict=True):
@@ -308,7 +310,7 @@ class RedisTierBase:
                 misses += 1
                 continue
             try:
-                found[key] = fast_unpack(raw)[0]
+                found[key] = fast_unpack(raw) if entries else fast_unpack(raw)[0]
             except CodecError as exc:
                 self._corrupt(key, exc)
         self.hits += len(found)

@@ -112,7 +112,12 @@ class SyncTwins(RedisTierBase):
         return MISSING if entry is MISSING else entry.value
 
     def get_many_sync(self, keys: Iterable[str]) -> dict[str, Any]:
-        wanted = list(keys)
+        return self._get_many_sync(list(keys), False)
+
+    def get_many_entries_sync(self, keys: Iterable[str]) -> dict[str, Entry]:
+        return self._get_many_sync(list(keys), True)
+
+    def _get_many_sync(self, wanted: list[str], entries: bool) -> dict[str, Any]:
         if not wanted:
             return {}
 
@@ -122,7 +127,7 @@ class SyncTwins(RedisTierBase):
             return list(client.mget(wanted))
 
         raws = self._call_sync("get_many", fetch, None)
-        return {} if raws is None else self._decode_many(wanted, raws)
+        return {} if raws is None else self._decode_many(wanted, raws, entries)
 
     # ------------------------------------------------------------ writes
 

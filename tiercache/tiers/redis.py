@@ -131,7 +131,13 @@ class RedisTier(AsyncOps):
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """Only the hits. Cluster: MGET per slot, pipelined per node (``mget_nonatomic``)."""
-        wanted = list(keys)
+        return await self._get_many(list(keys), False)
+
+    async def get_many_entries(self, keys: Iterable[str]) -> dict[str, Entry]:
+        """:meth:`get_many` returning the envelopes (value, stored_at, ttl, load_time)."""
+        return await self._get_many(list(keys), True)
+
+    async def _get_many(self, wanted: list[str], entries: bool) -> dict[str, Any]:
         if not wanted:
             return {}
         if not self._allowed():
@@ -151,7 +157,7 @@ class RedisTier(AsyncOps):
             return {}
         self._lat_get_many.observe(perf_counter() - start)
         self.breaker.record_success()
-        return self._decode_many(wanted, raws)
+        return self._decode_many(wanted, raws, entries)
 
     # ------------------------------------------------------------ writes
 
