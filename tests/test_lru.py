@@ -138,6 +138,23 @@ def test_byte_bound_keeps_entry_bound(impl: Any) -> None:
     assert lru.keys() == ["b", "c"]
 
 
+def test_growing_a_value_over_the_byte_bound_evicts_others_not_itself(impl: Any) -> None:
+    """Replacing the least recently used entry with a bigger value: the new value stays,
+    the next LRU entries go, and every segment's size stays exact (never negative)."""
+    lru = impl.LRU(maxsize=10, maxbytes=10, getsizeof=len)
+    seg = lru.segment("s")
+    seg.put("old", "x")  # least recently used
+    lru.put("mid", "xxx")
+    lru.put("new", "xxxx")
+    seg.put("old", "xxxxx")  # 1 -> 5 bytes: 12 > 10, evicts "mid" (the LRU after it)
+    assert seg.get("old") == "xxxxx" and "mid" not in lru and lru.get("new") == "xxxx"
+    assert len(seg) == 1 and seg.stats()["size"] == 1 and len(lru) == 2
+    assert lru.currbytes == 9
+    assert seg.stats()["evictions_size"] == 0 and lru.stats()["evictions_size"] == 1
+    seg.clear()
+    assert len(seg) == 0 and len(lru) == 1
+
+
 def test_counters_and_delete(impl: Any) -> None:
     lru = impl.LRU(maxsize=10)
     lru.put("a", 1)

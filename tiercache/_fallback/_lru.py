@@ -234,8 +234,11 @@ class LRU:
         entry = _Entry(seg, key, value, self._now() + t if t > 0.0 else 0.0, size)
         internal = seg._k(key)
         with self._lock:
-            if self._data.peek(internal) is None:
-                seg.size += 1
+            # Replace, never update in place: cachetools makes room for a grown value
+            # *before* replacing it and may evict the very key being written (then the
+            # segment size drifts). The C store moves it to the front, then evicts.
+            self._remove(internal)
+            seg.size += 1
             self._data[internal] = entry
             seg.counts["sets"] += 1
             if self._maxbytes is not None and self._maxsize is not None:
