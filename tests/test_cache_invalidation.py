@@ -387,3 +387,22 @@ async def test_a_remote_load_racing_an_invalidation_is_undone(
     await eventually(lambda: redis_cluster_client.get(full) is None)
     assert b.stats()["bus"]["raced_writes_undone"] >= 1
     assert await fb(1) == "new" and await fa(1) == "new"
+
+
+def test_remembered_writes_expire_by_age(make_cache: Factory,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Completed L2 writes are remembered RECENT seconds (to undo raced ones), then forgotten
+    -- oldest first, one at a time, not by rescanning the whole map on every write."""
+    from tiercache import _invalidation
+
+    now = [1000.0]
+    monkeypatch.setattr(_invalidation.time, "monotonic", lambda: now[0])
+    cache = make_cache()
+    assert cache.bus is not None
+    for i in range(3):
+        cache._wrote(cache.full_key(f"k{i}"), [])
+    cache._wrote(cache.full_key("k0"), ["t"])  # rewritten: now the youngest
+    assert list(cache._recent) == [cache.full_key(k) for k in ("k1", "k2", "k0")]
+    now[0] += _invalidation.RECENT + 1
+    cache._wrote(cache.full_key("k3"), [])
+    assert list(cache._recent) == [cache.full_key("k3")]

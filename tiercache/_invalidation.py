@@ -12,6 +12,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Hashable, Iterable
 from typing import Any
 
@@ -48,7 +49,7 @@ class Coherence:
     _writes: dict[str, int]
     _writes_lock: threading.Lock
     _fence: threading.RLock
-    _recent: dict[str, tuple[float, tuple[str, ...]]]
+    _recent: OrderedDict[str, tuple[float, tuple[str, ...]]]
     raced_writes_undone: int
     bus_wait: float
 
@@ -180,10 +181,11 @@ class Coherence:
             return
         now = time.monotonic()
         with self._writes_lock:
-            self._recent[full] = (now, tuple(tags))
-            if len(self._recent) > 1024:
-                for key in [k for k, (t, _) in self._recent.items() if now - t > RECENT]:
-                    del self._recent[key]
+            recent = self._recent  # oldest first: expiring is O(1) per write, not a scan
+            recent.pop(full, None)
+            recent[full] = (now, tuple(tags))
+            while now - next(iter(recent.values()))[0] > RECENT:
+                recent.popitem(last=False)
 
     def _recent_writes(self, keys: list[str], tags: list[str], patterns: list[str],
                        functions: list[str], everything: bool) -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar
@@ -95,7 +96,7 @@ class TierCache(Coherence):
         self._writes: dict[str, int] = {}
         self._writes_lock = threading.Lock()
         self._fence = threading.RLock()  # generation bumps + L1 drops vs. L1 fills
-        self._recent: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self._recent: OrderedDict[str, tuple[float, tuple[str, ...]]] = OrderedDict()
         self.raced_writes_undone = 0
         self._specs: dict[str, FunctionSpec] = {}
         self._segments: dict[str, Any] = {}
