@@ -225,6 +225,27 @@ async def test_get_many_backfill_keeps_the_l2_entry_ttl(make_cache: Factory) -> 
     assert kv.expires_at("short:2") is not None and kv.expires_at("short:2") <= now[0] + 5
 
 
+def test_tags_must_be_lists_not_strings(make_cache: Factory) -> None:
+    """A str is an iterable of one-letter tags: invalidate_tags("user:1") would silently
+    miss the entry. Refused, whether given directly or returned by the tags callable."""
+    cache = make_cache()
+    with pytest.raises(TypeError, match="not a str"):
+        cache.cached(tags="user")(lambda: 1)
+
+    @cache.cached(tags=lambda user_id: f"user:{user_id}")
+    def get_user(user_id: int) -> int:
+        return user_id
+
+    with pytest.raises(TypeError, match="not a str"):
+        get_user(1)
+
+    @cache.cached(tags=lambda user_id: (f"user:{user_id}",))
+    def get_user2(user_id: int) -> int:
+        return user_id
+
+    assert get_user2(2) == 2 and cache.invalidate_tags_sync("user:2") >= 1
+
+
 def test_unhashable_arguments_use_l2_only(make_cache: Factory) -> None:
     cache = make_cache()
     calls: list[Any] = []

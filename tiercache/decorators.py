@@ -220,6 +220,9 @@ class FunctionSpec:
         if self.tags is None:
             return []
         tags = self.tags(*args, **kwargs) if callable(self.tags) else self.tags
+        if isinstance(tags, str):  # would be one tag per character: nothing would match
+            raise TypeError(f"tags= callable of {self.name} must return a list of tags, "
+                            "not a str")
         return [str(t) for t in tags]
 
 
