@@ -292,3 +292,17 @@ def test_merge_snapshots_and_counter_map() -> None:
     errors.inc("set")
     assert errors.snapshot() == {"get": 3, "set": 1} and errors.total == 4
     assert hit_ratio(3, 1) == 0.75 and hit_ratio(0, 0) == 0.0
+
+
+def test_breaker_state_of_same_named_sources_is_the_worst_not_the_sum() -> None:
+    """Counters of same-named sources add up; a state gauge must stay a state (0/1/2)."""
+    from tiercache._metrics_samples import collect_samples
+
+    def l2(state: str) -> dict[str, Any]:
+        return {"l2": {"hits": 1, "misses": 0, "breaker": state, "breaker_opened": 1}}
+
+    out = collect_samples([("shop", "l2", l2("open")), ("shop", "l2", l2("open")),
+                           ("shop", "l2", l2("closed"))])
+    assert out["tiercache_breaker_state"] == {("shop",): 2}
+    assert out["tiercache_breaker_opens_total"] == {("shop",): 3}
+    assert out["tiercache_requests_total"][("shop", "l2", "hit")] == 3

@@ -78,6 +78,11 @@ class _Acc:
         elif isinstance(value, int | float):
             series[labels] = series.get(labels, 0) + float(value)
 
+    def worst(self, name: str, labels: tuple[str, ...], value: float) -> None:
+        """A state gauge: same-named sources report the highest state, not a sum."""
+        series = self.out.setdefault(name, {})
+        series[labels] = max(series.get(labels, 0.0), float(value))
+
 
 def collect_samples(snapshots: Iterable[tuple[str, str, dict[str, Any]]]) -> Samples:
     """``(source name, tier name for bare tiers, stats())`` triples -> samples."""
@@ -120,7 +125,7 @@ def _tier(acc: _Acc, cache: str, tier: str, s: Mapping[str, Any]) -> None:
     acc.add("tiercache_entries", ct, s.get("size"))
     state = s.get("breaker")
     if isinstance(state, str) and state in _BREAKER:
-        acc.add("tiercache_breaker_state", (cache,), _BREAKER[state])
+        acc.worst("tiercache_breaker_state", (cache,), _BREAKER[state])
         acc.add("tiercache_breaker_opens_total", (cache,), s.get("breaker_opened"))
     latency = s.get("latency")
     if isinstance(latency, Mapping):
