@@ -406,3 +406,24 @@ def test_remembered_writes_expire_by_age(make_cache: Factory,
     now[0] += _invalidation.RECENT + 1
     cache._wrote(cache.full_key("k3"), [])
     assert list(cache._recent) == [cache.full_key("k3")]
+
+
+def test_invalidation_drains_only_writes_of_loads_that_began_before_it(
+        make_cache: Factory) -> None:
+    """The drain waits for L2 writes of loads older than the invalidation (they may carry
+    the old value), not for writes of loads that began after it: under steady load some
+    write is nearly always in flight, and waiting for "no write at all" cost every
+    invalidate_tags/pattern/clear the whole DRAIN_TIMEOUT."""
+    cache = make_cache()
+    full = cache.full_key("hot")
+    old_gen = cache._gen
+    cache._writing(full, +1, old_gen)  # a load from before: must be waited for
+    cache._gen += 1  # the invalidation's first bump
+    assert [type(op).__name__ for op in cache._drain_writes(None, cache._gen)] == ["Until"]
+    assert [type(op).__name__ for op in cache._drain_writes([full], cache._gen)] == ["Until"]
+    cache._writing(full, -1, old_gen)
+    cache._writing(full, +1, cache._gen)  # a load that began after the bump
+    assert list(cache._drain_writes(None, cache._gen)) == []
+    assert list(cache._drain_writes([full], cache._gen)) == []
+    cache._writing(full, -1, cache._gen)
+    assert not cache._writes

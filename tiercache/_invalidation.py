@@ -46,7 +46,7 @@ class Coherence:
     _kv: Any
     _segments: dict[str, Any]
     _bus: InvalidationBus | None
-    _writes: dict[str, int]
+    _writes: dict[tuple[str, int], int]
     _writes_lock: threading.Lock
     _fence: threading.RLock
     _recent: OrderedDict[str, tuple[float, tuple[str, ...]]]
@@ -77,25 +77,28 @@ class Coherence:
         if bus is not None and not (bus.connected and bus.running()):
             yield BusGate(bus, self.bus_wait)
 
-    def _writing(self, full: str, delta: int) -> None:
-        """Count loads' L2 writes in flight, per key (threads too, hence the lock)."""
+    def _writing(self, full: str, delta: int, gen: int) -> None:
+        """Count L2 writes in flight per (key, generation of their load); threads too."""
         with self._writes_lock:
-            n = self._writes.get(full, 0) + delta
+            n = self._writes.get((full, gen), 0) + delta
             if n:
-                self._writes[full] = n
+                self._writes[(full, gen)] = n
             else:
-                del self._writes[full]
+                del self._writes[(full, gen)]
 
-    def _drain_writes(self, fulls: list[str] | None) -> Flow[None]:
-        """Wait (bounded) for loads' L2 writes that began before a generation bump.
+    def _drain_writes(self, fulls: list[str] | None, gen: int) -> Flow[None]:
+        """Wait (bounded) for L2 writes of loads begun before generation ``gen``.
 
         Such a write may land after our delete; it then sees the bump and deletes its
-        value again. ``fulls=None``: writes to any key.
+        value again. Writes of later loads are not waited for: under load there is nearly
+        always one in flight. ``fulls=None``: writes to any key.
         """
+        wanted = None if fulls is None else set(fulls)
 
         def drained() -> bool:
-            writes = self._writes
-            return not writes or (fulls is not None and not any(f in writes for f in fulls))
+            with self._writes_lock:
+                inflight = list(self._writes)
+            return not any(g < gen and (wanted is None or f in wanted) for f, g in inflight)
 
         if not drained():
             yield Until(drained, DRAIN_TIMEOUT)
@@ -114,6 +117,7 @@ class Coherence:
         removed = 0
         if self.l2 is not None:
             self._gen += 1
+            fence = self._gen
             if keys:
                 removed += yield TierOp(self.l2, "delete_many", [self.full_key(k) for k in keys])
             if tags:
@@ -126,7 +130,7 @@ class Coherence:
                                         _glob_escape(self._prefix) + pattern)
             exact = None if tags or patterns or functions or everything else keys
             yield from self._drain_writes(None if exact is None else
-                                          [self.full_key(k) for k in exact])
+                                          [self.full_key(k) for k in exact], fence)
         local = self._apply_local(keys, tags, patterns, functions, everything)
         yield from self._publish(keys=keys, tags=tags, patterns=patterns, functions=functions,
                                  everything=everything)

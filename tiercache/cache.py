@@ -93,7 +93,7 @@ class TierCache(Coherence):
         self._flights = SingleFlight()
         self._index = L1Index()
         self._gen = 0
-        self._writes: dict[str, int] = {}
+        self._writes: dict[tuple[str, int], int] = {}  # (L2 key, load's gen) -> in flight
         self._writes_lock = threading.Lock()
         self._fence = threading.RLock()  # generation bumps + L1 drops vs. L1 fills
         self._recent: OrderedDict[str, tuple[float, tuple[str, ...]]] = OrderedDict()
@@ -226,7 +226,7 @@ class TierCache(Coherence):
         Registered *before* the generation check, so an invalidation either makes us skip
         the write or sees it in flight and waits for it (and we undo it after it landed).
         """
-        self._writing(full, +1)
+        self._writing(full, +1, gen)
         try:
             if gen != self._gen:
                 return
@@ -242,7 +242,7 @@ class TierCache(Coherence):
             if gen != self._gen:  # an invalidation raced this write: do not leave it behind
                 yield TierOp(self.l2, "delete", full)
         finally:
-            self._writing(full, -1)
+            self._writing(full, -1, gen)
 
     def _l1_ttl(self, l1_ttl: float | None, ttl: float | None) -> float | None:
         """min(L1 TTL, the entry's TTL); None = the MemoryTier's default."""
@@ -294,6 +294,7 @@ class TierCache(Coherence):
         yield from self._bus_ready()
         if self.l2 is not None:
             self._gen += 1  # fence: loads that began before must not write L2 after us
+            fence = self._gen
             full = {self.full_key(k): v for k, v in mapping.items()}
             if len(full) == 1:
                 ((key, value),) = full.items()
@@ -303,7 +304,7 @@ class TierCache(Coherence):
             if tags:
                 for key in full:
                     yield TierOp(self.l2, "add_tags", key, tags, ttl)
-            yield from self._drain_writes(list(full))
+            yield from self._drain_writes(list(full), fence)
         l1ttl = self._l1_ttl(None, ttl)
         with self._fence:
             self._gen += 1  # loads that began before this write must not overwrite it in L1
