@@ -427,3 +427,19 @@ def test_invalidation_drains_only_writes_of_loads_that_began_before_it(
     assert list(cache._drain_writes([full], cache._gen)) == []
     cache._writing(full, -1, cache._gen)
     assert not cache._writes
+
+
+def test_glob_character_classes_match_redis(redis_cluster_client: RedisCluster) -> None:
+    """Redis' own class rules: reversed ranges swap, ``!`` is no negation, ``\\`` escapes
+    inside a class, ``[]`` is an empty class. A pattern Redis accepts must never make the
+    L1 side raise (L2 would be invalidated, L1 not) or pick different keys."""
+    keys = ["k1", "k3", "kb", "k!", "ka", "k]", "k-", "k\\", "k", "kz", "k^"]
+    for key in keys:
+        redis_cluster_client.set("gc:" + key, 1)
+    for pattern in ["k[z-a]", "k[3-1]", "k[!a]", "k[\\]]", "k[a\\-]", "k[]", "k[^z-a]",
+                    "k[^!]", "k[a-]", "k[]]"]:
+        found = redis_cluster_client.scan_iter(match="gc:" + pattern,
+                                               target_nodes=RedisCluster.PRIMARIES)
+        in_redis = {k.decode()[3:] for k in found}
+        rx = glob_to_regex(pattern)
+        assert {k for k in keys if rx.fullmatch(k)} == in_redis, pattern

@@ -37,21 +37,40 @@ def glob_to_regex(pattern: str) -> re.Pattern[str]:
             i += 1
             out.append(re.escape(pattern[i]))
         elif c == "[":
-            j = pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("^", "!") else i + 1)
-            if j < 0:
-                out.append(re.escape(c))
-            else:
-                body = pattern[i + 1 : j]
-                if body[:1] in ("^", "!"):
-                    body = "^" + body[1:].replace("\\", "\\\\")
-                else:
-                    body = body.replace("\\", "\\\\")
-                out.append(f"[{body}]")
-                i = j
+            regex, i = _glob_class(pattern, i + 1)
+            out.append(regex)
         else:
             out.append(re.escape(c))
         i += 1
     return re.compile("".join(out), re.DOTALL)
+
+
+def _glob_class(pattern: str, i: int) -> tuple[str, int]:
+    """The class starting at ``pattern[i]`` (after ``[``) -> (regex, index of its ``]``).
+
+    Redis' rules (``stringmatchlen``): ``^`` negates (``!`` does not), ``\\x`` is a literal
+    ``x``, ``a-z`` is a range even reversed or ending in ``]``, ``[]`` is empty, and a class
+    left open runs to the end of the pattern.
+    """
+    n = len(pattern)
+    negate = pattern[i : i + 1] == "^"
+    i += negate
+    parts: list[str] = []
+    while i < n and pattern[i] != "]":
+        c = pattern[i]
+        if c == "\\" and i + 1 < n:
+            i += 1
+            parts.append(re.escape(pattern[i]))
+        elif i + 2 < n and pattern[i + 1] == "-":
+            lo, hi = sorted((c, pattern[i + 2]))
+            parts.append(f"{re.escape(lo)}-{re.escape(hi)}")
+            i += 2
+        else:
+            parts.append(re.escape(c))
+        i += 1
+    if not parts:
+        return ("." if negate else "(?!)"), i
+    return f"[{'^' if negate else ''}{''.join(parts)}]", i
 
 
 class _Aliases(list[Hashable]):
