@@ -17,7 +17,8 @@ Why it looks like this:
   than a default redis-py client's.
 * **Sync and async.** ``get``/``set``/... are coroutines; ``get_sync``/``set_sync``/... are
   blocking twins for sync ``@cached`` functions. Each client is created on first use; the
-  async client follows the running event loop (a new loop gets a new client).
+  async client follows the running event loop (each loop gets its own, closed when that
+  loop shuts down, e.g. at the end of ``asyncio.run``).
 * Batches (``get_many``, ``set_many``, ``delete_many``, tags) are grouped per slot/node
   and pipelined; ``delete_pattern`` SCANs every master and UNLINKs what matched.
 
