@@ -246,6 +246,26 @@ def test_tags_must_be_lists_not_strings(make_cache: Factory) -> None:
     assert get_user2(2) == 2 and cache.invalidate_tags_sync("user:2") >= 1
 
 
+def test_sync_wrapper_returning_a_coroutine_is_refused(make_cache: Factory) -> None:
+    """A plain decorator around an async function hides its coroutine-ness: the cache must
+    not store (and later hand out again) an already-awaited coroutine object."""
+    cache = make_cache()
+
+    async def fetch(x: int) -> int:
+        return x
+
+    @cache.cached()
+    @functools.wraps(fetch)
+    def looks_sync(x: int) -> Any:
+        return fetch(x)
+
+    with pytest.raises(TypeError, match="awaitable"):
+        looks_sync(1)
+    with pytest.raises(TypeError, match="awaitable"):
+        looks_sync(1)  # nothing was cached
+    assert cache.stats()["loader"]["failures"] == 2
+
+
 def test_unhashable_arguments_use_l2_only(make_cache: Factory) -> None:
     cache = make_cache()
     calls: list[Any] = []

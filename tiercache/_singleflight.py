@@ -66,7 +66,14 @@ class Call(Op):
         self.func, self.args, self.kwargs = func, args, kwargs
 
     def run_sync(self) -> Any:
-        return self.func(*self.args, **self.kwargs)
+        result = self.func(*self.args, **self.kwargs)
+        if inspect.isawaitable(result):  # caching it would hand out one awaitable forever
+            if inspect.iscoroutine(result):
+                result.close()  # no "never awaited" warning on top of our error
+            raise TypeError(
+                f"{getattr(self.func, '__qualname__', self.func)!r} looks sync but returned an "
+                "awaitable; make it (and any decorator under @cached) an async def")
+        return result
 
     async def run_async(self) -> Any:
         result = self.func(*self.args, **self.kwargs)
