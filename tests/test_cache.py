@@ -266,6 +266,30 @@ def test_sync_wrapper_returning_a_coroutine_is_refused(make_cache: Factory) -> N
     assert cache.stats()["loader"]["failures"] == 2
 
 
+def test_same_name_decorated_with_and_without_key_both_work(make_cache: Factory) -> None:
+    """Two functions with one qualname share a segment (and a warning); the second one's
+    custom keys are not under the first one's prefix: still served and invalidated."""
+    cache = make_cache()
+
+    def make(custom: bool) -> Any:
+        if custom:
+            @cache.cached(key=lambda x: f"item:{x}")
+            def item(x: int) -> int:
+                return x * 10
+        else:
+            @cache.cached()
+            def item(x: int) -> int:
+                return x * 10
+        return item
+
+    plain, keyed = make(False), make(True)
+    assert plain(1) == 10 and keyed(2) == 20 and keyed(2) == 20
+    assert cache.invalidate_pattern_sync("item:*") >= 1
+    assert len(keyed.segment) == 1 and plain(1) == 10  # plain(1) kept, keyed(2) dropped
+    assert keyed.invalidate(2) == 0 and plain.invalidate(1) == 1
+    assert len(plain.segment) == 0
+
+
 def test_unhashable_arguments_use_l2_only(make_cache: Factory) -> None:
     cache = make_cache()
     calls: list[Any] = []

@@ -131,10 +131,18 @@ class L1Index:
         self._limit = _MIN_PRUNE
 
     def register(self, segment: Any, prefix: str) -> None:
-        """Every relative L2 key of ``segment`` starts with ``prefix`` ("" = anything)."""
+        """Every relative L2 key of ``segment`` starts with ``prefix`` ("" = anything).
+
+        A segment registered again with another prefix (two functions sharing a name, one
+        with ``key=``) falls back to "" so that both functions' keys fit.
+        """
         with self._lock:
-            if segment not in self._segments:
+            index = self._segments.get(segment)
+            if index is None:
                 self._segments[segment] = _SegmentIndex(segment, prefix)
+            elif index.prefix != prefix and index.prefix:
+                index.keys = {index.expand(k): held for k, held in index.keys.items()}
+                index.prefix = ""
 
     def add(self, rel: str, segment: Any, l1key: Hashable, tags: Iterable[str]) -> None:
         with self._lock:

@@ -138,6 +138,7 @@ class TierCache(Coherence):
         segment = self._segments.get(name)
         if segment is None and self.l1 is not None:
             segment = self._segments[name] = self.l1.segment(name)
+        if segment is not None:
             self._index.register(segment, prefix)
         return segment
 
