@@ -116,8 +116,9 @@ class Coherence:
         keys, tags, patterns, functions = list(keys), list(tags), list(patterns), list(functions)
         removed = 0
         if self.l2 is not None:
-            self._gen += 1
-            fence = self._gen
+            with self._fence:  # += on an attribute is not atomic across threads
+                self._gen += 1
+                fence = self._gen
             if keys:
                 removed += yield TierOp(self.l2, "delete_many", [self.full_key(k) for k in keys])
             if tags:
