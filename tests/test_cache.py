@@ -12,52 +12,23 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from decimal import Decimal
 from types import ModuleType
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
-from tiercache import _impl
 from tiercache.cache import TierCache
 from tiercache.decorators import MAX_KEY_LENGTH, canonical_digest
-from tiercache.tiers import memory
 from tiercache.tiers.memory import MemoryTier
-from tiercache.tiers.redis import RedisTier
 
-IMPLS = _impl.both("_lru")
 Factory = Callable[..., TierCache]
 
 
-@pytest.fixture(params=IMPLS, ids=lambda m: m.__name__.split(".")[1])
-def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """Build every MemoryTier of the test over one implementation (C ext or pure Python)."""
-    monkeypatch.setattr(memory, "lru_impl", request.param)
-    return request.param  # type: ignore[no-any-return]
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def make_cache(impl: ModuleType, tiercache_stack: Any,
-                     redis_cluster_client: Any) -> AsyncIterator[Factory]:
-    """TierCache factory over the session's cluster (flushed); closes what it made."""
-    made: list[TierCache] = []
-    namespace = f"t{uuid.uuid4().hex[:8]}"
-
-    def factory(l1: bool = True, l2: bool = True, **kw: Any) -> TierCache:
-        kw.setdefault("namespace", namespace)
-        kw.setdefault("bus_wait", 30.0)  # a loaded CI box may take >1s to subscribe
-        cache = TierCache(
-            l1=MemoryTier(maxsize=1000, ttl=kw.pop("l1_default_ttl", None),
-                          clock=kw.pop("clock", None)) if l1 else None,
-            l2=RedisTier(tiercache_stack.redis_url, ttl=60) if l2 else None, **kw)
-        made.append(cache)
-        return cache
-
-    yield factory
-    for cache in made:
-        await cache.aclose()
+@pytest.fixture
+def make_cache(cache_factory: Factory) -> Factory:
+    return cache_factory
 
 
 class Source:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import subprocess
 import sys
@@ -10,49 +11,23 @@ import textwrap
 import time
 import types
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from redis.cluster import RedisCluster
 
-from tiercache import _impl
 from tiercache._l1index import L1Index, glob_to_regex
 from tiercache.cache import TierCache
-from tiercache.tiers import memory
-from tiercache.tiers.memory import MemoryTier
-from tiercache.tiers.redis import RedisTier
 
-IMPLS = _impl.both("_lru")
 Factory = Callable[..., TierCache]
 
 
-@pytest.fixture(params=IMPLS, ids=lambda m: m.__name__.split(".")[1])
-def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.setattr(memory, "lru_impl", request.param)
-    return request.param  # type: ignore[no-any-return]
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def make_cache(impl: ModuleType, tiercache_stack: Any,
-                     redis_cluster_client: Any) -> AsyncIterator[Factory]:
-    made: list[TierCache] = []
-    namespace = f"inv{uuid.uuid4().hex[:8]}"
-
-    def factory(**kw: Any) -> TierCache:
-        kw.setdefault("namespace", namespace)
-        kw.setdefault("bus_wait", 30.0)  # a loaded CI box may take >1s to subscribe
-        cache = TierCache(l1=MemoryTier(maxsize=1000, ttl=300),
-                          l2=RedisTier(tiercache_stack.redis_url, ttl=300), **kw)
-        made.append(cache)
-        return cache
-
-    yield factory
-    for cache in made:
-        await cache.aclose()
+@pytest.fixture
+def make_cache(cache_factory: Factory) -> Factory:
+    return functools.partial(cache_factory, l1_default_ttl=300, l2_ttl=300)
 
 
 async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -4,54 +4,28 @@ processes), and loads racing invalidations (no read after an invalidation sees o
 from __future__ import annotations
 
 import asyncio
+import functools
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
-from tiercache import _impl
 from tiercache._singleflight import Call, Flow, SingleFlight, Sleep, drive_async, drive_sync
 from tiercache.cache import TierCache
-from tiercache.tiers import memory
-from tiercache.tiers.memory import MemoryTier
-from tiercache.tiers.redis import RedisTier
 
-IMPLS = _impl.both("_lru")
 Factory = Callable[..., TierCache]
 
 
-@pytest.fixture(params=IMPLS, ids=lambda m: m.__name__.split(".")[1])
-def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.setattr(memory, "lru_impl", request.param)
-    return request.param  # type: ignore[no-any-return]
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def make_cache(impl: ModuleType, tiercache_stack: Any,
-                     redis_cluster_client: Any) -> AsyncIterator[Factory]:
-    made: list[TierCache] = []
-    namespace = f"sf{uuid.uuid4().hex[:8]}"
-
-    def factory(l1: bool = True, **kw: Any) -> TierCache:
-        kw.setdefault("bus_wait", 30.0)  # a loaded CI box may take >1s to subscribe
-        cache = TierCache(l1=MemoryTier(maxsize=5000) if l1 else None,
-                          l2=RedisTier(tiercache_stack.redis_url, ttl=60),
-                          namespace=namespace, **kw)
-        made.append(cache)
-        return cache
-
-    yield factory
-    for cache in made:
-        await cache.aclose()
+@pytest.fixture
+def make_cache(cache_factory: Factory) -> Factory:
+    return functools.partial(cache_factory, l1_maxsize=5000)
 
 
 async def test_1000_concurrent_async_misses_call_the_loader_once(make_cache: Factory) -> None:
