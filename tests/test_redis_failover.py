@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.cluster
 
 from tiercache._localstack.binaries import find_redis
 from tiercache._localstack.procs import free_port
@@ -348,3 +349,203 @@ def test_connection_spec_repr_hides_the_password() -> None:
     t = RedisTier(dead_url())
     assert SECRET not in repr(t._spec) and SECRET not in repr(t)
     assert SECRET not in str(t.stats())
+
+
+# ------------------------------------------------------------------ one dead master (per node)
+
+
+@pytest.fixture(scope="module")
+def partial_stack() -> Iterator[LocalStack]:
+    """Own stack whose live masters keep serving their slots while one master is down
+    (``cluster-require-full-coverage no``): the case per-node breakers are for."""
+    with LocalStack(redis_masters=3, pg_shards=0) as stack:
+        for host, port in stack.redis_nodes:
+            with redis.Redis(host=host, port=port) as client:
+                client.config_set("cluster-require-full-coverage", "no")
+        yield stack
+
+
+class NodeCallers:
+    """Read-through callers (async tasks, sync threads, some get_many) counting L2 hits and
+    misses separately for the victim master's keys and the other masters' keys."""
+
+    def __init__(self, tier: RedisTier, keys: list[str], dead: set[str]) -> None:
+        self.tier, self.keys, self.dead = tier, keys, dead
+        self.failures: list[BaseException] = []
+        self.wrong = 0
+        self.counts: dict[tuple[bool, bool], int] = {}  # (victim's key?, hit?) -> calls
+        self.recording = False
+        self.stop = threading.Event()
+
+    def _count(self, key: str, hit: bool) -> None:
+        if self.recording:
+            slot = (key in self.dead, hit)
+            self.counts[slot] = self.counts.get(slot, 0) + 1
+
+    def _check(self, key: str, value: Any) -> None:
+        if value != expected(key):
+            self.wrong += 1
+
+    async def async_caller(self) -> None:
+        rng = random.Random()
+        while not self.stop.is_set():
+            key = rng.choice(self.keys)
+            try:
+                value = await self.tier.get(key)
+                self._count(key, value is not MISSING)
+                if value is MISSING:
+                    value = expected(key)
+                    await self.tier.set(key, value)
+                self._check(key, value)
+                if rng.random() < 0.05:
+                    wanted = rng.sample(self.keys, 20)
+                    found = await self.tier.get_many(wanted)
+                    for k in wanted:
+                        self._count(k, k in found)
+                    for k, v in found.items():
+                        self._check(k, v)
+            except BaseException as exc:
+                self.failures.append(exc)
+            await asyncio.sleep(0.001)
+
+    def sync_caller(self) -> None:
+        rng = random.Random()
+        while not self.stop.is_set():
+            key = rng.choice(self.keys)
+            try:
+                value = self.tier.get_sync(key)
+                self._count(key, value is not MISSING)
+                if value is MISSING:
+                    value = expected(key)
+                    self.tier.set_sync(key, value)
+                self._check(key, value)
+            except BaseException as exc:
+                self.failures.append(exc)
+            time.sleep(0.001)
+
+
+def _attempt_errors(tier: RedisTier) -> int:
+    """Failed real calls (not breaker skips)."""
+    by_op = tier.stats()["errors_by_op"]
+    return sum(n for op, n in by_op.items() if op != "breaker_open")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_one_dead_master_fails_fast_while_the_others_keep_serving(
+    partial_stack: LocalStack,
+) -> None:
+    victim_index = 1  # not the seed node of the URL
+    host, port = partial_stack.redis_nodes[victim_index]
+    victim = f"{host}:{port}"
+    keys = [f"pn:{i}" for i in range(300)]
+    with redis.cluster.RedisCluster(host=host, port=port) as probe:
+        owner = {k: probe.get_node_from_key(k).name for k in keys}
+    dead = {k for k in keys if owner[k] == victim}
+    others = set(owner.values()) - {victim}
+    assert dead and len(others) == 2
+    tier = RedisTier(partial_stack.redis_url, ttl=30,
+                     breaker=CircuitBreaker(5, reset_timeout=1.0))
+    callers = NodeCallers(tier, keys, dead)
+    tasks = [asyncio.create_task(callers.async_caller()) for _ in range(6)]
+    pool = ThreadPoolExecutor(3)
+    loop = asyncio.get_running_loop()
+    threads = [loop.run_in_executor(pool, callers.sync_caller) for _ in range(3)]
+
+    async def until(what: str, predicate: Any, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out waiting for {what}: {tier.stats()}")
+            await asyncio.sleep(0.05)
+
+    try:
+        await until("warm hits", lambda: tier.hits > 500)
+        assert tier.breaker.healthy and tier.stats()["errors"] == 0
+        partial_stack.kill_redis_node(victim_index)
+        await until("the victim's breaker to open",
+                    lambda: tier.stats()["breakers"].get(victim) == "open")
+        # --- outage window: the victim's breaker is open (probing every 1 s)
+        skips0, attempts0 = tier.errors_by_op.get("breaker_open", 0), _attempt_errors(tier)
+        callers.recording = True
+        await asyncio.sleep(1.5)
+        callers.recording = False
+        skips = tier.errors_by_op.get("breaker_open", 0) - skips0
+        attempts = _attempt_errors(tier) - attempts0
+        s = tier.stats()
+        assert s["breaker"] == "half_open"  # degraded, not off
+        assert s["breakers"][victim] in ("open", "half_open")
+        assert {n: s["breakers"][n] for n in others} == {n: "closed" for n in others}
+        counts = dict(callers.counts)
+        assert counts.get((False, True), 0) > 200  # the other masters' keys: L2 hits
+        assert counts.get((False, False), 0) < counts.get((False, True), 0) // 20
+        assert counts.get((True, True), 0) == 0  # the victim's keys: misses...
+        assert counts.get((True, False), 0) > 50
+        # ...that are skipped, not tried: only the half-open probes (about one per second,
+        # plus a few in flight) really go to the dead node
+        assert attempts <= 12 and skips > 50 and skips > 5 * attempts
+    finally:
+        await asyncio.to_thread(partial_stack.restart_redis_node, victim_index)
+    try:
+        callers.counts.clear()
+        callers.recording = True
+        await until("every breaker closed, the group healthy again",
+                    lambda: tier.stats()["breakers"] == {n: "closed" for n in set(owner.values())}
+                    and tier.breaker.healthy)
+        await until("the victim's keys hit again",
+                    lambda: callers.counts.get((True, True), 0) > 50)
+        assert tier.stats()["breaker"] == "closed"
+        nodes = tier.breaker.nodes
+        assert nodes[victim].opened_total >= 1
+        assert [nodes[n].opened_total for n in others] == [0, 0]  # never flapped
+    finally:
+        callers.stop.set()
+        await asyncio.gather(*tasks, *threads)
+        pool.shutdown()
+        await tier.close()
+    assert callers.failures == []
+    assert callers.wrong == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_failover_to_a_replica_gets_a_fresh_breaker_and_retires_the_dead_one() -> None:
+    """A master dies and its replica is promoted: the new master's breaker is created on
+    first sight, the dead one's is dropped once it left the topology, and the tier is
+    healthy again before the old master is even restarted."""
+    with LocalStack(redis_masters=3, redis_replicas=1, pg_shards=0) as stack:
+        victim_index = 1
+        host, port = stack.redis_nodes[victim_index]
+        victim = f"{host}:{port}"
+        keys = [f"fo:{i}" for i in range(300)]
+        with redis.cluster.RedisCluster(host=host, port=port) as probe:
+            dead = {k for k in keys if probe.get_node_from_key(k).name == victim}
+        tier = RedisTier(stack.redis_url, ttl=30, breaker=CircuitBreaker(5, reset_timeout=0.5))
+        callers = NodeCallers(tier, keys, dead)
+        tasks = [asyncio.create_task(callers.async_caller()) for _ in range(4)]
+
+        async def until(what: str, predicate: Any, timeout: float = 30.0) -> None:
+            deadline = time.monotonic() + timeout
+            while not predicate():
+                if time.monotonic() > deadline:
+                    pytest.fail(f"timed out waiting for {what}: {tier.stats()}")
+                await asyncio.sleep(0.05)
+
+        try:
+            await until("warm hits", lambda: tier.hits > 300)
+            stack.kill_redis_node(victim_index)
+            await until("the victim's breaker to open", lambda: tier.breaker.opened_total > 0)
+            await until("the promoted replica to serve, the dead master forgotten",
+                        lambda: victim not in tier.breaker.nodes and tier.breaker.healthy
+                        and len(tier.stats()["breakers"]) == 3)
+            assert tier.stats()["breaker"] == "closed"
+            callers.counts.clear()
+            callers.recording = True
+            await until("the victim's keys hit again (on the new master)",
+                        lambda: callers.counts.get((True, True), 0) > 20)
+            assert tier.breaker.opened_total >= 1  # the retired breaker's opens still count
+        finally:
+            callers.stop.set()
+            await asyncio.gather(*tasks)
+            await tier.close()
+        assert callers.failures == [] and callers.wrong == 0

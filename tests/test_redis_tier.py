@@ -477,3 +477,74 @@ def test_fast_unpack_refuses_what_the_codec_refuses(payload: bytes) -> None:
 
     with pytest.raises(CodecError):
         fast_unpack(payload)
+
+
+# ------------------------------------------------------------------ per-node breakers
+
+
+def _open_node_breaker(t: RedisTier, key: str) -> None:
+    b = t._breaker_for(key)  # the key's node (every known master gets a breaker)
+    for _ in range(b.failure_threshold):
+        b.record_failure()
+    t.breaker.mark_unhealthy()
+
+
+def test_an_open_node_breaker_skips_only_that_nodes_keys_sync(
+    tier: RedisTier, redis_cluster_client: RedisCluster
+) -> None:
+    keys = [f"pn:{i}" for i in range(60)]
+    tier.set_many_sync({k: k for k in keys})
+    owner = {k: redis_cluster_client.get_node_from_key(k).name for k in keys}
+    assert tier.breaker.healthy
+    assert tier.stats()["breakers"] == {n: "closed" for n in set(owner.values())}
+    victim = owner[keys[0]]
+    dead = [k for k in keys if owner[k] == victim]
+    alive = [k for k in keys if owner[k] != victim]
+    assert dead and alive
+    _open_node_breaker(tier, dead[0])
+    s = tier.stats()
+    assert s["breaker"] == "half_open" and s["breakers"][victim] == "open"
+    assert [tier.get_sync(k) for k in dead] == [MISSING] * len(dead)
+    assert [tier.get_sync(k) for k in alive] == alive  # the other masters keep serving
+    assert tier.stats()["errors_by_op"] == {"breaker_open": len(dead)}
+    assert tier.get_many_sync(keys) == {k: k for k in alive}
+    tier.set_many_sync({k: "new" for k in keys})
+    assert redis_cluster_client.get(dead[0]) != redis_cluster_client.get(alive[0])
+    assert tier.get_sync(alive[0]) == "new"
+    assert tier.delete_many_sync(keys) == len(alive)
+    assert tier.delete_sync(dead[0]) is False
+    s = tier.stats()
+    assert s["errors_by_op"] == {"breaker_open": len(dead) + 4} and s["errors"] == len(dead) + 4
+    assert {n: st for n, st in s["breakers"].items() if n != victim} == {
+        n: "closed" for n in set(owner.values()) - {victim}}
+    tier.breaker.reset()
+    assert tier.breaker.healthy and tier.stats()["breaker"] == "closed"
+    assert tier.get_many_sync(dead) == {k: k for k in dead}
+
+
+async def test_an_open_node_breaker_skips_only_that_nodes_keys_async(
+    atier: RedisTier, async_redis_cluster_client: AsyncCluster
+) -> None:
+    keys = [f"pa:{i}" for i in range(60)]
+    await atier.set_many({k: k for k in keys})
+    assert atier.cluster is True
+    owner = {k: async_redis_cluster_client.get_node_from_key(k).name for k in keys}
+    victim = owner[keys[-1]]
+    dead = {k for k in keys if owner[k] == victim}
+    alive = [k for k in keys if k not in dead]
+    _open_node_breaker(atier, keys[-1])
+    got = await asyncio.gather(*(atier.get(k) for k in keys))
+    assert {k for k, v in zip(keys, got, strict=True) if v is MISSING} == dead
+    assert await atier.get_many(keys) == {k: k for k in alive}
+    await atier.set_many({k: "v2" for k in keys})
+    await atier.set(next(iter(dead)), "v3")
+    assert await atier.get_many(alive) == {k: "v2" for k in alive}
+    assert await atier.delete_many(keys) == len(alive)
+    s = atier.stats()
+    assert s["errors_by_op"] == {"breaker_open": len(dead) + 4}
+    assert s["breaker"] == "half_open" and s["breakers"][victim] == "open"
+    # cluster-wide operations follow the cluster (default) breaker, which is closed
+    await atier.set_many({k: 1 for k in alive})
+    assert await atier.delete_pattern("pa:*") == len(keys)  # the skipped node's too
+    atier.breaker.reset()
+    assert atier.stats()["breaker"] == "closed" and atier.breaker.healthy
