@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from tiercache.tiers._breaker import CLOSED, HALF_OPEN, OPEN, BreakerGroup, CircuitBreaker
+from tiercache.tiers._breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 
 
 class Clock:
@@ -138,102 +138,3 @@ def test_one_probe_among_threads(clock: Clock) -> None:
     for t in threads:
         t.join()
     assert allowed.count(True) == 1
-
-
-# ------------------------------------------------------------------ per-node group
-
-
-def group_of(clock: Clock, threshold: int = 2) -> BreakerGroup:
-    return BreakerGroup(CircuitBreaker(failure_threshold=threshold, reset_timeout=2.0,
-                                       clock=clock))
-
-
-def test_group_without_nodes_is_its_default_breaker(clock: Clock) -> None:
-    g = group_of(clock)
-    assert g.state is CLOSED and g.healthy and g.states("10.0.0.1:6379") == {
-        "10.0.0.1:6379": CLOSED}
-    g.default.record_failure()
-    g.default.record_failure()
-    assert g.state is OPEN and g.opened_total == 1 and g.failures == 2
-    assert g.seconds_until_probe == pytest.approx(2.0)
-    assert g.states() == {"default": OPEN}
-
-
-def test_group_state_is_open_only_when_every_node_is_open(clock: Clock) -> None:
-    g = group_of(clock)
-    a, b, c = g.node("a:1"), g.node("b:1"), g.node("c:1")
-    assert g.node("a:1") is a and a.failure_threshold == 2 and a.reset_timeout == 2.0
-    assert g.state is CLOSED and g.states() == {"a:1": CLOSED, "b:1": CLOSED, "c:1": CLOSED}
-    for _ in range(2):
-        a.record_failure()
-    assert g.state is HALF_OPEN  # degraded: one master skipped, the others serve
-    assert g.seconds_until_probe == 0.0
-    assert g.states() == {"a:1": OPEN, "b:1": CLOSED, "c:1": CLOSED}
-    for breaker in (b, c):
-        breaker.record_failure()
-        breaker.record_failure()
-    assert g.state is OPEN and g.opened_total == 3
-    clock.now += 2.0
-    assert a.allow() and g.state is HALF_OPEN  # one probing, the others still open
-    for breaker in (a, b, c):
-        breaker.record_success()
-    assert g.state is CLOSED and g.opened_total == 3
-
-
-def test_group_default_breaker_counts_once_nodes_exist_only_when_not_closed(
-        clock: Clock) -> None:
-    g = group_of(clock)
-    g.node("a:1")
-    assert g.states("cluster") == {"a:1": CLOSED}
-    g.default.record_failure()
-    g.default.record_failure()  # cluster-wide operations failing
-    assert g.state is HALF_OPEN and g.states("cluster") == {"a:1": CLOSED, "cluster": OPEN}
-    g.reset()
-    assert g.state is CLOSED and g.healthy
-
-
-def test_group_healthy_flag_follows_failures_and_recheck(clock: Clock) -> None:
-    g = group_of(clock, threshold=3)
-    a = g.node("a:1")
-    a.record_failure()
-    g.mark_unhealthy()
-    assert not g.healthy and not g.recheck()  # a failure streak: stay on the precise path
-    a.record_success()
-    assert g.recheck() and g.healthy
-    g.mark_unhealthy()  # an unattributed failure (a multi-node batch)
-    assert g.recheck()  # nothing to hold on to
-
-
-def test_group_retires_departed_nodes_and_keeps_their_opens_counted(clock: Clock) -> None:
-    g = group_of(clock)
-    dead = g.node("dead:1")
-    g.node("live:1")
-    dead.record_failure()
-    dead.record_failure()
-    g.mark_unhealthy()
-    assert g.state is HALF_OPEN and not g.recheck()
-    g.retire([])  # topology unknown: nothing dropped
-    assert "dead:1" in g.nodes
-    g.retire(["live:1", "promoted:1"])  # a failover replaced it
-    assert set(g.nodes) == {"live:1"} and g.state is CLOSED and g.recheck()
-    assert g.opened_total == 1  # a counter never goes back
-    assert g.snapshot()["nodes"] == {"live:1": g.node("live:1").snapshot()}
-
-
-def test_group_is_bounded(clock: Clock) -> None:
-    g = BreakerGroup(CircuitBreaker(failure_threshold=1, clock=clock), max_nodes=3)
-    sick = g.node("n0")
-    sick.record_failure()
-    for i in range(1, 10):
-        g.node(f"n{i}")
-    assert len(g.nodes) == 3 and "n0" in g.nodes  # clean ones go first
-    assert g.opened_total == 1
-
-
-def test_group_node_transitions_are_reported_with_the_node(clock: Clock) -> None:
-    seen: list[tuple[str, str, str]] = []
-    g = BreakerGroup(CircuitBreaker(failure_threshold=1, clock=clock),
-                     on_change=lambda n, old, new: seen.append((n, old, new)))
-    g.node("a:1").record_failure()
-    g.node("a:1").record_success()
-    assert seen == [("a:1", CLOSED, OPEN), ("a:1", OPEN, CLOSED)]

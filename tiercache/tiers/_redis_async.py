@@ -22,7 +22,7 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 
-from tiercache.tiers._breaker import CircuitBreaker
+from tiercache.tiers._breaker import CLOSED
 from tiercache.tiers._redis_conn import (
     AsyncClient,
     async_primaries,
@@ -109,19 +109,19 @@ class AsyncOps(SyncTwins):
         # Other loops' guards: dropping ``clients`` (their last reference) makes asyncio's
         # async-generator finalizer schedule their aclose() on their own (live) loop.
 
-    async def _call(self, op: str, fn: Callable[[AsyncClient], Awaitable[T]], default: T,
-                    budget: float | None = _OP_BUDGET, *, key: str | None = None,
-                    node: CircuitBreaker | None = None, batch: bool = False) -> T:
-        """Run one operation with breaker, timeout, timing and counting; ``default`` on
-        failure. ``budget=None``: ``fn`` times its own steps (see :meth:`_step`).
+    def _allowed(self) -> bool:
+        breaker = self.breaker
+        if breaker.state is CLOSED or breaker.allow():
+            return True
+        self._skip()
+        return False
 
-        Breaker: ``node`` when given (a batch part), else the one of ``key``'s node (None:
-        a cluster-wide operation, the default breaker); ``batch``: a multi-node batch on the
-        fast path (only while the breaker group is healthy)."""
-        if node is None and not batch and not self.breaker.healthy:
-            node = self._pick(key)
-            if node is None:
-                return default
+    async def _call(self, op: str, fn: Callable[[AsyncClient], Awaitable[T]], default: T,
+                    budget: float | None = _OP_BUDGET) -> T:
+        """Run one operation with breaker, timeout, timing and counting; ``default`` on
+        failure. ``budget=None``: ``fn`` times its own steps (see :meth:`_step`)."""
+        if not self._allowed():
+            return default
         start = perf_counter()
         try:
             if budget is None:
@@ -130,11 +130,10 @@ class AsyncOps(SyncTwins):
                 async with asyncio.timeout(self._budget if budget < 0 else budget):
                     result = await fn(await self._client())
         except Exception as exc:
-            self._failed(op, exc, node, key, batch)
+            self._failed(op, exc)
             return default
         self._histogram(op).observe(perf_counter() - start)
-        if node is not None:
-            self._succeeded(node)
+        self.breaker.record_success()
         return result
 
     async def _step(self, aw: Awaitable[T], n: int = 1) -> T:
@@ -215,7 +214,7 @@ class AsyncOps(SyncTwins):
             return token if await client.set(lkey, token, nx=True, px=ttl_ms) else None
 
         local: str | None = LOCAL_LEASE_PREFIX + token
-        return await self._call("acquire_lease", take, local, key=key)
+        return await self._call("acquire_lease", take, local)
 
     async def release_lease(self, key: str, token: str) -> bool:
         """Compare-and-delete: only the holder's token releases the lease."""
@@ -223,7 +222,7 @@ class AsyncOps(SyncTwins):
             return True
         lkey = lease_key(key)
         released = await self._call(
-            "release_lease", lambda c: c.eval(RELEASE_LUA, 1, lkey, token), 0, key=key)
+            "release_lease", lambda c: c.eval(RELEASE_LUA, 1, lkey, token), 0)
         return bool(released)
 
     # ------------------------------------------------------------ bus, health, clear

@@ -22,15 +22,15 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Final
 
 from redis.crc import key_slot
 from redis.exceptions import DataError, MaxConnectionsError, ResponseError
 
 from tiercache._stats import LATENCY_BUCKETS, CounterMap, Histogram, hit_ratio
 from tiercache.codec import FORMAT_VERSION, CodecError, Entry, decode, pack_entry, unpack_entry
-from tiercache.tiers._breaker import CLOSED, BreakerGroup, CircuitBreaker
+from tiercache.tiers._breaker import CircuitBreaker
 from tiercache.tiers.base import MISSING, Missing
 
 if TYPE_CHECKING:
@@ -48,13 +48,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("tiercache.redis")
-T = TypeVar("T")
 
 TAG_PREFIX: Final = "tc:tag:"
 LEASE_SUFFIX: Final = ":tc-lease"
 LOG_INTERVAL: Final = 10.0  # seconds between two warnings for the same operation
 LOCAL_LEASE_PREFIX: Final = "local:"
-RETIRE_INTERVAL: Final = 1.0  # seconds between two topology checks for departed nodes
 
 # Compare-and-delete: only the holder's token releases the lease.
 RELEASE_LUA: Final = """
@@ -183,9 +181,6 @@ class RedisTierBase:
 
     name = "l2"
     _spec: ConnSpec
-    _cluster: bool | None
-    _aclient: Any
-    _sclient: Any
 
     def __init__(self, ttl: float | None, ttl_jitter: float,
                  breaker: CircuitBreaker | None) -> None:
@@ -195,14 +190,9 @@ class RedisTierBase:
             raise ValueError("ttl_jitter must be in [0, 1)")
         self.ttl = ttl
         self.ttl_jitter = ttl_jitter
-        default = breaker or CircuitBreaker(failure_threshold=5, reset_timeout=2.0)
-        self._user_on_change = default._on_change
-        if default._on_change is None:  # log transitions unless the owner listens
-            default._on_change = self._breaker_changed
-        # One breaker per cluster node (see _breaker.BreakerGroup); ``breaker`` is their
-        # aggregate view, ``breaker.default`` the one given here.
-        self.breaker = BreakerGroup(default, on_change=self._node_breaker_changed)
-        self._retired_at = 0.0
+        self.breaker = breaker or CircuitBreaker(failure_threshold=5, reset_timeout=2.0)
+        if self.breaker._on_change is None:  # log transitions unless the owner listens
+            self.breaker._on_change = self._breaker_changed
         self._rand = random.Random()
         self.hits = 0
         self.misses = 0
@@ -229,105 +219,19 @@ class RedisTierBase:
         level = logging.WARNING if new == "open" else logging.INFO
         log.log(level, "redis tier %s: circuit breaker %s -> %s", self._spec.redacted, old, new)
 
-    def _node_breaker_changed(self, node: str, old: Any, new: Any) -> None:
-        level = logging.WARNING if new == "open" else logging.INFO
-        log.log(level, "redis tier %s: circuit breaker %s -> %s (node %s)",
-                self._spec.redacted, old, new, node)
-        if self._user_on_change is not None:
-            self._user_on_change(old, new)
-
-    # ------------------------------------------------------------ breakers
-
-    def _breaker_for(self, key: str | None) -> CircuitBreaker:
-        """The breaker guarding ``key``: its node's on a cluster whose topology is known,
-        else the default one (single Redis, cluster-wide operation, topology unknown)."""
-        if key is None or not self._cluster:
-            return self.breaker.default
-        slot = -1
-        for client in (self._aclient, self._sclient):
-            manager = getattr(client, "nodes_manager", None)
-            if manager is None:
-                continue
-            if slot < 0:
-                slot = key_slot(key.encode())
-            owners = manager.slots_cache.get(slot)
-            if owners:
-                name = owners[0].name
-                group = self.breaker
-                breaker = group._nodes.get(name)
-                if breaker is None:  # first sight of a node: cover the whole topology
-                    group.seed(self._live_nodes())
-                    breaker = group.node(name)
-                return breaker
-        return self.breaker.default
-
-    def _pick(self, key: str | None) -> CircuitBreaker | None:
-        """Slow path: the breaker to report to, or None (counted) when it skips the call."""
-        breaker = self._breaker_for(key)
-        if breaker.state is CLOSED or breaker.allow():
-            return breaker
-        self._skip()
-        return None
-
-    def _partition(self, items: list[T], key_of: Callable[[T], str] | None = None
-                   ) -> list[tuple[CircuitBreaker, list[T]]]:
-        """Slow path of a batch: items grouped by node breaker; groups whose breaker skips
-        the call are dropped (one ``breaker_open`` count per skipped node)."""
-        groups: dict[CircuitBreaker, list[T]] = {}
-        for item in items:
-            key: str = item if key_of is None else key_of(item)  # type: ignore[assignment]
-            groups.setdefault(self._breaker_for(key), []).append(item)
-        allowed = []
-        for breaker, part in groups.items():
-            if breaker.state is CLOSED or breaker.allow():
-                allowed.append((breaker, part))
-            else:
-                self._skip()
-        return allowed
-
-    def _succeeded(self, breaker: CircuitBreaker) -> None:
-        """Slow path: a call guarded by ``breaker`` went through."""
-        breaker.record_success()
-        group = self.breaker
-        if not group.healthy and not group.recheck():
-            now = time.monotonic()
-            if now - self._retired_at >= RETIRE_INTERVAL:
-                self._retired_at = now
-                live = self._live_nodes()
-                if live:
-                    group.retire(live)
-                    group.recheck()
-
-    def _live_nodes(self) -> set[str]:
-        """Names of the masters in the current topology (empty when unknown)."""
-        for client in (self._aclient, self._sclient):
-            manager = getattr(client, "nodes_manager", None)
-            if manager is not None:
-                return {name for name, node in list(manager.nodes_cache.items())
-                        if node.server_type == "primary"}
-        return set()
-
     def _skip(self) -> None:
         """The breaker is open: count it, skip the call (no log per call)."""
         self.errors += 1
         self.errors_by_op.inc("breaker_open")
 
-    def _failed(self, op: str, exc: Exception, breaker: CircuitBreaker | None = None,
-                key: str | None = None, batch: bool = False) -> None:
-        """Count, log, and tell the breaker guarding the call: ``breaker`` when the slow
-        path picked one, else the one of ``key`` (None: cluster-wide). A failed multi-node
-        batch on the fast path blames nobody but switches to the per-node path."""
+    def _failed(self, op: str, exc: Exception) -> None:
         self.errors += 1
         self.errors_by_op.inc(op)
         verdict = _server_verdict(exc)
         if verdict is False:
-            if breaker is None and not (batch and self._cluster):
-                breaker = self._breaker_for(key)
-            if breaker is not None:
-                breaker.record_failure()
-            self.breaker.mark_unhealthy()
-        elif verdict and breaker is not None:
-            self._succeeded(breaker)  # Redis answered; the request was the problem
+            self.breaker.record_failure()
+        elif verdict:
+            self.breaker.record_success()  # Redis answered; the request was the problem
         detail = str(exc) or ("no reply in time" if isinstance(exc, TimeoutError) else "-")
         self._warn(op, "redis %s failed on %s: %s: %s", op, self._spec.redacted,
                    type(exc).__name__, self._spec.redactor.text(detail))
@@ -415,23 +319,6 @@ class RedisTierBase:
 
     # ------------------------------------------------------------ stats
 
-    def _breaker_states(self) -> dict[str, str]:
-        """``{node: state}`` over every known master (plus the default breaker when it
-        matters: single Redis, topology unknown, or cluster-wide operations failing)."""
-        if self._cluster:
-            self.breaker.seed(self._live_nodes())
-        return dict(self.breaker.states(self._default_breaker_name()))
-
-    def _default_breaker_name(self) -> str:
-        """Single Redis: its address; cluster: ``"cluster"`` (cluster-wide operations)."""
-        if self._cluster:
-            return "cluster"
-        spec = self._spec
-        if spec.path:
-            return f"unix:{spec.path}"
-        host, port = spec.nodes[0] if spec.nodes else ("?", 0)
-        return f"{host}:{port}"
-
     def stats(self) -> dict[str, Any]:
         """Counter snapshot; failed calls count in ``errors`` only (not as misses), an
         unreadable payload in both."""
@@ -446,7 +333,6 @@ class RedisTierBase:
             "hit_ratio": hit_ratio(self.hits, self.misses),
             "breaker": self.breaker.state,
             "breaker_opened": self.breaker.opened_total,
-            "breakers": self._breaker_states(),
             "latency": {op: h.snapshot() for op, h in self.latency.items()},
             "size": None,
         }

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import redis.cluster
 
 from tiercache.codec import Entry
-from tiercache.tiers._breaker import CircuitBreaker
+from tiercache.tiers._breaker import CLOSED, CircuitBreaker
 from tiercache.tiers._redis_conn import (
     SyncClient,
     detect_cluster_sync,
@@ -75,44 +75,36 @@ class SyncTwins(RedisTierBase):
                         self.max_connections)
             return self._sclient
 
-    def _call_sync(self, op: str, fn: Callable[[SyncClient], T], default: T,
-                   key: str | None = None, *, node: CircuitBreaker | None = None,
-                   batch: bool = False) -> T:
-        """Run one operation, ``default`` on failure. Breaker: ``node`` when given (a batch
-        part), else the one of ``key``'s node (None: cluster-wide, the default breaker);
-        ``batch``: a multi-node batch on the fast path (only while the group is healthy)."""
-        if node is None and not batch and not self.breaker.healthy:
-            node = self._pick(key)
-            if node is None:
-                return default
+    def _call_sync(self, op: str, fn: Callable[[SyncClient], T], default: T) -> T:
+        breaker = self.breaker
+        if breaker.state is not CLOSED and not breaker.allow():
+            self._skip()
+            return default
         start = perf_counter()
         try:
             result = fn(self._sclient or self._client_sync())
         except Exception as exc:
-            self._failed(op, exc, node, key, batch)
+            self._failed(op, exc)
             return default
         self._histogram(op).observe(perf_counter() - start)
-        if node is not None:
-            self._succeeded(node)
+        breaker.record_success()
         return result
 
     # ------------------------------------------------------------ reads
 
     def get_entry_sync(self, key: str) -> Entry | Missing:
-        node = None
-        if not self.breaker.healthy:  # something failed lately: check the key's node
-            node = self._pick(key)
-            if node is None:
-                return MISSING
+        breaker = self.breaker
+        if breaker.state is not CLOSED and not breaker.allow():
+            self._skip()
+            return MISSING
         start = perf_counter()
         try:
             raw = (self._sclient or self._client_sync()).get(key)
         except Exception as exc:
-            self._failed("get", exc, node, key)
+            self._failed("get", exc)
             return MISSING
         self._lat_get.observe(perf_counter() - start)
-        if node is not None:
-            self._succeeded(node)
+        breaker.record_success()
         return self._decode(key, raw)
 
     def get_sync(self, key: str) -> Any:
@@ -129,22 +121,13 @@ class SyncTwins(RedisTierBase):
         if not wanted:
             return {}
 
-        def fetcher(keys: list[str]) -> Callable[[SyncClient], list[Any]]:
-            def fetch(client: SyncClient) -> list[Any]:
-                if isinstance(client, redis.cluster.RedisCluster):
-                    return list(client.mget_nonatomic(keys))
-                return list(client.mget(keys))
-            return fetch
+        def fetch(client: SyncClient) -> list[Any]:
+            if isinstance(client, redis.cluster.RedisCluster):
+                return list(client.mget_nonatomic(wanted))
+            return list(client.mget(wanted))
 
-        if self.breaker.healthy:
-            raws = self._call_sync("get_many", fetcher(wanted), None, batch=True)
-            return {} if raws is None else self._decode_many(wanted, raws, entries)
-        found: dict[str, Any] = {}
-        for node, keys in self._partition(wanted):  # per node: a dead one fails alone
-            raws = self._call_sync("get_many", fetcher(keys), None, node=node)
-            if raws is not None:
-                found.update(self._decode_many(keys, raws, entries))
-        return found
+        raws = self._call_sync("get_many", fetch, None)
+        return {} if raws is None else self._decode_many(wanted, raws, entries)
 
     # ------------------------------------------------------------ writes
 
@@ -154,8 +137,7 @@ class SyncTwins(RedisTierBase):
         if px == 0:
             self.delete_sync(key)
             return
-        if self._call_sync("set", lambda c: c.set(key, payload, px=px), None,
-                           key) is not None:
+        if self._call_sync("set", lambda c: c.set(key, payload, px=px), None) is not None:
             self.sets += 1
 
     def set_many_sync(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
@@ -163,26 +145,21 @@ class SyncTwins(RedisTierBase):
         if not batch:
             return
 
-        def writer(part: list[tuple[str, bytes, int | None]]) -> Callable[[SyncClient], bool]:
-            def write(client: SyncClient) -> bool:
-                pipe = client.pipeline(transaction=False)
-                for key, payload, px in part:
-                    if px == 0:
-                        pipe.delete(key)
-                    else:
-                        pipe.set(key, payload, px=px)
-                pipe.execute()
-                return True
-            return write
+        def write(client: SyncClient) -> bool:
+            pipe = client.pipeline(transaction=False)
+            for key, payload, px in batch:
+                if px == 0:
+                    pipe.delete(key)
+                else:
+                    pipe.set(key, payload, px=px)
+            pipe.execute()
+            return True
 
-        parts: list[tuple[CircuitBreaker | None, list[tuple[str, bytes, int | None]]]] = (
-            [(None, batch)] if self.breaker.healthy else list(self._partition(batch, _first)))
-        for node, part in parts:
-            if self._call_sync("set_many", writer(part), False, node=node, batch=node is None):
-                self.sets += sum(1 for _, _, px in part if px != 0)
+        if self._call_sync("set_many", write, False):
+            self.sets += sum(1 for _, _, px in batch if px != 0)
 
     def delete_sync(self, key: str) -> bool:
-        removed = int(self._call_sync("delete", lambda c: c.delete(key), 0, key))
+        removed = int(self._call_sync("delete", lambda c: c.delete(key), 0))
         self.deletes += removed
         return bool(removed)
 
@@ -190,12 +167,7 @@ class SyncTwins(RedisTierBase):
         wanted = list(dict.fromkeys(keys))
         if not wanted:
             return 0
-        parts: list[tuple[CircuitBreaker | None, list[str]]] = (
-            [(None, wanted)] if self.breaker.healthy else list(self._partition(wanted)))
-        removed = 0
-        for node, part in parts:
-            removed += int(self._call_sync("delete_many", _deleter(part), 0,
-                                           node=node, batch=node is None))
+        removed = int(self._call_sync("delete_many", lambda c: c.delete(*wanted), 0))
         self.deletes += removed
         return removed
 
@@ -257,14 +229,14 @@ class SyncTwins(RedisTierBase):
             return token if client.set(lkey, token, nx=True, px=ttl_ms) else None
 
         local: str | None = LOCAL_LEASE_PREFIX + token
-        return self._call_sync("acquire_lease", take, local, key)
+        return self._call_sync("acquire_lease", take, local)
 
     def release_lease_sync(self, key: str, token: str) -> bool:
         if token.startswith(LOCAL_LEASE_PREFIX):
             return True
         lkey = lease_key(key)
         return bool(self._call_sync(
-            "release_lease", lambda c: c.eval(RELEASE_LUA, 1, lkey, token), 0, key))
+            "release_lease", lambda c: c.eval(RELEASE_LUA, 1, lkey, token), 0))
 
     # ------------------------------------------------------------ bus, health
 
@@ -298,11 +270,3 @@ class SyncTwins(RedisTierBase):
             client, self._sclient = self._sclient, None
         if client is not None and client is not self._user_sync:
             client.close()
-
-
-def _first(item: tuple[str, bytes, int | None]) -> str:
-    return item[0]
-
-
-def _deleter(keys: list[str]) -> Callable[[SyncClient], int]:
-    return lambda c: int(c.delete(*keys))

@@ -8,12 +8,9 @@ Why it looks like this:
   :class:`~tiercache.tiers._breaker.CircuitBreaker` skips calls while Redis is down and
   lets one probe through after ``reset_timeout``. Only programming errors reach the
   caller: an unencodable value raises ``TypeError`` before anything is written.
-  On a cluster there is one breaker per master (a key follows its slot's node), so a dead
-  master fails fast alone; see :class:`RedisTier`.
 * **Data, not code.** Values are msgpack envelopes (:mod:`tiercache.codec`); a corrupt,
   foreign or newer-version payload is a miss plus an ``errors_by_op["decode"]`` count.
-* **Lean hot path.** ``get`` is the raw redis-py ``GET`` plus one breaker attribute test
-  (``breaker.healthy``: the per-node lookup only happens after a failure),
+* **Lean hot path.** ``get`` is the raw redis-py ``GET`` plus one breaker attribute test,
   two clock reads, a bisect into the latency histogram and the envelope decode. Timeouts
   are one ``asyncio.timeout`` per operation instead of redis-py's per-write ``wait_for``
   (see :mod:`tiercache.tiers._redis_async`), which makes the tier's round trip cheaper
@@ -39,7 +36,7 @@ from time import perf_counter
 from typing import Any
 
 from tiercache.codec import Entry
-from tiercache.tiers._breaker import BreakerGroup, CircuitBreaker
+from tiercache.tiers._breaker import CLOSED, CircuitBreaker
 from tiercache.tiers._redis_async import AsyncOps
 from tiercache.tiers._redis_conn import (
     AsyncClient,
@@ -51,7 +48,7 @@ from tiercache.tiers._redis_conn import (
 from tiercache.tiers._redis_ops import lease_key, tag_key
 from tiercache.tiers.base import MISSING, Missing
 
-__all__ = ["BreakerGroup", "CircuitBreaker", "RedisTier", "lease_key", "tag_key"]
+__all__ = ["CircuitBreaker", "RedisTier", "lease_key", "tag_key"]
 
 
 class RedisTier(AsyncOps):
@@ -63,18 +60,7 @@ class RedisTier(AsyncOps):
     ``socket_timeout`` bounds a reply (sync: per socket read; async: the whole operation
     gets ``connect_timeout + socket_timeout``, more for big batches); ``connect_timeout``
     bounds opening a connection. The default ``breaker`` opens after 5 consecutive
-    failures and probes after 2 s.
-
-    Breakers: a single Redis has one (``breaker`` itself). A cluster has one per master
-    (:class:`~tiercache.tiers._breaker.BreakerGroup`): a key's operation consults the
-    breaker of the node owning its hash slot, so a dead master's keys are skipped at once
-    (counted ``breaker_open`` errors: misses, skipped writes) while the other masters keep
-    serving; batches are split per node. ``breaker`` (the argument) is the template of the
-    node breakers and guards cluster-wide operations (``delete_pattern``, ``publish``, tags,
-    ``clear``). ``tier.breaker`` is the aggregate view: ``state`` is ``"open"`` only when
-    every breaker is open, ``"half_open"`` when some are (degraded), ``"closed"`` when none
-    is; ``stats()["breakers"]`` gives ``{node: state}``. While every breaker is closed the
-    hot path does no per-key node lookup at all (one attribute test).
+    failures and probes after 2 s; it is one breaker for the whole cluster.
     """
 
     def __init__(
@@ -122,11 +108,10 @@ class RedisTier(AsyncOps):
 
     async def get_entry(self, key: str) -> Entry | Missing:
         """The stored envelope (value, stored_at, ttl, load_time) or MISSING."""
-        node = None
-        if not self.breaker.healthy:  # something failed lately: check the key's node
-            node = self._pick(key)
-            if node is None:
-                return MISSING
+        breaker = self.breaker
+        if breaker.state is not CLOSED and not breaker.allow():
+            self._skip()
+            return MISSING
         start = perf_counter()
         try:
             async with timeout(self._budget):
@@ -135,11 +120,10 @@ class RedisTier(AsyncOps):
                     client = await self._client()
                 raw = await client.get(key)
         except Exception as exc:
-            self._failed("get", exc, node, key)
+            self._failed("get", exc)
             return MISSING
         self._lat_get.observe(perf_counter() - start)
-        if node is not None:
-            self._succeeded(node)
+        breaker.record_success()
         return self._decode(key, raw)
 
     async def get(self, key: str) -> Any:
@@ -157,19 +141,8 @@ class RedisTier(AsyncOps):
     async def _get_many(self, wanted: list[str], entries: bool) -> dict[str, Any]:
         if not wanted:
             return {}
-        if self.breaker.healthy:
-            raws = await self._fetch(wanted, None)
-            return {} if raws is None else self._decode_many(wanted, raws, entries)
-        # something failed lately: one batch per node, concurrently, each with its breaker
-        parts = self._partition(wanted)
-        found: dict[str, Any] = {}
-        results = await asyncio.gather(*(self._fetch(keys, node) for node, keys in parts))
-        for (_, keys), raws in zip(parts, results, strict=True):
-            if raws is not None:
-                found.update(self._decode_many(keys, raws, entries))
-        return found
-
-    async def _fetch(self, wanted: list[str], node: CircuitBreaker | None) -> list[Any] | None:
+        if not self._allowed():
+            return {}
         start = perf_counter()
         try:
             async with timeout(self._batch_budget(len(wanted))):
@@ -181,12 +154,11 @@ class RedisTier(AsyncOps):
                 else:
                     raws = await client.mget(wanted)
         except Exception as exc:
-            self._failed("get_many", exc, node, batch=True)
-            return None
+            self._failed("get_many", exc)
+            return {}
         self._lat_get_many.observe(perf_counter() - start)
-        if node is not None:
-            self._succeeded(node)
-        return raws
+        self.breaker.record_success()
+        return self._decode_many(wanted, raws, entries)
 
     # ------------------------------------------------------------ writes
 
@@ -197,11 +169,8 @@ class RedisTier(AsyncOps):
         if px == 0:
             await self.delete(key)
             return
-        node = None
-        if not self.breaker.healthy:
-            node = self._pick(key)
-            if node is None:
-                return
+        if not self._allowed():
+            return
         start = perf_counter()
         try:
             async with timeout(self._budget):
@@ -210,11 +179,10 @@ class RedisTier(AsyncOps):
                     client = await self._client()
                 await client.set(key, payload, px=px)
         except Exception as exc:
-            self._failed("set", exc, node, key)
+            self._failed("set", exc)
             return
         self._lat_set.observe(perf_counter() - start)
-        if node is not None:
-            self._succeeded(node)
+        self.breaker.record_success()
         self.sets += 1
 
     async def set_many(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
@@ -223,30 +191,21 @@ class RedisTier(AsyncOps):
         if not batch:
             return
 
-        async def write(part: list[tuple[str, bytes, int | None]],
-                        node: CircuitBreaker | None) -> None:
-            async def run(client: AsyncClient) -> bool:
-                pipe = client.pipeline(transaction=False)
-                for key, payload, px in part:
-                    if px == 0:
-                        pipe.delete(key)
-                    else:
-                        pipe.set(key, payload, px=px)
-                await pipe.execute()
-                return True
+        async def write(client: AsyncClient) -> bool:
+            pipe = client.pipeline(transaction=False)
+            for key, payload, px in batch:
+                if px == 0:
+                    pipe.delete(key)
+                else:
+                    pipe.set(key, payload, px=px)
+            await pipe.execute()
+            return True
 
-            if await self._call("set_many", run, False, self._batch_budget(len(part)),
-                                node=node, batch=node is None):
-                self.sets += sum(1 for _, _, px in part if px != 0)
-
-        if self.breaker.healthy:
-            await write(batch, None)
-        else:  # something failed lately: one pipeline per node, each with its breaker
-            await asyncio.gather(*(write(part, node)
-                                   for node, part in self._partition(batch, _first)))
+        if await self._call("set_many", write, False, self._batch_budget(len(batch))):
+            self.sets += sum(1 for _, _, px in batch if px != 0)
 
     async def delete(self, key: str) -> bool:
-        removed = await self._call("delete", lambda c: c.delete(key), 0, key=key)
+        removed = await self._call("delete", lambda c: c.delete(key), 0)
         self.deletes += removed
         return bool(removed)
 
@@ -255,15 +214,8 @@ class RedisTier(AsyncOps):
         wanted = list(dict.fromkeys(keys))
         if not wanted:
             return 0
-        if self.breaker.healthy:
-            removed = await self._call("delete_many", lambda c: c.delete(*wanted), 0,
-                                       self._batch_budget(len(wanted)), batch=True)
-        else:  # something failed lately: per node, each with its breaker
-            counts = await asyncio.gather(*(
-                self._call("delete_many", _deleter(part), 0, self._batch_budget(len(part)),
-                           node=node)
-                for node, part in self._partition(wanted)))
-            removed = sum(counts)
+        removed = await self._call("delete_many", lambda c: c.delete(*wanted), 0,
+                                   self._batch_budget(len(wanted)))
         self.deletes += removed
         return removed
 
@@ -271,11 +223,3 @@ class RedisTier(AsyncOps):
         """Close the clients this tier created (user-provided clients stay open)."""
         await self._close_clients()
         self.close_sync()
-
-
-def _first(item: tuple[str, bytes, int | None]) -> str:
-    return item[0]
-
-
-def _deleter(keys: list[str]) -> Any:
-    return lambda c: c.delete(*keys)
