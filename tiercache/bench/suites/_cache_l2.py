@@ -70,22 +70,18 @@ async def _rounds_async(ours: Callable[[], Awaitable[Any]], raw: Callable[[], Aw
     for _ in range(rounds):
         ta = tb = 0.0
         for i in range(pairs):
-            if i % 2:
-                t0 = clock()
-                await raw()
-                t1 = clock()
-                await ours()
-                t2 = clock()
-                tb += t1 - t0
-                ta += t2 - t1
-            else:
-                t0 = clock()
-                await ours()
-                t1 = clock()
-                await raw()
-                t2 = clock()
+            first, second = (raw, ours) if i % 2 else (ours, raw)
+            t0 = clock()
+            await first()
+            t1 = clock()
+            await second()
+            t2 = clock()
+            if first is ours:
                 ta += t1 - t0
                 tb += t2 - t1
+            else:
+                tb += t1 - t0
+                ta += t2 - t1
         a.append(ta / pairs)
         b.append(tb / pairs)
     return a, b
