@@ -116,12 +116,7 @@ def _tier(acc: _Acc, cache: str, tier: str, s: Mapping[str, Any]) -> None:
         acc.add("tiercache_evictions_total", (*ct, "expired"), s.get("evictions_expired"))
     elif s.get("evictions"):
         acc.add("tiercache_evictions_total", (*ct, "other"), s.get("evictions"))
-    by_op = s.get("errors_by_op")
-    if isinstance(by_op, Mapping):
-        for op, n in by_op.items():
-            acc.add("tiercache_errors_total", (*ct, str(op)), n)
-    elif s.get("errors"):
-        acc.add("tiercache_errors_total", (*ct, "all"), s.get("errors"))
+    _add_errors(acc, "tiercache_errors_total", ct, s.get("errors_by_op"), s.get("errors"))
     acc.add("tiercache_entries", ct, s.get("size"))
     state = s.get("breaker")
     if isinstance(state, str) and state in _BREAKER:
@@ -165,15 +160,21 @@ def _pool(acc: _Acc, pool: str, stats: Mapping[str, Any]) -> None:
             _endpoint(acc, (pool, str(shard), role), ep)
 
 
+def _add_errors(acc: _Acc, family: str, labels: tuple[str, ...], by_kind: Any,
+                total: Any) -> None:
+    """Errors per operation/class when the source breaks them down, else one "all" series."""
+    if isinstance(by_kind, Mapping):
+        for kind, n in by_kind.items():
+            acc.add(family, (*labels, str(kind)), n)
+    elif total:
+        acc.add(family, (*labels, "all"), total)
+
+
 def _endpoint(acc: _Acc, psr: tuple[str, str, str], ep: Mapping[str, Any]) -> None:
     acc.add("tiercache_pool_queries_total", psr, ep.get("queries"))
     acc.add("tiercache_pool_slow_queries_total", psr, ep.get("slow_queries"))
-    by_class = ep.get("errors_by_class")
-    if isinstance(by_class, Mapping):
-        for error, n in by_class.items():
-            acc.add("tiercache_pool_errors_total", (*psr, str(error)), n)
-    elif ep.get("errors"):
-        acc.add("tiercache_pool_errors_total", (*psr, "all"), ep.get("errors"))
+    _add_errors(acc, "tiercache_pool_errors_total", psr, ep.get("errors_by_class"),
+                ep.get("errors"))
     acc.add("tiercache_pool_query_duration_seconds", psr, ep.get("latency"))
     acc.add("tiercache_pool_acquire_wait_seconds", psr, ep.get("acquire_wait"))
     for gauge in _POOL_GAUGES:
