@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -217,18 +218,27 @@ def test_stop_leaves_no_process_and_no_temp_dir() -> None:
     stack.stop()  # idempotent
 
 
+_CHILD_STACK = (
+    "import json, time\n"
+    "from tiercache.local import LocalStack\n"
+    "s = LocalStack(redis_masters=1, pg_shards=1).start()\n"
+    "print(json.dumps(s.describe()), flush=True)\n"
+    "time.sleep(120)\n"
+)
+
+
+def _child_stack() -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """A stack started by a child process, and its describe() as the child printed it."""
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD_STACK], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None
+    desc: dict[str, Any] = json.loads(proc.stdout.readline())
+    return proc, desc
+
+
 def test_servers_die_with_a_sigkilled_parent(tmp_path: Path) -> None:
-    code = (
-        "import json, sys, time\n"
-        "from tiercache.local import LocalStack\n"
-        "s = LocalStack(redis_masters=1, pg_shards=1).start()\n"
-        "print(json.dumps(s.describe()), flush=True)\n"
-        "time.sleep(120)\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    proc, desc = _child_stack()
     try:
-        assert proc.stdout is not None
-        desc = json.loads(proc.stdout.readline())
         pids = _all_pids(desc)
         assert all(pid_alive(p) for p in pids)
         proc.send_signal(signal.SIGKILL)
@@ -244,17 +254,8 @@ def test_servers_die_with_a_sigkilled_parent(tmp_path: Path) -> None:
 
 
 def test_sigterm_stops_the_stack() -> None:
-    code = (
-        "import json, time\n"
-        "from tiercache.local import LocalStack\n"
-        "s = LocalStack(redis_masters=1, pg_shards=1).start()\n"
-        "print(json.dumps(s.describe()), flush=True)\n"
-        "time.sleep(120)\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    proc, desc = _child_stack()
     try:
-        assert proc.stdout is not None
-        desc = json.loads(proc.stdout.readline())
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == -signal.SIGTERM  # default disposition kept
         assert _gone(_all_pids(desc))
