@@ -477,3 +477,13 @@ def test_fast_unpack_refuses_what_the_codec_refuses(payload: bytes) -> None:
 
     with pytest.raises(CodecError):
         fast_unpack(payload)
+
+
+# ------------------------------------------------------------------ the typed seam
+
+
+def test_redis_tier_satisfies_the_remote_tier_protocol(tier: RedisTier) -> None:
+    from tiercache.tiers.base import RemoteTier
+
+    seam: RemoteTier = tier  # mypy checks the signatures; isinstance the names
+    assert isinstance(seam, RemoteTier)

@@ -180,8 +180,10 @@ class AsyncOps(SyncTwins):
 
         await self._call("add_tags", index, None, self._batch_budget(len(calls)))
 
-    async def invalidate_tags(self, tags: Iterable[str]) -> int:
-        """Delete every key indexed under ``tags`` and the tag sets; returns keys deleted."""
+    async def invalidate_tags(self, tags: Iterable[str], *,
+                              namespace: str | None = None) -> int:
+        """Delete every key indexed under ``tags`` in ``namespace`` and the tag sets;
+        returns keys deleted."""
         wanted = list(dict.fromkeys(tags))
         if not wanted:
             return 0

@@ -205,7 +205,8 @@ class SyncTwins(RedisTierBase):
 
         self._call_sync("add_tags", index, None)
 
-    def invalidate_tags_sync(self, tags: Iterable[str]) -> int:
+    def invalidate_tags_sync(self, tags: Iterable[str], *,
+                             namespace: str | None = None) -> int:
         wanted = list(dict.fromkeys(tags))
         if not wanted:
             return 0

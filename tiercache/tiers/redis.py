@@ -46,7 +46,7 @@ from tiercache.tiers._redis_conn import (
     spec_from_url,
 )
 from tiercache.tiers._redis_ops import lease_key, tag_key
-from tiercache.tiers.base import MISSING, Missing
+from tiercache.tiers.base import MISSING, Missing, RemoteTier
 
 __all__ = ["CircuitBreaker", "RedisTier", "lease_key", "tag_key"]
 
@@ -223,3 +223,8 @@ class RedisTier(AsyncOps):
         """Close the clients this tier created (user-provided clients stay open)."""
         await self._close_clients()
         self.close_sync()
+
+
+def _conforms(tier: RedisTier) -> RemoteTier:
+    """Static proof (checked by mypy) that RedisTier satisfies the core's tier seam."""
+    return tier
