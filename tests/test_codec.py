@@ -247,3 +247,95 @@ def test_no_pickle_anywhere_in_the_package() -> None:
         elif "pickle" in text.replace("auto_pickle", ""):
             offenders.append(str(path))
     assert not offenders
+
+
+# ---------------------------------------------------------------------------- signing
+
+KEY, OLD = b"k" * 32, "an-older-key-0123456789"
+
+
+def test_signed_envelopes_round_trip_and_rotate() -> None:
+    signer = codec.Signer([KEY, OLD])
+    data = codec.pack_entry({"a": (1, 2)}, stored_at=5.0, signer=signer, context="ns:k")
+    assert data[:3] == b"\xc1TS"
+    assert codec.unpack_entry(data, signer=signer, context="ns:k").value == {"a": (1, 2)}
+    old = codec.pack_entry(1, stored_at=0, signer=codec.Signer(OLD), context=b"ns:k")
+    assert codec.unpack_entry(old, signer=signer, context="ns:k").value == 1  # rotation
+    # signing off reads signed entries too (documented: switching on/off keeps the cache warm)
+    assert codec.unpack_entry(data).value == {"a": (1, 2)}
+    assert codec.signer_from(None) is None and codec.signer_from(signer) is signer
+    assert "k" * 16 not in repr(signer) and "older" not in repr(signer)
+
+
+@pytest.mark.parametrize("case", ["unsigned", "other-key", "other-context", "flipped", "cut"])
+def test_signing_on_refuses_what_it_did_not_sign(case: str) -> None:
+    signer = codec.Signer(KEY)
+    good = codec.pack_entry([1, 2], stored_at=0, signer=signer, context="ns:k")
+    payload, ctx = {
+        "unsigned": (codec.pack_entry([1, 2], stored_at=0), "ns:k"),
+        "other-key": (codec.pack_entry([1, 2], stored_at=0, signer=codec.Signer(OLD),
+                                       context="ns:k"), "ns:k"),
+        "other-context": (good, "ns:other"),  # a signed value moved to another key
+        "flipped": (good[:-1] + bytes([good[-1] ^ 1]), "ns:k"),
+        "cut": (good[:20], "ns:k"),
+    }[case]
+    with pytest.raises(CodecError):
+        codec.unpack_entry(payload, signer=signer, context=ctx)
+
+
+def test_signature_checked_before_the_body_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed: list[Any] = []
+    monkeypatch.setattr(codec, "decode", lambda data: parsed.append(data))
+    forged = b"\xc1TS\x01" + b"\x00" * 32 + msgpack.packb([1, 0.0, None, 0.0])
+    with pytest.raises(CodecError, match="signature"):
+        codec.unpack_entry(forged, signer=codec.Signer(KEY))
+    assert parsed == []
+
+
+def test_weak_keys_refused() -> None:
+    for bad in (b"short", [], ""):
+        with pytest.raises(ValueError):
+            codec.Signer(bad)
+
+
+# ---------------------------------------------------------------------------- rows
+
+
+def _record(names: list[str], values: tuple[Any, ...]) -> Any:
+    from asyncpg.protocol.protocol import _create_record  # asyncpg's own test helper
+
+    return _create_record({n: i for i, n in enumerate(names)}, values)
+
+
+def test_records_round_trip_as_rows_with_names_once() -> None:
+    rows = [_record(["id", "name"], (i, f"n{i}")) for i in range(1000)]
+    out = codec.decode(codec.encode(rows))
+    assert all(type(r) is tiercache.Row for r in out)
+    assert out == rows and [dict(r) for r in out] == [dict(r) for r in rows]
+    once = len(codec.encode(rows))
+    as_tuples = len(codec.encode([tuple(r) for r in rows]))
+    # the column names once, then a byte or two per row naming them (not the names 1000 times)
+    assert once <= as_tuples + 2 * len(rows) < len(codec.encode([dict(r) for r in rows]))
+    assert codec.decode(codec.encode(out)) == rows  # Rows encode like Records
+
+
+def test_nested_rows_and_mixed_schemas() -> None:
+    inner = _record(["x", "y"], (1, 2))
+    outer = _record(["id", "pt", "pts"], (7, inner, [inner, _record(["z"], (3,))]))
+    value = {"a": [outer, outer], "b": (inner, _record(["id", "pt", "pts"], (8, None, [])))}
+    out = codec.decode(codec.encode(value))
+    assert out == value
+    assert out["a"][0]["pt"]["y"] == 2 and out["b"][1].get("id") == 8
+    assert list(out["a"][1]["pts"][1].keys()) == ["z"]
+
+
+@pytest.mark.parametrize("body", [
+    [msgpack.ExtType(11, msgpack.packb([0, 1]))],  # reference to no columns
+    [msgpack.ExtType(11, msgpack.packb([["a", "b"], 1]))],  # one value for two columns
+    [msgpack.ExtType(11, msgpack.packb([["a", 5], 1, 2]))],  # a non-str column name
+    [msgpack.ExtType(11, msgpack.packb([]))],
+    [msgpack.ExtType(11, msgpack.packb({"a": 1}))],
+])
+def test_malformed_rows_are_codec_errors(body: list[Any]) -> None:
+    with pytest.raises(CodecError):
+        codec.decode(msgpack.packb(body))

@@ -11,6 +11,7 @@ from tiercache._impl import implementation
 from tiercache.cache import TierCache
 from tiercache.codec import CodecError
 from tiercache.codec import register as register_type
+from tiercache.row import Row
 from tiercache.sharding.pool import ShardedPool, ShardFanoutError, create_sharded_pool
 from tiercache.sharding.ring import HashRing
 from tiercache.tiers.base import MISSING, SyncTier, Tier
@@ -24,6 +25,7 @@ __all__ = [
     "HashRing",
     "MemoryTier",
     "RedisTier",
+    "Row",
     "ShardFanoutError",
     "ShardedPool",
     "SyncTier",
