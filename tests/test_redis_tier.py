@@ -18,8 +18,8 @@ from redis.asyncio.cluster import RedisCluster as AsyncCluster
 from redis.cluster import RedisCluster
 
 from tiercache.codec import FORMAT_VERSION, pack_entry
-from tiercache.tiers._redis_ops import LEASE_SUFFIX, lease_key, tag_key
 from tiercache.tiers.base import MISSING
+from tiercache.tiers.keys import is_reserved, lease_key, tag_key
 from tiercache.tiers.redis import RedisTier
 
 # ------------------------------------------------------------------ fixtures
@@ -250,15 +250,15 @@ def test_tags_index_and_invalidate(tier: RedisTier, redis_cluster_client: RedisC
         tier.set_sync(k, k, ttl=30)
         tier.add_tags_sync(k, ["all", f"own:{k}"], ttl=30)
     tier.set_sync("t:untagged", 1)
-    tag_ttl = redis_cluster_client.pttl(tag_key("all"))
+    tag_ttl = redis_cluster_client.pttl(tag_key("all", "t"))
     assert 30_000 <= tag_ttl <= 31_000  # outlives every entry it indexes
-    assert tier.invalidate_tags_sync([f"own:{keys[0]}"]) == 1
+    assert tier.invalidate_tags_sync([f"own:{keys[0]}"], namespace="t") == 1
     assert tier.get_sync(keys[0]) is MISSING
-    assert tier.invalidate_tags_sync(["all"]) == len(keys) - 1
+    assert tier.invalidate_tags_sync(["all"], namespace="t") == len(keys) - 1
     assert tier.get_many_sync(keys) == {}
     assert tier.get_sync("t:untagged") == 1
-    assert redis_cluster_client.exists(tag_key("all")) == 0
-    assert tier.invalidate_tags_sync(["all", "never-used"]) == 0
+    assert redis_cluster_client.exists(tag_key("all", "t")) == 0
+    assert tier.invalidate_tags_sync(["all", "never-used"], namespace="t") == 0
 
 
 def test_tag_expiry_only_grows_and_persists_for_eternal_entries(
@@ -266,12 +266,12 @@ def test_tag_expiry_only_grows_and_persists_for_eternal_entries(
 ) -> None:
     tier.add_tags_sync("x:1", ["grow"], ttl=100)
     tier.add_tags_sync("x:2", ["grow"], ttl=10)
-    assert redis_cluster_client.pttl(tag_key("grow")) > 90_000
+    assert redis_cluster_client.pttl(tag_key("grow", "x")) > 90_000
     tier.add_tags_sync("x:3", ["grow"], ttl=float("inf"))
-    assert redis_cluster_client.pttl(tag_key("grow")) == -1
+    assert redis_cluster_client.pttl(tag_key("grow", "x")) == -1
     tier.add_tags_sync("x:4", ["grow"], ttl=5)
-    assert redis_cluster_client.pttl(tag_key("grow")) == -1
-    assert redis_cluster_client.scard(tag_key("grow")) == 4
+    assert redis_cluster_client.pttl(tag_key("grow", "x")) == -1
+    assert redis_cluster_client.zcard(tag_key("grow", "x")) == 4
 
 
 async def test_tags_async(atier: RedisTier) -> None:
@@ -279,9 +279,9 @@ async def test_tags_async(atier: RedisTier) -> None:
     await atier.set("u:2", "two")
     await atier.add_tags("u:1", ["user:1", "users"])
     await atier.add_tags("u:2", iter(["users"]))
-    assert await atier.invalidate_tags(["user:1"]) == 1
+    assert await atier.invalidate_tags(["user:1"], namespace="u") == 1
     assert await atier.get("u:2") == "two"
-    assert await atier.invalidate_tags(["users", "users"]) == 1
+    assert await atier.invalidate_tags(["users", "users"], namespace="u") == 1
     assert atier.stats()["deletes"] == 2
 
 
@@ -291,7 +291,7 @@ async def test_tags_async(atier: RedisTier) -> None:
 @pytest.mark.parametrize("key", ["shop:f:abc", "shop:{user42}:f:abc", "odd}key", "a{}b}c", "{"])
 def test_lease_key_shares_the_slot(redis_cluster_client: RedisCluster, key: str) -> None:
     lk = lease_key(key)
-    assert lk.endswith(LEASE_SUFFIX) and lk != key
+    assert is_reserved(lk) and lk != key
     assert redis_cluster_client.keyslot(lk) == redis_cluster_client.keyslot(key)
 
 

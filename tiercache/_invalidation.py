@@ -122,7 +122,7 @@ class Coherence:
             if keys:
                 removed += yield TierOp(self.l2, "delete_many", [self.full_key(k) for k in keys])
             if tags:
-                removed += yield TierOp(self.l2, "invalidate_tags", tags)
+                removed += yield TierOp(self.l2, "invalidate_tags", tags, namespace=self.namespace)
             l2_patterns = [*patterns, *(f"{_glob_escape(f)}:*" for f in functions)]
             if everything:
                 l2_patterns = ["*"]

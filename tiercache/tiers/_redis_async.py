@@ -30,17 +30,21 @@ from tiercache.tiers._redis_conn import (
     make_async_client,
     make_pubsub_client,
 )
-from tiercache.tiers._redis_ops import (
-    LOCAL_LEASE_PREFIX,
+from tiercache.tiers._redis_ops import LOCAL_LEASE_PREFIX, scan_cursor
+from tiercache.tiers._redis_sync import SyncTwins
+from tiercache.tiers.keys import (
     RELEASE_LUA,
     TAG_POP_LUA,
-    decode_members,
+    check_user_key,
+    is_reserved,
     lease_key,
-    scan_cursor,
+    namespace_wide,
     tag_add_args,
     tag_key,
 )
-from tiercache.tiers._redis_sync import SyncTwins
+from tiercache.tiers.keys import (
+    key_text as _text,
+)
 
 __all__ = ["AsyncOps"]
 
@@ -143,7 +147,11 @@ class AsyncOps(SyncTwins):
     # ------------------------------------------------------------ pattern delete
 
     async def delete_pattern(self, pattern: str) -> int:
-        """SCAN MATCH ``pattern`` on every master and UNLINK the matches; returns the count."""
+        """SCAN MATCH ``pattern`` on every master and UNLINK the matches; returns the count.
+
+        Tag sets and leases (the reserved space, :mod:`tiercache.tiers.keys`) are only
+        swept by a namespace-wide pattern (``"{ns}:*"``, ``"*"``)."""
+        internals = namespace_wide(pattern)
 
         async def sweep(client: AsyncClient) -> int:
             total = 0
@@ -154,6 +162,8 @@ class AsyncOps(SyncTwins):
                     reply = await self._step(
                         client.scan(cursor, match=pattern, count=1000, **target))
                     cursor, found = scan_cursor(reply, node)
+                    if found and not internals:
+                        found = [k for k in found if not is_reserved(_text(k))]
                     if found:
                         total += await self._step(client.unlink(*found), len(found))
                     if cursor == 0:
@@ -167,7 +177,8 @@ class AsyncOps(SyncTwins):
     # ------------------------------------------------------------ tags
 
     async def add_tags(self, key: str, tags: Iterable[str], ttl: float | None = None) -> None:
-        """Index ``key`` under each tag; a tag set outlives every entry it indexes."""
+        """Index ``key`` under each tag of its namespace (ZSET scored by expiry)."""
+        check_user_key(key)
         calls = tag_add_args(key, tags, ttl if ttl is not None else self.ttl)
         if not calls:
             return
@@ -188,11 +199,14 @@ class AsyncOps(SyncTwins):
         if not wanted:
             return 0
 
+        ns = namespace or ""
+
         async def drop(client: AsyncClient) -> int:
             pipe = client.pipeline(transaction=False)
             for tag in wanted:
-                pipe.execute_command("EVAL", TAG_POP_LUA, 1, tag_key(tag))
-            members = decode_members(await self._step(pipe.execute(), len(wanted)))
+                pipe.execute_command("EVAL", TAG_POP_LUA, 1, tag_key(tag, ns))
+            replies = await self._step(pipe.execute(raise_on_error=False), len(wanted))
+            members = self._tag_members(wanted, replies)
             if not members:
                 return 0
             return int(await self._step(client.delete(*members), len(members)))

@@ -5,15 +5,7 @@ latency histograms, the "Redis failure is not the caller's failure" handling (co
 feed the breaker, log at most once per interval per operation), TTL jitter, and the
 derived keys (tag sets, leases) with their Lua scripts.
 
-Key layout (documented because other processes and versions must agree on it):
-
-* entries: the key the core built, used as-is;
-* tag index: ``tc:tag:{<tag>}`` -- a SET of entry keys. The tag is the hash tag, so one
-  tag's set lives in one slot and add/pop are single-slot scripts; the entries it indexes
-  live anywhere and are deleted grouped per slot/node;
-* lease: ``<key>:tc-lease`` when the key already has a hash tag, else ``{<key>}:tc-lease``
-  (both hash to the key's own slot); a key containing ``}`` without a valid tag gets a
-  short prefix tag chosen to hash to the key's slot.
+Key layout and Lua scripts: :mod:`tiercache.tiers.keys`.
 """
 
 from __future__ import annotations
@@ -22,10 +14,9 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from redis.crc import key_slot
 from redis.exceptions import DataError, MaxConnectionsError, ResponseError
 
 from tiercache._stats import LATENCY_BUCKETS, CounterMap, Histogram, hit_ratio
@@ -36,98 +27,12 @@ from tiercache.tiers.base import MISSING, Missing
 if TYPE_CHECKING:
     from tiercache.tiers._redis_conn import ConnSpec
 
-__all__ = [
-    "LEASE_SUFFIX",
-    "TAG_PREFIX",
-    "RedisTierBase",
-    "decode_members",
-    "lease_key",
-    "scan_cursor",
-    "tag_add_args",
-    "tag_key",
-]
+__all__ = ["RedisTierBase", "scan_cursor"]
 
 log = logging.getLogger("tiercache.redis")
 
-TAG_PREFIX: Final = "tc:tag:"
-LEASE_SUFFIX: Final = ":tc-lease"
 LOG_INTERVAL: Final = 10.0  # seconds between two warnings for the same operation
 LOCAL_LEASE_PREFIX: Final = "local:"
-
-# Compare-and-delete: only the holder's token releases the lease.
-RELEASE_LUA: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-# Add one member; the set's expiry only ever grows (ARGV[2] ms, -1 = persist). Redis 6.2 has
-# no EXPIRE GT/NX, hence the script.
-TAG_ADD_LUA: Final = """
-local existed = redis.call('EXISTS', KEYS[1])
-redis.call('SADD', KEYS[1], ARGV[1])
-local want = tonumber(ARGV[2])
-if want < 0 then redis.call('PERSIST', KEYS[1]) return 1 end
-if existed == 0 then redis.call('PEXPIRE', KEYS[1], want) return 1 end
-local cur = redis.call('PTTL', KEYS[1])
-if cur >= 0 and cur < want then redis.call('PEXPIRE', KEYS[1], want) end
-return 1
-"""
-# Read and drop a tag set atomically: an entry tagged concurrently is either popped here or
-# lands in a fresh set, never lost between SMEMBERS and DEL.
-TAG_POP_LUA: Final = """
-local members = redis.call('SMEMBERS', KEYS[1])
-redis.call('DEL', KEYS[1])
-return members
-"""
-
-
-def tag_key(tag: str) -> str:
-    """The Redis key of a tag's index set (the tag itself is the hash tag)."""
-    return TAG_PREFIX + "{" + tag + "}"
-
-
-def _hash_tag(key: str) -> str | None:
-    start = key.find("{")
-    if start == -1:
-        return None
-    end = key.find("}", start + 1)
-    return key[start + 1:end] if end > start + 1 else None
-
-
-_slot_tags: dict[int, str] = {}
-
-
-def _tag_for_slot(slot: int) -> str:
-    """A short string hashing to ``slot`` (table built once, only if ever needed)."""
-    if not _slot_tags:
-        i = 0
-        while len(_slot_tags) < 16384:
-            _slot_tags.setdefault(key_slot(str(i).encode()), str(i))
-            i += 1
-    return _slot_tags[slot]
-
-
-def lease_key(key: str) -> str:
-    """A lease key in the same cluster slot as ``key``."""
-    if _hash_tag(key) is not None:
-        return key + LEASE_SUFFIX
-    if "}" not in key:
-        return "{" + key + "}" + LEASE_SUFFIX
-    return "{" + _tag_for_slot(key_slot(key.encode())) + "}" + key + LEASE_SUFFIX
-
-
-def tag_add_args(key: str, tags: Iterable[str], ttl: float | None) -> list[tuple[Any, ...]]:
-    """EVAL arguments indexing ``key`` under each tag; expiry = entry TTL + 1 s (or persist)."""
-    px = -1 if ttl is None or ttl == math.inf else int(max(ttl, 0.0) * 1000) + 1000
-    return [(TAG_ADD_LUA, 1, tag_key(tag), key, px) for tag in dict.fromkeys(tags)]
-
-
-def decode_members(replies: Iterable[Any]) -> list[Any]:
-    """Flatten the tag-pop replies into one de-duplicated key list."""
-    keys: dict[Any, None] = {}
-    for members in replies:
-        for member in members or ():
-            keys[member] = None
-    return list(keys)
 
 
 def scan_cursor(reply: Any, node: Any) -> tuple[int, list[Any]]:
@@ -200,6 +105,7 @@ class RedisTierBase:
         self.deletes = 0
         self.errors = 0
         self.errors_by_op = CounterMap()
+        self.tag_failures = 0  # tags whose pop failed (counted in errors too)
         self.latency: dict[str, Histogram] = {}
         self._lat_get = self._histogram("get")
         self._lat_get_many = self._histogram("get_many")
@@ -235,6 +141,25 @@ class RedisTierBase:
         detail = str(exc) or ("no reply in time" if isinstance(exc, TimeoutError) else "-")
         self._warn(op, "redis %s failed on %s: %s: %s", op, self._spec.redacted,
                    type(exc).__name__, self._spec.redactor.text(detail))
+
+    def _tag_members(self, tags: list[str], replies: list[Any]) -> list[Any]:
+        """Entry keys from the tag-pop replies; a failed pop (WRONGTYPE from a foreign
+        writer, a script error) is counted and logged, the other tags still apply."""
+        keys: dict[Any, None] = {}
+        for tag, reply in zip(tags, replies, strict=True):
+            if isinstance(reply, Exception):
+                if _server_verdict(reply) is False:
+                    raise reply  # an outage, not a bad tag: the whole call failed
+                self.errors += 1
+                self.errors_by_op.inc("invalidate_tags")
+                self.tag_failures += 1
+                self._warn("invalidate_tags", "redis invalidate_tags failed for tag %r on %s: "
+                           "%s: %s", tag[:80], self._spec.redacted, type(reply).__name__,
+                           self._spec.redactor.text(str(reply)))
+                continue
+            for member in reply or ():
+                keys[member] = None
+        return list(keys)
 
     def _corrupt(self, key: str, exc: CodecError) -> Missing:
         """An unreadable payload: a miss for the caller, plus an error and a log line."""

@@ -24,18 +24,22 @@ from tiercache.tiers._redis_conn import (
     make_sync_client,
     sync_primaries,
 )
-from tiercache.tiers._redis_ops import (
-    LOCAL_LEASE_PREFIX,
+from tiercache.tiers._redis_ops import LOCAL_LEASE_PREFIX, RedisTierBase, scan_cursor
+from tiercache.tiers.base import MISSING, Missing
+from tiercache.tiers.keys import (
     RELEASE_LUA,
     TAG_POP_LUA,
-    RedisTierBase,
-    decode_members,
+    check_user_key,
+    check_user_keys,
+    is_reserved,
     lease_key,
-    scan_cursor,
+    namespace_wide,
     tag_add_args,
     tag_key,
 )
-from tiercache.tiers.base import MISSING, Missing
+from tiercache.tiers.keys import (
+    key_text as _text,
+)
 
 __all__ = ["SyncTwins"]
 
@@ -133,6 +137,7 @@ class SyncTwins(RedisTierBase):
 
     def set_sync(self, key: str, value: Any, ttl: float | None = None, *,
                  load_time: float = 0.0) -> None:
+        check_user_key(key)
         payload, px = self._pack(value, ttl, load_time)
         if px == 0:
             self.delete_sync(key)
@@ -141,6 +146,7 @@ class SyncTwins(RedisTierBase):
             self.sets += 1
 
     def set_many_sync(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
+        check_user_keys(mapping)
         batch = self._pack_many(mapping, ttl)
         if not batch:
             return
@@ -159,6 +165,7 @@ class SyncTwins(RedisTierBase):
             self.sets += sum(1 for _, _, px in batch if px != 0)
 
     def delete_sync(self, key: str) -> bool:
+        check_user_key(key)
         removed = int(self._call_sync("delete", lambda c: c.delete(key), 0))
         self.deletes += removed
         return bool(removed)
@@ -167,11 +174,14 @@ class SyncTwins(RedisTierBase):
         wanted = list(dict.fromkeys(keys))
         if not wanted:
             return 0
+        check_user_keys(wanted)
         removed = int(self._call_sync("delete_many", lambda c: c.delete(*wanted), 0))
         self.deletes += removed
         return removed
 
     def delete_pattern_sync(self, pattern: str) -> int:
+        internals = namespace_wide(pattern)
+
         def sweep(client: SyncClient) -> int:
             total = 0
             for node in sync_primaries(client):
@@ -180,6 +190,8 @@ class SyncTwins(RedisTierBase):
                 while True:
                     reply = client.scan(cursor, match=pattern, count=1000, **target)
                     cursor, found = scan_cursor(reply, node)
+                    if found and not internals:
+                        found = [k for k in found if not is_reserved(_text(k))]
                     if found:
                         total += int(client.unlink(*found))
                     if cursor == 0:
@@ -193,6 +205,7 @@ class SyncTwins(RedisTierBase):
     # ------------------------------------------------------------ tags, leases
 
     def add_tags_sync(self, key: str, tags: Iterable[str], ttl: float | None = None) -> None:
+        check_user_key(key)
         calls = tag_add_args(key, tags, ttl if ttl is not None else self.ttl)
         if not calls:
             return
@@ -211,11 +224,13 @@ class SyncTwins(RedisTierBase):
         if not wanted:
             return 0
 
+        ns = namespace or ""
+
         def drop(client: SyncClient) -> int:
             pipe = client.pipeline(transaction=False)
             for tag in wanted:
-                pipe.execute_command("EVAL", TAG_POP_LUA, 1, tag_key(tag))
-            members = decode_members(pipe.execute())
+                pipe.execute_command("EVAL", TAG_POP_LUA, 1, tag_key(tag, ns))
+            members = self._tag_members(wanted, pipe.execute(raise_on_error=False))
             return int(client.delete(*members)) if members else 0
 
         removed = self._call_sync("invalidate_tags", drop, 0)

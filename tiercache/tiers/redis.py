@@ -22,7 +22,7 @@ Why it looks like this:
 * Batches (``get_many``, ``set_many``, ``delete_many``, tags) are grouped per slot/node
   and pipelined; ``delete_pattern`` SCANs every master and UNLINKs what matched.
 
-Key layout of tag sets and leases: see :mod:`tiercache.tiers._redis_ops`. ``clear()``
+Key layout of tag sets and leases (namespaced, reserved): :mod:`tiercache.tiers.keys`. ``clear()``
 flushes the whole database on every master (like cashews/aiocache): use
 ``delete_pattern("<namespace>:*")`` to drop one namespace.
 """
@@ -45,8 +45,8 @@ from tiercache.tiers._redis_conn import (
     spec_from_client,
     spec_from_url,
 )
-from tiercache.tiers._redis_ops import lease_key, tag_key
 from tiercache.tiers.base import MISSING, Missing, RemoteTier
+from tiercache.tiers.keys import check_user_key, check_user_keys, lease_key, tag_key
 
 __all__ = ["CircuitBreaker", "RedisTier", "lease_key", "tag_key"]
 
@@ -165,6 +165,7 @@ class RedisTier(AsyncOps):
     async def set(self, key: str, value: Any, ttl: float | None = None, *,
                   load_time: float = 0.0) -> None:
         """Store ``value`` (``TypeError`` if unencodable, raised before any I/O)."""
+        check_user_key(key)
         payload, px = self._pack(value, ttl, load_time)
         if px == 0:
             await self.delete(key)
@@ -187,6 +188,7 @@ class RedisTier(AsyncOps):
 
     async def set_many(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
         """Every value is encoded first (``TypeError`` -> nothing written), then pipelined."""
+        check_user_keys(mapping)
         batch = self._pack_many(mapping, ttl)
         if not batch:
             return
@@ -205,6 +207,7 @@ class RedisTier(AsyncOps):
             self.sets += sum(1 for _, _, px in batch if px != 0)
 
     async def delete(self, key: str) -> bool:
+        check_user_key(key)
         removed = await self._call("delete", lambda c: c.delete(key), 0)
         self.deletes += removed
         return bool(removed)
@@ -214,6 +217,7 @@ class RedisTier(AsyncOps):
         wanted = list(dict.fromkeys(keys))
         if not wanted:
             return 0
+        check_user_keys(wanted)
         removed = await self._call("delete_many", lambda c: c.delete(*wanted), 0,
                                    self._batch_budget(len(wanted)))
         self.deletes += removed
