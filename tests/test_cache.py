@@ -543,3 +543,21 @@ async def test_no_tiers_at_all_still_calls_through() -> None:
     assert [await get(1), await get(1)] == [1, 1] and calls == [1, 1]
     assert (await cache.health())["status"] == "healthy"
     assert cache.stats()["loader"]["calls"] == 2
+
+
+def test_l1_index_keeps_digests_compact_after_misses(cache_factory: Factory) -> None:
+    """The read path never re-registers the segment: its prefix stays, keys stay 16-byte digests
+    (re-registering with the default prefix widened it to "" and stored ~51-char strings)."""
+    cache = cache_factory(l2=False)
+
+    @cache.cached(ttl=60)
+    def double(x: int) -> int:
+        return x * 2
+
+    for i in range(50):
+        assert double(i) == 2 * i
+    index = cache._index._segments[double.segment]
+    assert index.prefix == f"{double.spec.name}:"
+    assert len(index.digests) == 50 and not index.keys
+    assert cache._index.drop_keys([double.key_for(7)]) == 1
+    assert 7 not in double.segment

@@ -151,7 +151,8 @@ class TierCache(Coherence):
         prefix = f"{spec.name}:"
         if spec.key is not None or len(prefix) + 32 > MAX_KEY_LENGTH:
             prefix = ""  # custom or shortened keys: no common prefix to rely on
-        return self._segment(f"{self.namespace}:{spec.name}", prefix)
+        spec.segment = self._segment(f"{self.namespace}:{spec.name}", prefix)
+        return spec.segment
 
     # ------------------------------------------------------------------ read path
 
@@ -172,7 +173,7 @@ class TierCache(Coherence):
         value, cacheable, ttl = yield Flight(
             self._flights, (rel, gen), lambda: self._fetch(spec, rel, args, kwargs, tags, gen))
         if cacheable and l1key is not None:
-            self._fill(self._segment(f"{self.namespace}:{spec.name}"), rel, l1key, value,
+            self._fill(spec.segment, rel, l1key, value,
                        self._l1_ttl(spec.l1_ttl, ttl), tags, gen)
         return value
 

@@ -192,6 +192,7 @@ class FunctionSpec:
     l1_ttl: float | None
     is_async: bool
     signature: inspect.Signature | None = field(default=None, repr=False)
+    segment: Any = field(default=None, repr=False)  # the L1 segment, resolved once (register)
 
     def __post_init__(self) -> None:
         try:
