@@ -5,6 +5,13 @@ Messages go to ``tiercache:inv:{namespace}`` (classic PUBLISH reaches every node
 cluster). A lost message costs at most one L1 TTL: on every (re)subscription the owner
 flushes its L1, because messages may have been missed while disconnected. One coroutine does
 the listening, hosted by the caller's event loop (async users) or a daemon thread (sync users).
+
+Anyone who can PUBLISH to Redis can write to the channel, so every message is parsed by
+:func:`parse_message` against a strict shape with bounds (size, item counts, string lengths,
+pattern length); anything else is dropped and counted (``stats["dropped"]``), with at most
+one WARNING a minute -- a bad message never stops the subscriber (which would flush L1 in
+every process on its reconnect). When the L2 tier has a ``signer`` (signed envelopes), the
+messages are signed too and unsigned ones dropped.
 """
 
 from __future__ import annotations
@@ -16,15 +23,69 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 from tiercache import codec
+from tiercache._l1index import MAX_PATTERN
 
-__all__ = ["InvalidationBus"]
+__all__ = ["InvalidationBus", "parse_message"]
 
 log = logging.getLogger("tiercache.invalidation")
 
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
+
+MAX_MESSAGE_BYTES: Final = 4 << 20
+MAX_ITEMS: Final = 10_000  # keys + tags + functions in one message
+MAX_PATTERNS: Final = 16  # each one is matched against every L1 index entry
+MAX_ITEM_LEN: Final = 16_384
+_LISTS: Final = ("k", "t", "f")
+_LOG_EVERY: Final = 60.0
+
+
+def _strings(value: Any, what: str, limit: int, max_len: int) -> list[str]:
+    if type(value) is not list or len(value) > limit:
+        raise codec.CodecError(f"{what}: not a list of at most {limit}")
+    if not all(type(s) is str and len(s) <= max_len for s in value):
+        raise codec.CodecError(f"{what}: not all strings of at most {max_len} characters")
+    return value
+
+
+def parse_message(data: Any, *, signer: codec.Signer | None = None,
+                  context: str = "") -> dict[str, Any]:
+    """A bus message in its one accepted shape, or :class:`~tiercache.codec.CodecError`.
+
+    ``{"v": 1, "src": str, "k"/"t"/"f": [str], "p": [glob], "a": [] | [1]}`` (lists and
+    ``a`` optional, unknown fields ignored so a newer sender's extras don't drop its
+    invalidations). The result always has every field, ``a`` as a bool.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        data = str(data).encode()
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise codec.CodecError(f"message larger than {MAX_MESSAGE_BYTES} bytes")
+    body: Any = data
+    if signer is not None or bytes(data[:3]) == b"\xc1TS":
+        body = codec.unseal(data, signer, context)
+    msg = codec.decode(body)
+    if type(msg) is not dict or len(msg) > 16:
+        raise codec.CodecError("not a tiercache invalidation message")
+    if type(msg.get("v")) is not int or msg["v"] != 1:
+        raise codec.CodecError("unknown message version")
+    src = msg.get("src")
+    if type(src) is not str or not 0 < len(src) <= 64:
+        raise codec.CodecError("bad source")
+    out: dict[str, Any] = {"v": 1, "src": src}
+    count = 0
+    for name in _LISTS:
+        out[name] = _strings(msg.get(name, []), name, MAX_ITEMS, MAX_ITEM_LEN)
+        count += len(out[name])
+    if count > MAX_ITEMS:
+        raise codec.CodecError(f"more than {MAX_ITEMS} items")
+    out["p"] = _strings(msg.get("p", []), "p", MAX_PATTERNS, MAX_PATTERN)
+    flag = msg.get("a", [])
+    if flag not in ([], [1]) or (flag and type(flag[0]) is not int):
+        raise codec.CodecError("bad 'a' flag")
+    out["a"] = bool(flag)
+    return out
 
 
 class InvalidationBus:
@@ -44,38 +105,84 @@ class InvalidationBus:
         self._task: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
         self._thread_loop: asyncio.AbstractEventLoop | None = None
-        self._ready = threading.Event()
+        self._ready = threading.Event()  # subscribed at least once since start()
+        self._settled = threading.Event()  # the first attempt since start() ended, either way
         self._started_at = 0.0
         self._closed = False
         self.connected = False
-        self.stats = {"published": 0, "received": 0, "connects": 0, "errors": 0}
+        self.signer: codec.Signer | None = getattr(l2, "signer", None)
+        self.stats = {"published": 0, "received": 0, "connects": 0, "errors": 0,
+                      "dropped": 0}
+        self._drops_unlogged = 0
+        self._logged_at = -_LOG_EVERY
 
     # ------------------------------------------------------------------ messages
 
     def encode(self, **parts: Any) -> bytes:
-        return codec.encode({"v": 1, "src": self.source, **{k: v for k, v in parts.items() if v}})
+        """One message for these parts (``k t p f`` lists, ``a`` flag).
+
+        Past the receivers' bounds (too many items or too long strings) the message says
+        "drop everything" instead: coarser, never lost.
+        """
+        items = [list(parts.get(name) or ()) for name in _LISTS]
+        patterns = list(parts.get("p") or ())
+        if (sum(map(len, items)) > MAX_ITEMS or len(patterns) > MAX_PATTERNS
+                or any(len(s) > MAX_ITEM_LEN for group in items for s in group)
+                or any(len(s) > MAX_PATTERN for s in patterns)):
+            log.info("tiercache: invalidation too large for one bus message on %s; "
+                     "other processes drop their whole L1 instead", self.channel)
+            parts = {"a": [1]}
+        body = codec.encode({"v": 1, "src": self.source,
+                             **{k: v for k, v in parts.items() if v}})
+        if len(body) > MAX_MESSAGE_BYTES:
+            body = codec.encode({"v": 1, "src": self.source, "a": [1]})
+        if self.signer is not None:
+            return codec.seal(body, self.signer, self.channel)
+        return body
+
+    def _drop(self, reason: str) -> None:
+        """Count a malformed message; one WARNING a minute at most (a flood stays cheap)."""
+        self.stats["dropped"] += 1
+        self.stats["errors"] += 1
+        self._drops_unlogged += 1
+        now = time.monotonic()
+        if now - self._logged_at >= _LOG_EVERY:
+            log.warning("tiercache: dropped %d malformed message(s) on %s, last: %s",
+                        self._drops_unlogged, self.channel, reason)
+            self._logged_at, self._drops_unlogged = now, 0
 
     async def _handle(self, data: Any) -> None:
         try:
-            msg = codec.decode(data if isinstance(data, bytes) else str(data).encode())
-            if not isinstance(msg, dict) or msg.get("v") != 1:
-                raise codec.CodecError("not a tiercache invalidation message")
+            msg = parse_message(data, signer=self.signer, context=self.channel)
         except codec.CodecError as exc:
-            self.stats["errors"] += 1
-            log.warning("tiercache: ignoring malformed message on %s: %s", self.channel, exc)
+            self._drop(str(exc)[:200])
             return
-        if msg.get("src") == self.source:
+        if msg["src"] == self.source:
             return
         self.stats["received"] += 1
-        await self._on_message(msg)
+        try:
+            await self._on_message(msg)
+        except Exception:  # the owner's failure must not cost a reconnect (and an L1 flush)
+            self.stats["errors"] += 1
+            log.warning("tiercache: invalidation from the bus failed on %s", self.channel,
+                        exc_info=True)
 
     # ------------------------------------------------------------------ lifecycle
+
+    def _no_wait(self) -> bool:
+        """Waiting can't help: the first attempt failed (e.g. connection refused) or the L2
+        breaker is open. A dead Redis then costs a call nothing here."""
+        if self._settled.is_set():
+            return True
+        state = getattr(getattr(self.l2, "breaker", None), "state", None)
+        return state == "open"
 
     def gate_sync(self, window: float) -> None:
         """Sync callers: start (in a thread) if needed, wait for the first subscription.
 
-        The wait is bounded by ``window`` after the start, and skipped when the bus is a
-        task of this thread's own event loop (blocking here would starve it).
+        The wait is bounded by ``window`` after the start, ends as soon as the first
+        attempt fails, is skipped when the L2 breaker is open, and is skipped when the bus
+        is a task of this thread's own event loop (blocking here would starve it).
         """
         if self._ready.is_set() and self.running():
             return
@@ -84,15 +191,16 @@ class InvalidationBus:
         if task is not None and _running_loop() is task.get_loop():
             return
         left = self._started_at + window - time.monotonic()
-        if left > 0:
-            self._ready.wait(left)
+        while left > 0 and not self._no_wait():
+            self._settled.wait(min(left, 0.05))  # polls the breaker too
+            left = self._started_at + window - time.monotonic()
 
     async def gate_async(self, window: float) -> None:
         """Async callers: start (as a task of this loop) if needed, wait the same way."""
         if self._ready.is_set() and self.running():
             return
         self.start(in_thread=False)
-        while not self._ready.is_set() and time.monotonic() < self._started_at + window:
+        while not self._no_wait() and time.monotonic() < self._started_at + window:
             await asyncio.sleep(0.005)  # the subscriber may be a task on this very loop
 
     def running(self) -> bool:
@@ -106,6 +214,7 @@ class InvalidationBus:
             if self._closed or self.running():
                 return
             self._ready.clear()
+            self._settled.clear()
             self._started_at = time.monotonic()
             self._task = None
             loop = None if in_thread else _running_loop()
@@ -147,6 +256,7 @@ class InvalidationBus:
                         self.stats["connects"] += 1
                         self._on_connect()
                         self._ready.set()
+                        self._settled.set()
                         delay = 0.05
                     elif msg.get("type") == "message":
                         await self._handle(msg["data"])
@@ -154,6 +264,7 @@ class InvalidationBus:
                 raise
             except Exception as exc:
                 self.stats["errors"] += 1
+                self._settled.set()  # callers waiting for the first subscription stop waiting
                 log.info("tiercache: invalidation bus %s disconnected: %r", self.channel, exc)
             finally:
                 self.connected = False
