@@ -339,3 +339,28 @@ def test_nested_rows_and_mixed_schemas() -> None:
 def test_malformed_rows_are_codec_errors(body: list[Any]) -> None:
     with pytest.raises(CodecError):
         codec.decode(msgpack.packb(body))
+
+
+# ---------------------------------------------------------------------------- hash flooding
+
+M61 = 2**61 - 1  # ints k * M61 all hash to 0
+
+
+@pytest.mark.parametrize("code", [2, 3])
+def test_colliding_set_members_are_refused(code: int) -> None:
+    members = codec.encode([k * M61 for k in range(1, 20_001)])  # 260 KB: 10 s before
+    with pytest.raises(CodecError, match="hash"):
+        codec.decode(msgpack.packb(msgpack.ExtType(code, members)))
+
+
+def test_colliding_map_keys_are_refused() -> None:
+    n = 20_000
+    pairs = b"".join(codec.encode(k * M61) + b"\x01" for k in range(1, n + 1))
+    with pytest.raises(CodecError, match="hash"):
+        codec.decode(b"\xdf" + n.to_bytes(4, "big") + pairs)
+
+
+def test_many_legit_hashable_keys_still_decode() -> None:
+    value = {"rows": [{(i, "x"): dt.date(2024, 1, 1 + i % 28)} for i in range(5000)],
+             "ids": {uuid.UUID(int=i) for i in range(3000)}, "neg": {-1, -2}}
+    assert same(codec.decode(codec.encode(value)), value)

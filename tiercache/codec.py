@@ -382,9 +382,40 @@ def pack_entry(
 
 # ---------------------------------------------------------------------------- decoding
 
-_dec = threading.local()  # rows: schemas seen in this payload; depth: ext nesting
+_dec = threading.local()  # rows: schemas seen; depth: ext nesting; careful, hashables: below
 _OPTS: Final[dict[str, Any]] = {"raw": False, "strict_map_key": False, "use_list": True,
                                 "timestamp": 0}
+
+# Hash flooding: an attacker can make many distinct values with one hash (bigints k*(2**61-1),
+# Decimals, crafted tuples...); as keys of one map or members of one set they cost O(n**2)
+# to insert -- 260 KB took 10 s. Native str/bytes/int keys can't collide in numbers (str
+# hashing is seeded; ints below 2**61 hash to themselves), so only ext values can. Sets are
+# ours to build and always checked; maps are built by msgpack in C, so a payload with more
+# than _HASHABLES_FAST ext values is decoded again with a map hook that checks the keys
+# first (2.7x slower on maps, paid only by such payloads).
+_HASHABLE_EXTS: Final = frozenset({_TUPLE, _FROZENSET, _DATETIME, _DATE, _TIME, _TIMEDELTA,
+                                   _DECIMAL, _UUID, _BIGINT, _ROW})
+_HASHABLES_FAST: Final = 2048
+_MAX_COLLISIONS: Final = 64
+
+
+class _Careful(BaseException):
+    """Internal: too many hashable ext values for the fast path; decode again, checked."""
+
+
+def _check_hashes(items: list[Any]) -> list[Any]:
+    if len(items) > _MAX_COLLISIONS and (
+            len(items) - len(set(map(hash, items))) > _MAX_COLLISIONS):
+        raise CodecError("too many distinct values with equal hashes (hash flooding)")
+    return items
+
+
+def _pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    _check_hashes([k for k, _ in pairs])
+    return dict(pairs)
+
+
+_CAREFUL_OPTS: Final[dict[str, Any]] = {**_OPTS, "object_pairs_hook": _pairs}
 
 
 def _unpack(data: bytes) -> Any:
@@ -394,11 +425,12 @@ def _unpack(data: bytes) -> Any:
     if depth > MAX_DEPTH:
         raise CodecError(f"value nested deeper than {MAX_DEPTH} levels")
     _dec.depth = depth + 1
+    opts = _CAREFUL_OPTS if _dec.careful else _OPTS
     try:
         if depth < _SHALLOW:
-            return msgpack.unpackb(data, ext_hook=_ext_hook, **_OPTS)
+            return msgpack.unpackb(data, ext_hook=_ext_hook, **opts)
         unpacker = msgpack.Unpacker(ext_hook=_ext_hook, max_buffer_size=max(len(data), 1),
-                                    **_OPTS)
+                                    **opts)
         unpacker.feed(data)
         value = unpacker.unpack()
         if unpacker.tell() != len(data):
@@ -430,12 +462,16 @@ def _decode_row(data: bytes) -> Row:
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
+    if code in _HASHABLE_EXTS and not _dec.careful:
+        _dec.hashables += 1
+        if _dec.hashables > _HASHABLES_FAST:
+            raise _Careful
     if code == _TUPLE:
         return tuple(_unpack(data))
     if code == _SET:
-        return set(_unpack(data))
+        return set(_check_hashes(_unpack(data)))
     if code == _FROZENSET:
-        return frozenset(_unpack(data))
+        return frozenset(_check_hashes(_unpack(data)))
     if code == _DATETIME:
         y, mo, d, h, mi, s, us, fold, tz = _unpack(data)
         return dt.datetime(y, mo, d, h, mi, s, us, tzinfo=_tz_from(tz), fold=fold)
@@ -475,17 +511,22 @@ def _short(obj: Any, limit: int = 80) -> str:
 
 def decode(data: bytes | bytearray | memoryview) -> Any:
     """Decode a bare value written by :func:`encode`. Any problem raises ``CodecError``."""
-    saved = getattr(_dec, "rows", None)
-    _dec.rows = []
+    saved = (getattr(_dec, "rows", None), getattr(_dec, "careful", False),
+             getattr(_dec, "hashables", 0))
+    _dec.rows, _dec.careful, _dec.hashables = [], False, 0
     try:
-        return _unpack(data)  # type: ignore[arg-type]
+        try:
+            return _unpack(data)  # type: ignore[arg-type]
+        except _Careful:
+            _dec.rows, _dec.careful = [], True
+            return _unpack(data)  # type: ignore[arg-type]
     except CodecError:
         raise
     except Exception as exc:  # msgpack and the ext decoders raise many kinds on bad input
         raise CodecError(f"corrupt payload: {type(exc).__name__}: {_short(str(exc), 200)}"
                          ) from exc
     finally:
-        _dec.rows = saved
+        _dec.rows, _dec.careful, _dec.hashables = saved
 
 
 _FLOAT_TYPES: Final = (float, int)
