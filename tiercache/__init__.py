@@ -13,6 +13,7 @@ from tiercache.codec import CodecError
 from tiercache.codec import register as register_type
 from tiercache.row import Row
 from tiercache.sharding.pool import ShardedPool, ShardFanoutError, create_sharded_pool
+from tiercache.sharding.rebalance import KeyMovedError, Rebalancer
 from tiercache.sharding.ring import HashRing
 from tiercache.tiers.base import MISSING, SyncTier, Tier
 from tiercache.tiers.memory import MemoryTier
@@ -23,7 +24,9 @@ __all__ = [
     "CircuitBreaker",
     "CodecError",
     "HashRing",
+    "KeyMovedError",
     "MemoryTier",
+    "Rebalancer",
     "RedisTier",
     "Row",
     "ShardFanoutError",

@@ -1,0 +1,304 @@
+"""Rebalancer on real Postgres shards: server-side hash, exact plans, moves, verification.
+
+Every test gets fresh databases (see rebalance_helpers): three shards on the LocalStack's
+three servers and an empty ``s4`` as a second database on the first server.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from types import ModuleType
+from typing import Any
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from rebalance_helpers import (
+    TABLES,
+    all_rows,
+    create_schema,
+    drop_databases,
+    load,
+    make_databases,
+    misplaced,
+    open_pool,
+    snapshot,
+)
+
+from tiercache import _impl
+from tiercache.sharding._rebalance_sql import HASH_FUNCTIONS
+from tiercache.sharding.rebalance import (
+    KeyMovedError,
+    RebalanceError,
+    Rebalancer,
+    RebalanceRunningError,
+    VerificationError,
+    load_topology,
+)
+from tiercache.sharding.ring import HashRing
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+RING_IMPLS = _impl.both("_ring")
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def dsns(tiercache_stack: Any) -> AsyncIterator[dict[str, str]]:
+    base = tiercache_stack.pg_dsns
+    made = await make_databases(base)
+    try:
+        yield made
+    finally:
+        await drop_databases(base, made)
+
+
+@pytest.mark.parametrize("impl", RING_IMPLS, ids=lambda m: m.__name__.split(".")[1])
+async def test_sql_hash_equals_hash_ring(dsns: dict[str, str], impl: ModuleType) -> None:
+    conn = await asyncpg.connect(dsns["s1"])
+    try:
+        await conn.execute(HASH_FUNCTIONS)
+        ints = [0, 1, -1, 42, 2**31, 2**63 - 1, -(2**63), *range(1000, 1300, 7)]
+        got = await conn.fetch("SELECT k, tiercache_rb.ketama(k::text) AS h FROM "
+                               "unnest($1::bigint[]) k", ints)
+        assert {r["k"]: r["h"] for r in got} == {k: impl.hash_key(k) for k in ints}
+        texts = ["", "a", "user:42", "héllo wörld", "日本語", "quote'\"", "x" * 300]
+        got = await conn.fetch("SELECT k, tiercache_rb.ketama(k) AS h FROM unnest($1::text[]) k",
+                               texts)
+        assert {r["k"]: r["h"] for r in got} == {k: impl.hash_key(k) for k in texts}
+        uuids = [uuid.uuid4() for _ in range(50)] + [uuid.UUID(int=0)]
+        got = await conn.fetch("SELECT k, tiercache_rb.ketama(k::text) AS h FROM "
+                               "unnest($1::uuid[]) k", uuids)
+        assert {r["k"]: r["h"] for r in got} == {k: impl.hash_key(k) for k in uuids}
+        blobs = [b"", b"\x00", bytes(range(256)), b"user:42"]
+        got = await conn.fetch("SELECT k, tiercache_rb.ketama(k) AS h FROM unnest($1::bytea[]) k",
+                               blobs)
+        assert {bytes(r["k"]): r["h"] for r in got} == {k: impl.hash_key(k) for k in blobs}
+    finally:
+        await conn.close()
+
+
+async def test_plan_counts_exact_and_apply_moves_exactly_those_rows(
+        dsns: dict[str, str]) -> None:
+    old = HashRing(["s1", "s2", "s3"])
+    await create_schema(dsns, ["s1", "s2", "s3"])
+    pool = await open_pool(dsns, old)
+    try:
+        await load(pool, users=3000, orders=4000)
+        before_users = all_rows(await snapshot(pool, "users", "id"))
+        before_orders = all_rows(await snapshot(pool, "orders", "user_id"))
+        rb = Rebalancer(pool, TABLES)
+        plan = await rb.plan(add={"s4": None})
+        new = HashRing(["s1", "s2", "s3", "s4"])
+        expect_users = sum(1 for i in range(3000) if new.get_node(i) != old.get_node(i))
+        expect_orders = sum(1 for i in range(4000)
+                            if new.get_node(i // 3) != old.get_node(i // 3))
+        assert plan.rows_of("users") == expect_users
+        assert plan.rows_of("orders") == expect_orders
+        assert {tm.target for tm in plan.table_moves} == {"s4"}
+        text = plan.summary()
+        assert "users:" in text and "s1 -> s4" in text and f"{expect_users:,}"[:1] in text
+
+        report = await rb.apply(plan, batch_size=300)
+        assert report.copied == {"users": expect_users, "orders": expect_orders}
+        assert report.deleted == {"users": expect_users, "orders": expect_orders}
+        assert pool.ring.get_node(7) == new.get_node(7) and "s4" in pool.ring.nodes
+        users = await snapshot(pool, "users", "id")
+        orders = await snapshot(pool, "orders", "user_id")
+        assert misplaced(users, new) == [] and misplaced(orders, new) == []
+        assert all_rows(users) == before_users and all_rows(orders) == before_orders
+        assert len(users["s4"]) == expect_users
+        check = await rb.verify(plan)
+        assert check.ok and check.misplaced == {} and check.checked_rows == 7000
+        status = await rb.status()
+        assert status is not None and status["phase"] == "done"
+        assert all(p["copied"] == p["planned"] and p["done"] for p in status["progress"])
+        assert await rb.resume() is None  # nothing left to do
+    finally:
+        await pool.close()
+
+
+async def test_target_table_created_from_source_ddl_with_indexes(dsns: dict[str, str]) -> None:
+    await create_schema(dsns, ["s1", "s2", "s3"])
+    pool = await open_pool(dsns, HashRing(["s1", "s2", "s3"]))
+    try:
+        await load(pool, users=200, orders=200)
+        rb = Rebalancer(pool, TABLES)
+        await rb.apply(await rb.plan(add=["s4"]))
+        idx = await pool.fetch("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = "
+                               "'orders' ORDER BY 1", shard="s4")
+        assert [r["indexname"] for r in idx] == ["orders_pkey", "orders_user"]
+        pk = await pool.fetchval("SELECT count(*) FROM pg_constraint WHERE contype = 'p' AND "
+                                 "conrelid = 'users'::regclass", shard="s4")
+        assert pk == 1
+        default = await pool.fetchval(
+            "SELECT column_default FROM information_schema.columns WHERE table_name = 'orders' "
+            "AND column_name = 'at'", shard="s4")
+        assert default == "now()"
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize("change", ["remove", "weight", "stable-add"])
+async def test_remove_reweight_and_stable_mode(dsns: dict[str, str], change: str) -> None:
+    mode = "stable" if change.startswith("stable") else "ketama"
+    shards = ["s1", "s2", "s3", "s4"] if change == "remove" else ["s1", "s2", "s3"]
+    old = HashRing(shards, mode=mode)  # type: ignore[arg-type]
+    await create_schema(dsns, shards)
+    pool = await open_pool(dsns, old)
+    try:
+        await load(pool, users=2000, orders=1500)
+        before = all_rows(await snapshot(pool, "users", "id"))
+        rb = Rebalancer(pool, TABLES)
+        if change == "remove":
+            plan = await rb.plan(remove=["s2"])
+            new = HashRing(["s1", "s3", "s4"])
+            assert {tm.source for tm in plan.table_moves} == {"s2"}
+        elif change == "weight":
+            plan = await rb.plan(weights={"s1": 2})
+            new = HashRing({"s1": 2, "s2": 1, "s3": 1})
+        else:
+            plan = await rb.plan(add=["s4"])
+            new = HashRing(["s1", "s2", "s3", "s4"], mode="stable")
+        expected = sum(1 for i in range(2000) if new.get_node(i) != old.get_node(i))
+        assert plan.rows_of("users") == expected
+        report = await rb.apply(plan, batch_size=250)
+        assert report.copied["users"] == expected
+        users = await snapshot(pool, "users", "id")
+        assert misplaced(users, new) == []
+        assert misplaced(await snapshot(pool, "orders", "user_id"), new) == []
+        assert all_rows(users) == before
+        if change == "remove":
+            assert users["s2"] == []
+    finally:
+        await pool.close()
+
+
+async def test_verification_catches_altered_target_row_and_refuses_flip(
+        dsns: dict[str, str]) -> None:
+    old = HashRing(["s1", "s2", "s3"])
+    await create_schema(dsns, ["s1", "s2", "s3"])
+    pool = await open_pool(dsns, old)
+    try:
+        await load(pool, users=1500, orders=0)
+        rb = Rebalancer(pool, {"users": "id"})
+        plan = await rb.plan(add=["s4"])
+        victim = next(i for i in range(1500) if HashRing(["s1", "s2", "s3", "s4"]).get_node(i)
+                      == "s4")
+
+        async def corrupt(event: str) -> None:
+            if event == "caught_up":  # a row changed on the target behind the rebalancer's back
+                await pool.execute("UPDATE users SET name = 'tampered' WHERE id = $1", victim,
+                                   shard="s4")
+
+        with pytest.raises(VerificationError) as err:
+            await rb.apply(plan, hook=corrupt)
+        assert victim in err.value.diffs[0][3].keys and "flip refused" in str(err.value)
+        assert pool.ring.nodes == ["s1", "s2", "s3"]  # no flip
+        assert (await rb.status() or {})["phase"] == "catching_up"
+        # the source still takes writes to the key (it was not fenced away)
+        await pool.execute("UPDATE users SET n = n + 1 WHERE id = $1", victim, shard_key=victim)
+        assert await rb.abort() == plan.job
+        assert await pool.fetchval("SELECT count(*) FROM users", shard="s4") == 0
+        trig = await pool.fetchval("SELECT count(*) FROM pg_trigger WHERE tgname LIKE "
+                                   "'tiercache_rb_%'", shard_key=victim)
+        assert trig == 0
+        assert (await rb.status() or {})["phase"] == "aborted"
+    finally:
+        await pool.close()
+
+
+async def test_stale_client_gets_key_moved_and_reroutes(dsns: dict[str, str]) -> None:
+    old = HashRing(["s1", "s2", "s3"])
+    await create_schema(dsns, ["s1", "s2", "s3"])
+    pool = await open_pool(dsns, old)
+    stale = await open_pool(dsns, old.copy())  # another process that missed the flip
+    try:
+        await load(pool, users=500, orders=0)
+        rb = Rebalancer(pool, {"users": "id"})
+        report = await rb.apply(await rb.plan(add=["s4"]), cleanup=False)
+        assert report.deleted == {} and (await rb.status() or {})["phase"] == "flipped"
+        new = HashRing(["s1", "s2", "s3", "s4"])
+        moved = next(i for i in range(500) if new.get_node(i) != old.get_node(i))
+        with pytest.raises(asyncpg.PostgresError) as err:
+            await stale.execute("UPDATE users SET n = 1000 WHERE id = $1", moved,
+                                shard_key=moved)
+        km = KeyMovedError.from_exception(err.value)
+        assert km is not None and km.target == "s4" and "moved to shard s4" in str(km)
+        fresh = next(i for i in range(10**6, 10**7) if new.get_node(i) != old.get_node(i))
+        with pytest.raises(asyncpg.PostgresError) as err:  # a new key in a moved arc too
+            await stale.execute("INSERT INTO users (id, name) VALUES ($1, 'x')", fresh,
+                                shard_key=fresh)
+        assert KeyMovedError.from_exception(err.value) is not None
+        assert await load_topology(stale) == 1
+        await stale.execute("UPDATE users SET n = 1000 WHERE id = $1", moved, shard_key=moved)
+        assert await pool.fetchval("SELECT n FROM users WHERE id = $1", moved, shard="s4") == 1000
+        done = await rb.resume()  # the deferred clean-up
+        assert done is not None and sum(done.deleted.values()) > 0
+        assert (await rb.status() or {})["phase"] == "done"
+        with pytest.raises(asyncpg.PostgresError) as err:  # INSERTs stay guarded
+            await stale.execute("INSERT INTO users (id, name) VALUES ($1, 'x')", fresh,
+                                shard=old.get_node(fresh))
+        assert KeyMovedError.from_exception(err.value) is not None
+        # keys that did not move still write on the old shard through the guard
+        kept = next(i for i in range(500) if new.get_node(i) == old.get_node(i))
+        await pool.execute("UPDATE users SET n = 7 WHERE id = $1", kept, shard_key=kept)
+    finally:
+        await stale.close()
+        await pool.close()
+
+
+async def test_preflight_fails_before_touching_anything(dsns: dict[str, str]) -> None:
+    await create_schema(dsns, ["s1", "s2", "s3"])
+    conn = await asyncpg.connect(dsns["s4"])
+    await conn.execute("CREATE TABLE users (id bigint PRIMARY KEY, name text)")  # wrong shape
+    await conn.close()
+    pool = await open_pool(dsns, HashRing(["s1", "s2", "s3"]))
+    try:
+        await load(pool, users=100, orders=0)
+        rb = Rebalancer(pool, {"users": "id"})
+        plan = await rb.plan(add=["s4"])
+        with pytest.raises(RebalanceError, match="columns differ"):
+            await rb.apply(plan)
+        assert await rb.status() is None  # no job was written
+        assert await pool.fetchval("SELECT count(*) FROM pg_trigger WHERE tgname LIKE "
+                                   "'tiercache_rb_%'", shard="s1") == 0
+        with pytest.raises(RebalanceError, match="no primary key"):
+            await pool.execute_all("CREATE TABLE nopk (id bigint)")
+            await Rebalancer(pool, {"nopk": "id"}).plan(add=["s4"])
+        with pytest.raises(RebalanceError, match="supported"):
+            await pool.execute_all("CREATE TABLE boolkey (id boolean PRIMARY KEY)")
+            await Rebalancer(pool, {"boolkey": "id"}).plan(add=["s4"])
+    finally:
+        await pool.close()
+    small = await open_pool({k: v for k, v in dsns.items() if k != "s4"},
+                            HashRing(["s1", "s2", "s3"]))
+    try:
+        rb = Rebalancer(small, {"users": "id"}, dsns={"s4": dsns["s4"]})
+        plan = await rb.plan(add={"s4": dsns["s4"]})
+        with pytest.raises(RebalanceError, match="pool has no shard"):
+            await rb.apply(plan)
+        await rb.close()
+    finally:
+        await small.close()
+
+
+async def test_second_rebalance_refused_while_one_holds_the_lock(dsns: dict[str, str]) -> None:
+    await create_schema(dsns, ["s1", "s2", "s3"])
+    pool = await open_pool(dsns, HashRing(["s1", "s2", "s3"]))
+    try:
+        await load(pool, users=300, orders=0)
+        rb = Rebalancer(pool, {"users": "id"})
+        plan = await rb.plan(add=["s4"])
+        other = Rebalancer(pool, {"users": "id"})
+        seen: list[str] = []
+
+        async def try_other(event: str) -> None:
+            if event == "prepared":
+                with pytest.raises(RebalanceRunningError):
+                    await other.apply(await other.plan(weights={"s1": 3}))
+                seen.append(event)
+
+        await rb.apply(plan, hook=try_other)
+        assert seen == ["prepared"]
+    finally:
+        await pool.close()
