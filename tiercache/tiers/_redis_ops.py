@@ -1,9 +1,9 @@
 """Shared state and helpers of :class:`~tiercache.tiers.redis.RedisTier` (both flavours).
 
-Holds what the async methods and their ``*_sync`` twins have in common: counters and
-latency histograms, the "Redis failure is not the caller's failure" handling (count,
-feed the breaker, log at most once per interval per operation), TTL jitter, and the
-derived keys (tag sets, leases) with their Lua scripts.
+Holds what every operation shares, sync or async: counters and latency histograms, the
+"Redis failure is not the caller's failure" handling (count, feed the node's breaker, log
+at most once per interval per operation), the per-node breakers and the key -> node map,
+pending repairs, TTL jitter, the size bound, signing, encoding and decoding.
 
 Key layout and Lua scripts: :mod:`tiercache.tiers.keys`.
 """
@@ -17,12 +17,22 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
+from redis.crc import key_slot
 from redis.exceptions import DataError, MaxConnectionsError, ResponseError
 
 from tiercache._stats import LATENCY_BUCKETS, CounterMap, Histogram, hit_ratio
-from tiercache.codec import FORMAT_VERSION, CodecError, Entry, decode, pack_entry, unpack_entry
-from tiercache.tiers._breaker import CircuitBreaker
-from tiercache.tiers.base import MISSING, Missing
+from tiercache.codec import (
+    FORMAT_VERSION,
+    CodecError,
+    Entry,
+    Signer,
+    decode,
+    pack_entry,
+    unpack_entry,
+)
+from tiercache.tiers._breaker import CircuitBreaker, NodeBreakers
+from tiercache.tiers._repairs import Repairs
+from tiercache.tiers.base import MISSING, Missing, ValueTooLarge
 
 if TYPE_CHECKING:
     from tiercache.tiers._redis_conn import ConnSpec
@@ -87,17 +97,29 @@ class RedisTierBase:
     name = "l2"
     _spec: ConnSpec
 
+    _cluster: bool | None
+    _aclient: Any
+    _sclient: Any
+
     def __init__(self, ttl: float | None, ttl_jitter: float,
-                 breaker: CircuitBreaker | None) -> None:
+                 breaker: CircuitBreaker | None, *, max_value_bytes: int | None,
+                 max_pending: int, signer: Signer | None) -> None:
         if ttl is not None and ttl <= 0:
             raise ValueError("ttl must be > 0 or None")
         if not 0.0 <= ttl_jitter < 1.0:
             raise ValueError("ttl_jitter must be in [0, 1)")
         self.ttl = ttl
         self.ttl_jitter = ttl_jitter
-        self.breaker = breaker or CircuitBreaker(failure_threshold=5, reset_timeout=2.0)
-        if self.breaker._on_change is None:  # log transitions unless the owner listens
-            self.breaker._on_change = self._breaker_changed
+        if max_value_bytes is not None and max_value_bytes < 1:
+            raise ValueError("max_value_bytes must be >= 1 or None")
+        # One breaker per node; ``breaker`` is their aggregate (worst state), ``breakers``
+        # the members by "host:port". The given breaker is the template (and the first).
+        self.breaker = NodeBreakers(breaker, on_change=self._breaker_changed)
+        self.max_value_bytes = max_value_bytes
+        self.skipped_too_large = 0
+        self._signer = signer
+        self._repairs = Repairs(max_pending)
+        self._retired_at = 0.0
         self._rand = random.Random()
         self.hits = 0
         self.misses = 0
@@ -121,23 +143,72 @@ class RedisTierBase:
 
     # ------------------------------------------------------------ failure handling
 
-    def _breaker_changed(self, old: str, new: str) -> None:
+    @property
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        """The per-node breakers, by ``"host:port"`` (a copy)."""
+        return dict(self.breaker.nodes)
+
+    def _breaker_changed(self, node: str, old: str, new: str) -> None:
         level = logging.WARNING if new == "open" else logging.INFO
-        log.log(level, "redis tier %s: circuit breaker %s -> %s", self._spec.redacted, old, new)
+        log.log(level, "redis tier %s: circuit breaker %s -> %s (node %s)",
+                self._spec.redacted, old, new, node)
+
+    def _seed_name(self) -> str:
+        """The breaker name used while no topology is known (and for a single Redis)."""
+        spec = self._spec
+        if spec.path:
+            return f"unix:{spec.path}"
+        host, port = spec.nodes[0] if spec.nodes else ("?", 0)
+        return f"{host}:{port}"
+
+    def _node_of(self, key: str) -> CircuitBreaker:
+        """The breaker of the node owning ``key`` (slow path: only while degraded)."""
+        if self._cluster:
+            for client in (self._aclient, self._sclient):
+                manager = getattr(client, "nodes_manager", None)
+                if manager is not None:
+                    owners = manager.slots_cache.get(key_slot(key.encode()))
+                    if owners:
+                        return self.breaker.get(owners[0].name)
+        return self.breaker.get(self._seed_name())
+
+    def _live_nodes(self) -> set[str]:
+        """Names of the masters in the client's current topology (empty when unknown)."""
+        for client in (self._aclient, self._sclient):
+            manager = getattr(client, "nodes_manager", None)
+            if manager is not None:
+                return {name for name, node in list(manager.nodes_cache.items())
+                        if node.server_type == "primary"}
+        return set()
+
+    def _succeeded(self, node: CircuitBreaker) -> None:
+        group = self.breaker
+        group.succeeded(node)
+        if group.degraded and self._cluster:
+            now = time.monotonic()
+            if now - self._retired_at >= 1.0:  # a failed-over master left the topology?
+                self._retired_at = now
+                group.retire(self._live_nodes())
+                group.recheck()
 
     def _skip(self) -> None:
         """The breaker is open: count it, skip the call (no log per call)."""
         self.errors += 1
         self.errors_by_op.inc("breaker_open")
 
-    def _failed(self, op: str, exc: Exception) -> None:
+    def _failed(self, op: str, exc: Exception, node: CircuitBreaker | None = None,
+                key: str | None = None) -> None:
+        """Count, log, and tell the breaker of the node that failed: ``node``, else the
+        one of ``key``, else (a multi-node call) nobody, but split the next batches."""
         self.errors += 1
         self.errors_by_op.inc(op)
         verdict = _server_verdict(exc)
         if verdict is False:
-            self.breaker.record_failure()
-        elif verdict:
-            self.breaker.record_success()  # Redis answered; the request was the problem
+            if node is None and (key is not None or not self._cluster):
+                node = self._node_of(key or "")
+            self.breaker.failed(node)
+        elif verdict and node is not None:
+            self._succeeded(node)  # Redis answered; the request was the problem
         detail = str(exc) or ("no reply in time" if isinstance(exc, TimeoutError) else "-")
         self._warn(op, "redis %s failed on %s: %s: %s", op, self._spec.redacted,
                    type(exc).__name__, self._spec.redactor.text(detail))
@@ -202,15 +273,32 @@ class RedisTierBase:
 
     # ------------------------------------------------------------ encoding
 
-    def _pack(self, value: Any, ttl: float | None, load_time: float) -> tuple[bytes, int | None]:
-        """(envelope, PX ms); raises ``TypeError`` for an unencodable value."""
+    def _pack(self, key: str, value: Any, ttl: float | None,
+              load_time: float) -> tuple[bytes, int | None]:
+        """(envelope, PX ms); ``TypeError`` for an unencodable value, :class:`ValueTooLarge`
+        above ``max_value_bytes`` (counted, logged; nothing is written)."""
         ttl_s, px = self._expiry(ttl)
-        return pack_entry(value, stored_at=time.time(), ttl=ttl_s, load_time=load_time), px
+        payload = pack_entry(value, stored_at=time.time(), ttl=ttl_s, load_time=load_time,
+                             signer=self._signer, context=key)
+        limit = self.max_value_bytes
+        if limit is not None and len(payload) > limit:
+            self.skipped_too_large += 1
+            self._warn("too_large", "value for %r is %d bytes, above max_value_bytes=%d: "
+                       "not written to L2", key[:80], len(payload), limit)
+            raise ValueTooLarge(f"encoded value for {key[:80]!r} is {len(payload)} bytes, "
+                                f"above RedisTier(max_value_bytes={limit})")
+        return payload, px
 
     def _pack_many(self, mapping: Mapping[str, Any],
                    ttl: float | None) -> list[tuple[str, bytes, int | None]]:
         """Encode every value before anything is written (all or nothing on TypeError)."""
-        return [(key, *self._pack(value, ttl, 0.0)) for key, value in mapping.items()]
+        return [(key, *self._pack(key, value, ttl, 0.0)) for key, value in mapping.items()]
+
+    def _unpack(self, key: str, raw: Any) -> Entry:
+        signer = self._signer
+        if signer is None:
+            return fast_unpack(raw)
+        return unpack_entry(raw, signer=signer, context=key)
 
     # ------------------------------------------------------------ decoding
 
@@ -219,7 +307,7 @@ class RedisTierBase:
             self.misses += 1
             return MISSING
         try:
-            entry = fast_unpack(raw)
+            entry = fast_unpack(raw) if self._signer is None else self._unpack(key, raw)
         except CodecError as exc:
             return self._corrupt(key, exc)
         self.hits += 1
@@ -235,7 +323,8 @@ class RedisTierBase:
                 misses += 1
                 continue
             try:
-                found[key] = fast_unpack(raw) if entries else fast_unpack(raw)[0]
+                entry = self._unpack(key, raw)
+                found[key] = entry if entries else entry[0]
             except CodecError as exc:
                 self._corrupt(key, exc)
         self.hits += len(found)
@@ -243,6 +332,14 @@ class RedisTierBase:
         return found
 
     # ------------------------------------------------------------ stats
+
+    def _breaker_states(self) -> dict[str, str]:
+        """``{"host:port": state}`` for every known master (no I/O: the client's map)."""
+        group = self.breaker
+        for name in self._live_nodes():
+            if name not in group.nodes:
+                group.get(name)
+        return dict(group.states())
 
     def stats(self) -> dict[str, Any]:
         """Counter snapshot; failed calls count in ``errors`` only (not as misses), an
@@ -258,6 +355,9 @@ class RedisTierBase:
             "hit_ratio": hit_ratio(self.hits, self.misses),
             "breaker": self.breaker.state,
             "breaker_opened": self.breaker.opened_total,
+            "breakers": self._breaker_states(),
+            "repairs": self._repairs.snapshot(),
+            "skipped_too_large": self.skipped_too_large,
             "latency": {op: h.snapshot() for op, h in self.latency.items()},
             "size": None,
         }

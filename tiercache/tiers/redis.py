@@ -1,66 +1,137 @@
-"""L2: Redis (Cluster or single server) behind the small Tier protocol, msgpack envelopes.
+"""L2: Redis (Cluster or single server) behind the typed tier seam, msgpack envelopes.
 
 Why it looks like this:
 
 * **Redis failure is not the caller's failure.** Every network error, timeout, CLUSTERDOWN
   or redirect storm becomes a miss (reads) or a skipped write, counted in ``errors`` /
-  ``errors_by_op`` and logged at most once per 10 s per operation. A
-  :class:`~tiercache.tiers._breaker.CircuitBreaker` skips calls while Redis is down and
-  lets one probe through after ``reset_timeout``. Only programming errors reach the
-  caller: an unencodable value raises ``TypeError`` before anything is written.
-* **Data, not code.** Values are msgpack envelopes (:mod:`tiercache.codec`); a corrupt,
-  foreign or newer-version payload is a miss plus an ``errors_by_op["decode"]`` count.
-* **Lean hot path.** ``get`` is the raw redis-py ``GET`` plus one breaker attribute test,
-  two clock reads, a bisect into the latency histogram and the envelope decode. Timeouts
-  are one ``asyncio.timeout`` per operation instead of redis-py's per-write ``wait_for``
-  (see :mod:`tiercache.tiers._redis_async`), which makes the tier's round trip cheaper
-  than a default redis-py client's.
-* **Sync and async.** ``get``/``set``/... are coroutines; ``get_sync``/``set_sync``/... are
-  blocking twins for sync ``@cached`` functions. Each client is created on first use; the
-  async client follows the running event loop (each loop gets its own, closed when that
-  loop shuts down, e.g. at the end of ``asyncio.run``).
-* Batches (``get_many``, ``set_many``, ``delete_many``, tags) are grouped per slot/node
-  and pipelined; ``delete_pattern`` SCANs every master and UNLINKs what matched.
+  ``errors_by_op`` and logged at most once per 10 s per operation. One
+  :class:`~tiercache.tiers._breaker.CircuitBreaker` per node skips calls to a dead node
+  (the others keep serving) and lets one probe through after ``reset_timeout``. Only
+  programming errors reach the caller: ``TypeError`` for an unencodable value
+  (:class:`~tiercache.tiers.base.ValueTooLarge` above ``max_value_bytes``), ``ValueError``
+  for a key in the reserved space (:mod:`tiercache.tiers.keys`), both before any I/O.
+* **Nothing is lost in an outage.** A delete, invalidation or write that could not be
+  applied is remembered (:mod:`tiercache.tiers._repairs`) and applied before L2 serves
+  reads again; meanwhile the keys it concerns are misses, never the old value.
+* **Data, not code.** Values are msgpack envelopes (:mod:`tiercache.codec`), optionally
+  HMAC-signed (``signing_key``); a corrupt, foreign, unsigned-while-signing or
+  newer-version payload is a miss plus an ``errors_by_op["decode"]`` count.
+* **Each operation written once.** An operation is a *flow* (a generator yielding
+  :class:`Run` requests); each request carries a *plan*, a generator of redis-py calls on
+  one client. redis-py's sync and async clients share command names, so the same plan
+  runs on both: the sync runner gets results back at once, the async runner awaits each
+  step under a timeout. ``get``/``get_many`` (the hot read path) are hand-written pairs.
+* **Timeouts.** The async client is built without redis-py's per-socket timeout (it is
+  enforced with ``asyncio.wait_for`` per write: a Task and an extra loop cycle per
+  command); each step runs under one ``asyncio.timeout`` of ``connect_timeout +
+  socket_timeout`` instead (more for big batches). A cancelled read makes redis-py drop
+  that connection, so no reply is ever misread.
+* Each async client follows its event loop (one per loop, closed when that loop shuts
+  down, e.g. at the end of ``asyncio.run``); the sync client is created on first use.
 
-Key layout of tag sets and leases (namespaced, reserved): :mod:`tiercache.tiers.keys`. ``clear()``
-flushes the whole database on every master (like cashews/aiocache): use
+``clear()`` flushes the whole database on every master (like cashews/aiocache): use
 ``delete_pattern("<namespace>:*")`` to drop one namespace.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import secrets
+import threading
 from asyncio import get_running_loop, timeout
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping, Sequence
 from time import perf_counter
-from typing import Any
+from typing import Any, Final, NamedTuple, TypeVar
 
-from tiercache.codec import Entry
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
+
+from tiercache.codec import Entry, Signer, signer_from
 from tiercache.tiers._breaker import CLOSED, CircuitBreaker
-from tiercache.tiers._redis_async import AsyncOps
 from tiercache.tiers._redis_conn import (
     AsyncClient,
     SyncClient,
+    detect_cluster_async,
+    detect_cluster_sync,
     is_async_client,
+    make_async_client,
+    make_pubsub_client,
+    make_sync_client,
     spec_from_client,
     spec_from_url,
 )
+from tiercache.tiers._redis_ops import LOCAL_LEASE_PREFIX, RedisTierBase, scan_cursor
 from tiercache.tiers.base import MISSING, Missing, RemoteTier
-from tiercache.tiers.keys import check_user_key, check_user_keys, lease_key, tag_key
+from tiercache.tiers.keys import (
+    RELEASE_LUA,
+    TAG_POP_LUA,
+    check_user_key,
+    check_user_keys,
+    is_reserved,
+    key_text,
+    lease_key,
+    namespace_wide,
+    tag_add_args,
+    tag_key,
+)
 
 __all__ = ["CircuitBreaker", "RedisTier", "lease_key", "tag_key"]
 
+T = TypeVar("T")
+FAILED: Final = object()  # a Run's default when the flow must know the call failed
+LARGE: Final = 256 * 1024  # bytes: above this, async decode runs in a thread
+LARGE_ITEMS: Final = 20_000  # container length above which async encode runs in a thread
+Plan = Callable[[Any], Generator[Any, Any, Any]]
 
-class RedisTier(AsyncOps):
+
+class Run(NamedTuple):
+    """One guarded call: ``plan(client)`` yields redis-py calls (see the module docstring).
+
+    ``node``: the breaker guarding it (None on the fast path or for cluster-wide calls);
+    ``key``: blamed on failure when ``node`` is None; ``budget``: seconds per step."""
+
+    op: str
+    plan: Plan
+    default: Any
+    node: CircuitBreaker | None
+    budget: float
+    key: str | None = None
+
+
+Flow = Generator[Run, Any, T]
+
+
+def _primaries(client: Any) -> Generator[Any, Any, list[Any]]:
+    """Per-master targets for node-wide commands (SCAN, FLUSHDB); ``[None]`` = plain Redis."""
+    if isinstance(client, redis.asyncio.cluster.RedisCluster):
+        yield client.initialize()
+    if isinstance(client, redis.asyncio.cluster.RedisCluster | redis.cluster.RedisCluster):
+        return list(client.get_primaries())
+    return [None]
+
+
+def _all(client: Any) -> dict[str, Any]:
+    if isinstance(client, redis.asyncio.cluster.RedisCluster | redis.cluster.RedisCluster):
+        return {"target_nodes": redis.cluster.RedisCluster.PRIMARIES}
+    return {}
+
+
+class RedisTier(RedisTierBase):
     """The L2 tier. ``url_or_client``: a ``redis://``/``rediss://``/``unix://`` URL or a
     redis-py client (sync or async, plain or cluster; not closed by :meth:`close`).
 
     ``ttl`` default seconds (None = no expiry); ``ttl_jitter`` fraction: the stored TTL is
     uniform in ``[ttl*(1-j), ttl]``. ``cluster=None`` auto-detects (``INFO cluster``).
-    ``socket_timeout`` bounds a reply (sync: per socket read; async: the whole operation
-    gets ``connect_timeout + socket_timeout``, more for big batches); ``connect_timeout``
-    bounds opening a connection. The default ``breaker`` opens after 5 consecutive
-    failures and probes after 2 s; it is one breaker for the whole cluster.
+    ``socket_timeout`` bounds a reply, ``connect_timeout`` opening a connection (async:
+    each step gets their sum, more for big batches). ``breaker``: the template of the
+    per-node breakers (default: open after 5 consecutive failures, probe after 2 s).
+    ``max_value_bytes`` (default 16 MiB, None = unlimited): larger encoded values are not
+    written (``ValueTooLarge``, counted in ``stats()["skipped_too_large"]``).
+    ``max_pending``: outage repairs kept per key/tag before collapsing into namespace-wide
+    flushes. ``signing_key``: bytes/str or a list (first signs, all verify: rotation);
+    with it, entries not signed by one of the keys for their own Redis key are misses.
     """
 
     def __init__(
@@ -74,17 +145,25 @@ class RedisTier(AsyncOps):
         breaker: CircuitBreaker | None = None,
         max_connections: int = 64,
         cluster: bool | None = None,
+        max_value_bytes: int | None = 16 * 1024 * 1024,
+        max_pending: int = 10_000,
+        signing_key: Signer | bytes | str | Sequence[bytes | str] | None = None,
     ) -> None:
-        super().__init__(ttl, ttl_jitter, breaker)
+        super().__init__(ttl, ttl_jitter, breaker, max_value_bytes=max_value_bytes,
+                         max_pending=max_pending, signer=signer_from(signing_key))
         self.socket_timeout = socket_timeout
         self.connect_timeout = connect_timeout
         self.max_connections = max_connections
-        self._budget = connect_timeout + socket_timeout  # per operation, see _redis_async
+        self._budget = connect_timeout + socket_timeout  # per async step
         self._user_async: AsyncClient | None = None
         self._user_async_taken = False
+        self._user_sync: SyncClient | None = None
         self._aclient: AsyncClient | None = None
         self._aloop: asyncio.AbstractEventLoop | None = None
-        self._aclients: dict[asyncio.AbstractEventLoop, Any] = {}  # see _client()
+        self._aclients: dict[asyncio.AbstractEventLoop,
+                             tuple[AsyncClient, AsyncGenerator[None, None] | None]] = {}
+        self._sclient: SyncClient | None = None
+        self._sync_lock = threading.Lock()
         if isinstance(url_or_client, str):
             self._spec = spec_from_url(url_or_client)
             self._cluster = cluster
@@ -104,14 +183,177 @@ class RedisTier(AsyncOps):
         return (f"RedisTier({self._spec.redacted!r}, cluster={self._cluster}, "
                 f"breaker={self.breaker.state!r})")
 
-    # ------------------------------------------------------------ reads
+    # ------------------------------------------------------------ clients
+
+    async def _client(self) -> AsyncClient:
+        """This loop's client. Each event loop gets its own (a client's connections belong
+        to the loop that opened them); ours are closed when their loop shuts down."""
+        loop = get_running_loop()
+        if self._aloop is loop and self._aclient is not None:
+            return self._aclient
+        held = self._aclients.get(loop)
+        if held is not None:
+            self._aclient, self._aloop = held[0], loop
+            return held[0]
+        if self._user_async is not None and not self._user_async_taken:
+            self._user_async_taken = True
+            client: AsyncClient = self._user_async
+            self._aclients[loop] = (client, None)
+        else:
+            if self._cluster is None:
+                self._cluster = await detect_cluster_async(
+                    self._spec, self.connect_timeout, self.socket_timeout)
+            held = self._aclients.get(loop)
+            if held is not None:  # another task connected meanwhile
+                self._aclient, self._aloop = held[0], loop
+                return held[0]
+            client = make_async_client(self._spec, self._cluster, None,
+                                       self.connect_timeout, self.max_connections)
+            guard = _closed_with_loop(client)
+            await guard.asend(None)  # now in loop._asyncgens: shutdown_asyncgens() closes it
+            for old in [lp for lp in self._aclients if lp.is_closed()]:
+                del self._aclients[old]  # closed with their loop (or beyond saving)
+            self._aclients[loop] = (client, guard)
+        self._aclient, self._aloop = client, loop
+        return client
+
+    def _client_sync(self) -> SyncClient:
+        client = self._sclient
+        if client is not None:
+            return client
+        with self._sync_lock:
+            if self._sclient is None:
+                if self._user_sync is not None:
+                    self._sclient = self._user_sync
+                else:
+                    if self._cluster is None:
+                        self._cluster = detect_cluster_sync(
+                            self._spec, self.connect_timeout, self.socket_timeout)
+                    self._sclient = make_sync_client(
+                        self._spec, self._cluster, self.socket_timeout, self.connect_timeout,
+                        self.max_connections)
+            return self._sclient
+
+    def _batch_budget(self, n: int) -> float:
+        """A batch of ``n`` commands moves more bytes: one more timeout per 1000 commands."""
+        return self._budget + self.socket_timeout * (n // 1000)
+
+    # ------------------------------------------------------------ runners
+
+    async def _run(self, req: Run) -> Any:
+        """Run one request's plan on this loop's client: breaker, timeouts, counting."""
+        node = req.node
+        if node is None:
+            if self.breaker.degraded and self.breaker.all_open():
+                self._skip()
+                return req.default
+        elif node.state is not CLOSED and not node.allow():
+            self._skip()
+            return req.default
+        start = perf_counter()
+        try:
+            client = self._aclient
+            if client is None or self._aloop is not get_running_loop():
+                async with timeout(self._budget):
+                    client = await self._client()
+            steps = req.plan(client)
+            value: Any = None
+            while True:
+                try:
+                    step = steps.send(value)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                async with timeout(req.budget):
+                    value = await step
+        except Exception as exc:
+            self._failed(req.op, exc, node, req.key)
+            return req.default
+        self._histogram(req.op).observe(perf_counter() - start)
+        if node is not None:
+            self._succeeded(node)
+        return result
+
+    def _run_sync(self, req: Run) -> Any:
+        """The same on the sync client: each yielded call already holds its reply."""
+        node = req.node
+        if node is None:
+            if self.breaker.degraded and self.breaker.all_open():
+                self._skip()
+                return req.default
+        elif node.state is not CLOSED and not node.allow():
+            self._skip()
+            return req.default
+        start = perf_counter()
+        try:
+            steps = req.plan(self._sclient or self._client_sync())
+            value: Any = None
+            while True:
+                try:
+                    value = steps.send(value)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+        except Exception as exc:
+            self._failed(req.op, exc, node, req.key)
+            return req.default
+        self._histogram(req.op).observe(perf_counter() - start)
+        if node is not None:
+            self._succeeded(node)
+        return result
+
+    async def _drive(self, flow: Flow[T], repair: bool = True) -> T:
+        if repair and self._repairs.active:
+            await self.repair()
+        value: Any = None
+        while True:
+            try:
+                req = flow.send(value)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            value = await self._run(req)
+
+    def _drive_sync(self, flow: Flow[T], repair: bool = True) -> T:
+        if repair and self._repairs.active:
+            self.repair_sync()
+        value: Any = None
+        while True:
+            try:
+                req = flow.send(value)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            value = self._run_sync(req)
+
+    def _guard(self, key: str) -> CircuitBreaker | None:
+        """The breaker to check for ``key``: None on the fast path (all nodes healthy)."""
+        return self._node_of(key) if self.breaker.degraded else None
+
+    def _parts(self, keys: list[T], key_of: Callable[[T], str] | None = None
+               ) -> list[tuple[CircuitBreaker | None, list[T]]]:
+        """A batch as one part (fast path) or split per node (while degraded)."""
+        if not self.breaker.degraded:
+            return [(None, keys)]
+        groups: dict[CircuitBreaker, list[T]] = {}
+        for item in keys:
+            key: str = item if key_of is None else key_of(item)  # type: ignore[assignment]
+            groups.setdefault(self._node_of(key), []).append(item)
+        return list(groups.items())
+
+    # ------------------------------------------------------------ hot reads (pairs)
+    # Hand-written twins: the generic runner costs ~1.5 us more per call (a generator, a
+    # NamedTuple, two extra frames), 5-8 % of a loopback GET; see `tiercache bench --suite
+    # cache` (L2 get ratio) in the issue-7 note.
 
     async def get_entry(self, key: str) -> Entry | Missing:
         """The stored envelope (value, stored_at, ttl, load_time) or MISSING."""
-        breaker = self.breaker
-        if breaker.state is not CLOSED and not breaker.allow():
-            self._skip()
-            return MISSING
+        node = None
+        if self.breaker.degraded or self._repairs.active:
+            node = self._guard(key)
+            if node is not None and node.state is not CLOSED and not node.allow():
+                self._skip()
+                return MISSING
+            if self._repairs.active and await self._blocked(key):
+                return MISSING
         start = perf_counter()
         try:
             async with timeout(self._budget):
@@ -120,14 +362,41 @@ class RedisTier(AsyncOps):
                     client = await self._client()
                 raw = await client.get(key)
         except Exception as exc:
-            self._failed("get", exc)
+            self._failed("get", exc, node, key)
             return MISSING
         self._lat_get.observe(perf_counter() - start)
-        breaker.record_success()
+        if node is not None:
+            self._succeeded(node)
+        if raw is not None and len(raw) > LARGE:
+            return await asyncio.to_thread(self._decode, key, raw)
+        return self._decode(key, raw)
+
+    def get_entry_sync(self, key: str) -> Entry | Missing:
+        node = None
+        if self.breaker.degraded or self._repairs.active:
+            node = self._guard(key)
+            if node is not None and node.state is not CLOSED and not node.allow():
+                self._skip()
+                return MISSING
+            if self._repairs.active and self._blocked_sync(key):
+                return MISSING
+        start = perf_counter()
+        try:
+            raw = (self._sclient or self._client_sync()).get(key)
+        except Exception as exc:
+            self._failed("get", exc, node, key)
+            return MISSING
+        self._lat_get.observe(perf_counter() - start)
+        if node is not None:
+            self._succeeded(node)
         return self._decode(key, raw)
 
     async def get(self, key: str) -> Any:
         entry = await self.get_entry(key)
+        return MISSING if entry is MISSING else entry.value
+
+    def get_sync(self, key: str) -> Any:
+        entry = self.get_entry_sync(key)
         return MISSING if entry is MISSING else entry.value
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
@@ -138,11 +407,19 @@ class RedisTier(AsyncOps):
         """:meth:`get_many` returning the envelopes (value, stored_at, ttl, load_time)."""
         return await self._get_many(list(keys), True)
 
+    def get_many_sync(self, keys: Iterable[str]) -> dict[str, Any]:
+        return self._get_many_sync(list(keys), False)
+
+    def get_many_entries_sync(self, keys: Iterable[str]) -> dict[str, Entry]:
+        return self._get_many_sync(list(keys), True)
+
     async def _get_many(self, wanted: list[str], entries: bool) -> dict[str, Any]:
         if not wanted:
             return {}
-        if not self._allowed():
-            return {}
+        if self.breaker.degraded or self._repairs.active:
+            if self._repairs.active:
+                await self.repair()
+            return self._decode_parts(await self._drive(self._fetch(wanted), False), entries)
         start = perf_counter()
         try:
             async with timeout(self._batch_budget(len(wanted))):
@@ -157,8 +434,71 @@ class RedisTier(AsyncOps):
             self._failed("get_many", exc)
             return {}
         self._lat_get_many.observe(perf_counter() - start)
-        self.breaker.record_success()
+        if sum(len(r) for r in raws if r is not None) > LARGE:
+            return await asyncio.to_thread(self._decode_many, wanted, raws, entries)
         return self._decode_many(wanted, raws, entries)
+
+    def _get_many_sync(self, wanted: list[str], entries: bool) -> dict[str, Any]:
+        if not wanted:
+            return {}
+        if self.breaker.degraded or self._repairs.active:
+            if self._repairs.active:
+                self.repair_sync()
+            return self._decode_parts(self._drive_sync(self._fetch(wanted), False), entries)
+        start = perf_counter()
+        try:
+            client = self._sclient or self._client_sync()
+            if isinstance(client, redis.cluster.RedisCluster):
+                raws = client.mget_nonatomic(wanted)
+            else:
+                raws = client.mget(wanted)
+        except Exception as exc:
+            self._failed("get_many", exc)
+            return {}
+        self._lat_get_many.observe(perf_counter() - start)
+        return self._decode_many(wanted, raws, entries)
+
+    def _fetch(self, wanted: list[str]) -> Flow[list[tuple[list[str], list[Any]]]]:
+        """Slow path of get_many: per node, minus the keys with a pending repair."""
+        if self._repairs.active:
+            blocked = [k for k in wanted if self._repairs.blocks(k)]
+            if blocked:
+                for _ in blocked:
+                    self._skip_pending()
+                wanted = [k for k in wanted if not self._repairs.blocks(k)]
+        out = []
+        for node, part in self._parts(wanted):
+            raws = yield Run("get_many", _mget(part, bool(self._cluster)), FAILED, node,
+                             self._batch_budget(len(part)))
+            if raws is not FAILED:
+                out.append((part, raws))
+        return out
+
+    def _decode_parts(self, parts: list[tuple[list[str], list[Any]]],
+                      entries: bool) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for keys, raws in parts:
+            found.update(self._decode_many(keys, raws, entries))
+        return found
+
+    async def _blocked(self, key: str) -> bool:
+        await self.repair()
+        if self._repairs.blocks(key):
+            self._skip_pending()
+            return True
+        return False
+
+    def _blocked_sync(self, key: str) -> bool:
+        self.repair_sync()
+        if self._repairs.blocks(key):
+            self._skip_pending()
+            return True
+        return False
+
+    def _skip_pending(self) -> None:
+        """A read skipped because its key still owes a repair (counted like a skip)."""
+        self.errors += 1
+        self.errors_by_op.inc("repair_pending")
 
     # ------------------------------------------------------------ writes
 
@@ -166,69 +506,442 @@ class RedisTier(AsyncOps):
                   load_time: float = 0.0) -> None:
         """Store ``value`` (``TypeError`` if unencodable, raised before any I/O)."""
         check_user_key(key)
-        payload, px = self._pack(value, ttl, load_time)
+        if isinstance(value, list | dict | tuple | set | frozenset) and len(value) > LARGE_ITEMS:
+            payload, px = await asyncio.to_thread(self._pack, key, value, ttl, load_time)
+        else:
+            payload, px = self._pack(key, value, ttl, load_time)
+        await self._drive(self._set(key, payload, px))
+
+    def set_sync(self, key: str, value: Any, ttl: float | None = None, *,
+                 load_time: float = 0.0) -> None:
+        check_user_key(key)
+        payload, px = self._pack(key, value, ttl, load_time)
+        self._drive_sync(self._set(key, payload, px))
+
+    def _set(self, key: str, payload: bytes, px: int | None) -> Flow[None]:
         if px == 0:
-            await self.delete(key)
+            yield from self._delete_keys("delete", [key])
             return
-        if not self._allowed():
+        budget = self._budget + self.socket_timeout * (len(payload) >> 20)  # per MiB
+        done = yield Run("set", _setter(key, payload, px), FAILED, self._guard(key), budget,
+                         key)
+        if done is FAILED:
+            self._defer_keys("set", [key])  # the old L2 value must never be served again
             return
-        start = perf_counter()
-        try:
-            async with timeout(self._budget):
-                client = self._aclient
-                if client is None or self._aloop is not get_running_loop():
-                    client = await self._client()
-                await client.set(key, payload, px=px)
-        except Exception as exc:
-            self._failed("set", exc)
-            return
-        self._lat_set.observe(perf_counter() - start)
-        self.breaker.record_success()
         self.sets += 1
+        if self._repairs.active:
+            self._repairs.discard_key(key)
 
     async def set_many(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
         """Every value is encoded first (``TypeError`` -> nothing written), then pipelined."""
         check_user_keys(mapping)
-        batch = self._pack_many(mapping, ttl)
-        if not batch:
-            return
+        await self._drive(self._set_many(self._pack_many(mapping, ttl)))
 
-        async def write(client: AsyncClient) -> bool:
-            pipe = client.pipeline(transaction=False)
-            for key, payload, px in batch:
-                if px == 0:
-                    pipe.delete(key)
-                else:
-                    pipe.set(key, payload, px=px)
-            await pipe.execute()
-            return True
+    def set_many_sync(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
+        check_user_keys(mapping)
+        self._drive_sync(self._set_many(self._pack_many(mapping, ttl)))
 
-        if await self._call("set_many", write, False, self._batch_budget(len(batch))):
-            self.sets += sum(1 for _, _, px in batch if px != 0)
+    def _set_many(self, batch: list[tuple[str, bytes, int | None]]) -> Flow[None]:
+        for node, part in self._parts(batch, _first):
+            done = yield Run("set_many", _writer(part), FAILED, node,
+                             self._batch_budget(len(part)))
+            if done is FAILED:
+                self._defer_keys("set_many", [k for k, _, _ in part])
+            else:
+                self.sets += sum(1 for _, _, px in part if px != 0)
+
+    # ------------------------------------------------------------ deletes
 
     async def delete(self, key: str) -> bool:
         check_user_key(key)
-        removed = await self._call("delete", lambda c: c.delete(key), 0)
-        self.deletes += removed
-        return bool(removed)
+        return bool(await self._drive(self._delete_keys("delete", [key])))
+
+    def delete_sync(self, key: str) -> bool:
+        check_user_key(key)
+        return bool(self._drive_sync(self._delete_keys("delete", [key])))
 
     async def delete_many(self, keys: Iterable[str]) -> int:
         """Number of keys that existed. Cluster: DEL per slot, pipelined per node."""
         wanted = list(dict.fromkeys(keys))
-        if not wanted:
-            return 0
         check_user_keys(wanted)
-        removed = await self._call("delete_many", lambda c: c.delete(*wanted), 0,
-                                   self._batch_budget(len(wanted)))
+        return await self._drive(self._delete_keys("delete_many", wanted)) if wanted else 0
+
+    def delete_many_sync(self, keys: Iterable[str]) -> int:
+        wanted = list(dict.fromkeys(keys))
+        check_user_keys(wanted)
+        return self._drive_sync(self._delete_keys("delete_many", wanted)) if wanted else 0
+
+    def _delete_keys(self, op: str, keys: list[Any], defer: bool = True,
+                     failed: list[Any] | None = None) -> Flow[int]:
+        removed = 0
+        if not keys:
+            return 0
+        for node, part in self._parts(keys, key_text):
+            key = key_text(part[0]) if len(part) == 1 else None
+            n = yield Run(op, _deleter(part), FAILED, node, self._batch_budget(len(part)), key)
+            if n is FAILED:
+                if defer:
+                    self._defer_keys(op, [key_text(k) for k in part])
+                if failed is not None:
+                    failed.extend(part)
+            else:
+                removed += int(n)
         self.deletes += removed
         return removed
 
+    async def delete_pattern(self, pattern: str) -> int:
+        """SCAN MATCH ``pattern`` on every master and UNLINK the matches; returns the count.
+        Tag sets and leases are only swept by a namespace-wide pattern (``"{ns}:*"``)."""
+        return await self._drive(self._delete_pattern(pattern)) or 0
+
+    def delete_pattern_sync(self, pattern: str) -> int:
+        return self._drive_sync(self._delete_pattern(pattern)) or 0
+
+    def _delete_pattern(self, pattern: str, defer: bool = True) -> Flow[int | None]:
+        removed = yield Run("delete_pattern", _sweeper(pattern, namespace_wide(pattern)),
+                            FAILED, self._wide(), self._batch_budget(1000))
+        if removed is FAILED:
+            if defer:
+                self._defer_pattern(pattern)
+            return None
+        self.deletes += removed
+        return int(removed)
+
+    # ------------------------------------------------------------ tags
+
+    async def add_tags(self, key: str, tags: Iterable[str], ttl: float | None = None) -> None:
+        """Index ``key`` under each tag of its namespace (ZSET scored by expiry)."""
+        check_user_key(key)
+        await self._drive(self._add_tags(key, tags, ttl))
+
+    def add_tags_sync(self, key: str, tags: Iterable[str], ttl: float | None = None) -> None:
+        check_user_key(key)
+        self._drive_sync(self._add_tags(key, tags, ttl))
+
+    def _add_tags(self, key: str, tags: Iterable[str], ttl: float | None) -> Flow[None]:
+        calls = tag_add_args(key, tags, ttl if ttl is not None else self.ttl)
+        for node, part in self._parts(calls, _tag_of_call):
+            done = yield Run("add_tags", _evals(part), FAILED, node,
+                             self._batch_budget(len(part)))
+            if done is FAILED:  # an entry its tags do not index must not outlive them
+                self._defer_keys("add_tags", [key])
+                return
+
+    async def invalidate_tags(self, tags: Iterable[str], *,
+                              namespace: str | None = None) -> int:
+        """Delete every live key indexed under ``tags`` in ``namespace`` (None: keys without
+        a namespace) and the tag sets; returns keys deleted."""
+        return await self._drive(
+            self._invalidate_tags(list(dict.fromkeys(tags)), namespace)) or 0
+
+    def invalidate_tags_sync(self, tags: Iterable[str], *,
+                             namespace: str | None = None) -> int:
+        return self._drive_sync(
+            self._invalidate_tags(list(dict.fromkeys(tags)), namespace)) or 0
+
+    def _invalidate_tags(self, tags: list[str], namespace: str | None,
+                         defer: bool = True) -> Flow[int | None]:
+        ns = namespace or ""
+        if not tags:
+            return 0
+        members: list[Any] = []
+        ok = True
+        for node, part in self._parts(tags, lambda t: tag_key(t, ns)):
+            calls = [(TAG_POP_LUA, 1, tag_key(tag, ns)) for tag in part]
+            replies = yield Run("invalidate_tags", _evals(calls, errors=True), FAILED, node,
+                                self._batch_budget(len(part)))
+            if replies is FAILED:
+                ok = False
+                if defer:
+                    self._defer_tags(ns, part)
+            else:
+                members.extend(self._tag_members(part, replies))
+        # Popped members are known keys: a failed delete of them is always deferred (the
+        # pop already dropped the tag set, so retrying the tag could not find them again).
+        removed = yield from self._delete_keys("invalidate_tags", list(dict.fromkeys(members)))
+        return removed if ok or defer else None
+
+    # ------------------------------------------------------------ repairs
+
+    def _wide(self) -> CircuitBreaker | None:
+        """The breaker of a cluster-wide call: the one node of a single Redis, else None
+        (skipped only while every node's breaker is open)."""
+        return None if self._cluster else self.breaker.get(self._seed_name())
+
+    async def repair(self) -> None:
+        """Apply pending outage repairs now (called before reads; cheap when none)."""
+        if self.breaker.degraded and self.breaker.all_open():
+            return
+        snap = self._repairs.begin()
+        if snap is not None:
+            try:
+                await self._drive(self._repair(*snap), False)
+            finally:
+                self._repairs.end()
+
+    def repair_sync(self) -> None:
+        if self.breaker.degraded and self.breaker.all_open():
+            return
+        snap = self._repairs.begin()
+        if snap is not None:
+            try:
+                self._drive_sync(self._repair(*snap), False)
+            finally:
+                self._repairs.end()
+
+    def _repair(self, patterns: dict[str, int], tags: dict[tuple[str, str], int],
+                keys: dict[str, int]) -> Flow[None]:
+        """Patterns first (they may cover the rest), then tags, then keys."""
+        for pattern, seq in patterns.items():
+            if (yield from self._delete_pattern(pattern, False)) is not None:
+                self._repairs.done_patterns({pattern: seq})
+        by_ns: dict[str, list[str]] = {}
+        for ns, tag in tags:
+            by_ns.setdefault(ns, []).append(tag)
+        for ns, names in by_ns.items():
+            if (yield from self._invalidate_tags(names, ns, False)) is not None:
+                self._repairs.done_tags({(ns, t): tags[(ns, t)] for t in names})
+        if keys:
+            failed: list[Any] = []
+            yield from self._delete_keys("repair", list(keys), False, failed)
+            lost = set(failed)
+            self._repairs.done_keys({k: s for k, s in keys.items() if k not in lost})
+        if not self._repairs.active:
+            self._warn("repair", "redis tier %s: pending repairs applied (%d so far)",
+                       self._spec.redacted, self._repairs.applied)
+
+    def _defer_keys(self, op: str, keys: list[str]) -> None:
+        self._repairs.add_keys(keys)
+        self._warn_deferred(op, len(keys))
+
+    def _defer_tags(self, namespace: str, tags: list[str]) -> None:
+        self._repairs.add_tags(namespace, tags)
+        self._warn_deferred("invalidate_tags", len(tags))
+
+    def _defer_pattern(self, pattern: str) -> None:
+        self._repairs.add_pattern(pattern)
+        self._warn_deferred("delete_pattern", 1)
+
+    def _warn_deferred(self, op: str, n: int) -> None:
+        self._warn("deferred", "redis tier %s: %s could not reach Redis; %d repair(s) "
+                   "deferred until it is back (%d pending)", self._spec.redacted, op, n,
+                   len(self._repairs))
+
+    # ------------------------------------------------------------ leases
+
+    async def acquire_lease(self, key: str, ttl_ms: int) -> str | None:
+        """SET NX PX on the lease key: a token when acquired, None when another holds it.
+
+        When Redis is unavailable there is nobody to coordinate with: a ``"local:"`` token is
+        returned so the caller loads at once instead of waiting for a value that cannot come.
+        """
+        return await self._drive(self._acquire(key, ttl_ms), False)
+
+    def acquire_lease_sync(self, key: str, ttl_ms: int) -> str | None:
+        return self._drive_sync(self._acquire(key, ttl_ms), False)
+
+    def _acquire(self, key: str, ttl_ms: int) -> Flow[str | None]:
+        token = secrets.token_hex(16)
+        got = yield Run("acquire_lease", _lease_taker(lease_key(key), token, ttl_ms),
+                        LOCAL_LEASE_PREFIX + token, self._guard(key), self._budget, key)
+        return got  # type: ignore[no-any-return]
+
+    async def release_lease(self, key: str, token: str) -> bool:
+        """Compare-and-delete: only the holder's token releases the lease."""
+        return await self._drive(self._release(key, token), False)
+
+    def release_lease_sync(self, key: str, token: str) -> bool:
+        return self._drive_sync(self._release(key, token), False)
+
+    def _release(self, key: str, token: str) -> Flow[bool]:
+        if token.startswith(LOCAL_LEASE_PREFIX):
+            return True
+        n = yield Run("release_lease", _eval(RELEASE_LUA, 1, lease_key(key), token), 0,
+                      self._guard(key), self._budget, key)
+        return bool(n)
+
+    # ------------------------------------------------------------ bus, health, clear
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        """Classic PUBLISH: on a cluster it reaches subscribers on every node."""
+        await self._drive(self._publish(channel, message))
+
+    def publish_sync(self, channel: str, message: bytes) -> None:
+        self._drive_sync(self._publish(channel, message))
+
+    def _publish(self, channel: str, message: bytes) -> Flow[None]:
+        yield Run("publish", _call("publish", channel, message), 0, self._wide(), self._budget)
+
+    def pubsub_client(self) -> redis.asyncio.Redis:
+        """A fresh async client on one node for SUBSCRIBE (the caller closes it).
+
+        Successive calls rotate over the known nodes, so a subscriber that reconnects after
+        its node died tries another one (all nodes are known once the tier has connected).
+        """
+        return make_pubsub_client(self._spec, self._known_nodes(), self.connect_timeout)
+
+    def _known_nodes(self) -> list[tuple[str, int]]:
+        for client in (self._aclient, self._sclient):
+            if isinstance(client, redis.asyncio.cluster.RedisCluster | redis.cluster.RedisCluster):
+                nodes: list[Any] = client.get_nodes()
+                if nodes:
+                    return [(str(n.host), int(n.port)) for n in nodes]
+        return []
+
+    async def ping(self) -> float:
+        """Round trip in seconds (every master of a cluster); raises when unreachable."""
+        try:
+            async with timeout(self._budget):
+                client = await self._client()
+                start = perf_counter()
+                await client.ping(**_all(client))
+                return perf_counter() - start
+        except Exception as exc:
+            self._spec.redactor.exception(exc)
+            raise
+
+    def ping_sync(self) -> float:
+        try:
+            client = self._client_sync()
+            start = perf_counter()
+            client.ping(**_all(client))
+            return perf_counter() - start
+        except Exception as exc:
+            self._spec.redactor.exception(exc)
+            raise
+
+    async def clear(self) -> None:
+        """FLUSHDB ASYNC on every master: drops *everything* in that database, not just ours."""
+        await self._drive(self._clear(), False)
+
+    def clear_sync(self) -> None:
+        self._drive_sync(self._clear(), False)
+
+    def _clear(self) -> Flow[None]:
+        done = yield Run("clear", _flusher, FAILED, self._wide(), self._budget)
+        if done is FAILED:
+            self._defer_pattern("*")
+
     async def close(self) -> None:
         """Close the clients this tier created (user-provided clients stay open)."""
-        await self._close_clients()
+        clients, self._aclients = self._aclients, {}
+        self._aclient = self._aloop = None
+        self._user_async_taken = False  # the user's client (never closed here) may serve again
+        here = get_running_loop()
+        for loop, (_, guard) in clients.items():
+            if guard is not None and loop is here:
+                with contextlib.suppress(Exception):
+                    await guard.aclose()
+        # Other loops' guards: dropping ``clients`` (their last reference) makes asyncio's
+        # async-generator finalizer schedule their aclose() on their own (live) loop.
         self.close_sync()
+
+    def close_sync(self) -> None:
+        with self._sync_lock:
+            client, self._sclient = self._sclient, None
+        if client is not None and client is not self._user_sync:
+            client.close()
+
+
+# ---------------------------------------------------------------- plans (one per command)
+
+
+def _call(name: str, *args: Any, **kwargs: Any) -> Plan:
+    def plan(client: Any) -> Generator[Any, Any, Any]:
+        return (yield getattr(client, name)(*args, **kwargs))
+    return plan
+
+
+def _eval(script: str, *args: Any) -> Plan:
+    return _call("eval", script, *args)
+
+
+def _setter(key: str, payload: bytes, px: int | None) -> Plan:
+    return _call("set", key, payload, px=px)
+
+
+def _lease_taker(lkey: str, token: str, ttl_ms: int) -> Plan:
+    def plan(client: Any) -> Generator[Any, Any, str | None]:
+        return token if (yield client.set(lkey, token, nx=True, px=ttl_ms)) else None
+    return plan
+
+
+def _deleter(keys: list[Any]) -> Plan:
+    return _call("delete", *keys)
+
+
+def _mget(keys: list[str], cluster: bool) -> Plan:
+    return _call("mget_nonatomic" if cluster else "mget", keys)
+
+
+def _writer(batch: list[tuple[str, bytes, int | None]]) -> Plan:
+    def plan(client: Any) -> Generator[Any, Any, bool]:
+        pipe = client.pipeline(transaction=False)
+        for key, payload, px in batch:
+            if px == 0:
+                pipe.delete(key)
+            else:
+                pipe.set(key, payload, px=px)
+        yield pipe.execute()
+        return True
+    return plan
+
+
+def _evals(calls: list[tuple[Any, ...]], errors: bool = False) -> Plan:
+    """EVALs pipelined; ``errors``: per-call error replies come back as exceptions."""
+    def plan(client: Any) -> Generator[Any, Any, Any]:
+        pipe = client.pipeline(transaction=False)
+        for args in calls:
+            pipe.execute_command("EVAL", *args)
+        return (yield pipe.execute(raise_on_error=not errors))
+    return plan
+
+
+def _sweeper(pattern: str, internals: bool) -> Plan:
+    def plan(client: Any) -> Generator[Any, Any, int]:
+        total = 0
+        for node in (yield from _primaries(client)):
+            target = {} if node is None else {"target_nodes": node}
+            cursor = 0
+            while True:
+                reply = yield client.scan(cursor, match=pattern, count=1000, **target)
+                cursor, found = scan_cursor(reply, node)
+                if found and not internals:
+                    found = [k for k in found if not is_reserved(key_text(k))]
+                if found:
+                    total += int((yield client.unlink(*found)))
+                if cursor == 0:
+                    break
+        return total
+    return plan
+
+
+def _flusher(client: Any) -> Generator[Any, Any, bool]:
+    asynchronous = isinstance(client, redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster)
+    yield client.flushdb(asynchronous=asynchronous, **_all(client))
+    return True
+
+
+def _first(item: tuple[str, bytes, int | None]) -> str:
+    return item[0]
+
+
+def _tag_of_call(call: tuple[Any, ...]) -> str:
+    return str(call[2])
+
+
+async def _closed_with_loop(client: AsyncClient) -> AsyncGenerator[None, None]:
+    """Parked at its ``yield`` until the loop shuts down (``asyncio.run`` and
+    ``Runner.close`` call ``shutdown_asyncgens()``) or it is closed: then closes ``client``
+    on its own loop, where its connections live."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            await client.aclose()
 
 
 def _conforms(tier: RedisTier) -> RemoteTier:
     """Static proof (checked by mypy) that RedisTier satisfies the core's tier seam."""
     return tier
+
