@@ -6,6 +6,7 @@ import itertools
 import random
 from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 import pytest
 import uhashring
@@ -29,7 +30,7 @@ def make_ring(impl: ModuleType) -> type[HashRing]:
     return ring_class(impl)
 
 
-def uh_ring(weights: dict[str, int]) -> uhashring.HashRing:
+def uh_ring(weights: dict[Any, int]) -> uhashring.HashRing:
     return uhashring.HashRing({n: {"weight": w} for n, w in weights.items()}, hash_fn="ketama")
 
 
@@ -78,15 +79,16 @@ def test_hash_points_are_uhashring_vnodes(impl: ModuleType) -> None:
 ops = st.lists(
     st.tuples(
         st.sampled_from(["add", "remove", "reweight"]),
-        st.sampled_from([f"n{i}" for i in range(8)] + ["shard-é", "x" * 60]),
+        st.sampled_from([f"n{i}" for i in range(8)] + ["shard-é", "x" * 60, 0, 7, -3, 10**9]),
         st.integers(1, 9),
     ),
     max_size=6,
 )
-initial = st.dictionaries(
-    st.text(alphabet="abcdefgh0123456789-é", min_size=1, max_size=12), st.integers(1, 9),
-    min_size=1, max_size=9,
+#: str names, and int names (uhashring hashes ``str(name)``: ``HashRing([1, 2, 3])``)
+node_names = st.text(alphabet="abcdefgh0123456789-é", min_size=1, max_size=12) | st.integers(
+    -(10**12), 10**12
 )
+initial = st.dictionaries(node_names, st.integers(1, 9), min_size=1, max_size=9)
 
 #: 100 examples x 2,500 keys = 250,000 random keys per implementation.
 KEYS_PER_EXAMPLE = 2_500
@@ -96,7 +98,7 @@ KEYS_PER_EXAMPLE = 2_500
 @given(weights=initial, operations=ops, seed=st.integers(0, 2**32))
 @pytest.mark.parametrize("impl_module", IMPLS, ids=lambda m: m.__name__.rsplit(".", 2)[-2])
 def test_placement_identical_to_uhashring(
-    impl_module: ModuleType, weights: dict[str, int], operations: list[tuple[str, str, int]],
+    impl_module: ModuleType, weights: dict[Any, int], operations: list[tuple[str, Any, int]],
     seed: int,
 ) -> None:
     ring = ring_class(impl_module)(weights)
@@ -159,8 +161,14 @@ def test_errors(make_ring: type[HashRing]) -> None:
             make_ring({"a": bad})
         with pytest.raises(ValueError, match="weight"):
             make_ring(["a"]).add_node("b", bad)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="names"):
-        make_ring([1])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="names"):
+        make_ring(["a", ""])
+    with pytest.raises(ValueError, match="names"):
+        make_ring(["a"]).add_node(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="unhashable"):
+        make_ring([["a"]])
+    with pytest.raises(ValueError, match="weight"):
+        make_ring({"a": {"weight": 2, "vnodes": 9}})
     with pytest.raises(KeyError, match="zz"):
         make_ring(["a"]).remove_node("zz")
     with pytest.raises(ValueError, match="mode"):
@@ -254,3 +262,51 @@ def test_public_class_uses_selected_implementation() -> None:
     assert repr(HashRing({"a": 2})) == "HashRing({'a': 2}, mode='ketama', vnodes=40)"
 
 
+
+
+def test_int_node_names_place_like_uhashring(make_ring: type[HashRing[Any]]) -> None:
+    """uhashring's own test builds ``HashRing([1, 2, 3, 4])``; lookups return the int names."""
+    ring, reference = make_ring([1, 2, 3, 4]), uhashring.HashRing([1, 2, 3, 4], hash_fn="ketama")
+    keys = random_keys(random.Random(11), 20_000)
+    expected = [reference.get_node(k) for k in keys]
+    assert ring.get_node_many(keys) == expected
+    assert [ring.get_node(k) for k in keys[:500]] == expected[:500]
+    assert {type(n) for n in ring.get_node_many(keys)} == {int}
+    assert ring.nodes == [1, 2, 3, 4] and ring.distribution() == dict(reference.distribution)
+    assert ring.points() == reference.get_points()
+    ring.remove_node(3)
+    reference.remove_node(3)
+    ring.add_node(9, 2)
+    reference.add_node(9, 2)
+    assert ring.get_node_many(keys) == [reference.get_node(k) for k in keys]
+
+
+def test_mixed_and_colliding_names(make_ring: type[HashRing[Any]]) -> None:
+    """1 and "1" hash alike (both are "1-0", "1-1", ...): as in uhashring, the last one wins."""
+    nodes: list[Any] = ["a", 1, "1", 2.5, ("t", 1)]
+    ring, reference = make_ring(nodes), uhashring.HashRing(nodes, hash_fn="ketama")
+    keys = random_keys(random.Random(12), 5_000)
+    assert ring.get_node_many(keys) == [reference.get_node(k) for k in keys]
+    assert 1 not in ring.get_node_many(keys)
+    stable = make_ring(nodes, mode="stable")
+    assert stable.points() == make_ring(nodes[::-1], mode="stable").points()
+
+
+def test_uhashring_node_configuration_dicts(make_ring: type[HashRing[Any]]) -> None:
+    conf = {"a": {"weight": 3}, "b": {"weight": 1}, "c": {}}
+    ring, reference = make_ring(conf), uhashring.HashRing(conf, hash_fn="ketama")
+    assert ring.weights == {"a": 3, "b": 1, "c": 1}
+    keys = random_keys(random.Random(13), 5_000)
+    assert ring.get_node_many(keys) == [reference.get_node(k) for k in keys]
+    ring.add_node("d", {"weight": 2})
+    assert ring.weights["d"] == 2
+
+
+@pytest.mark.parametrize("bad", [None, 5, 1.5, b"ab", object()])
+def test_bad_nodes_argument_is_a_value_error_like_uhashring(
+    make_ring: type[HashRing[Any]], bad: object
+) -> None:
+    with pytest.raises(ValueError):
+        uhashring.HashRing(bad, hash_fn="ketama")
+    with pytest.raises(ValueError, match="nodes must be a list of names or a dict"):
+        make_ring(bad)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
+from typing import Any
 
 __all__ = ["Continuum", "hash_key", "hash_points", "key_bytes"]
-
 
 
 def key_bytes(key: object) -> bytes:
@@ -62,10 +62,14 @@ class Continuum:
     def __init__(self) -> None:
         # (points, owner name per point), swapped as one object so a lookup racing a
         # rebuild in another thread sees the old table or the new one, never a mix.
-        self._table: tuple[list[int], list[str]] = ([], [])
+        self._table: tuple[list[int], list[Hashable]] = ([], [])
 
-    def _load(self, points: Sequence[int], owners: Sequence[int], names: tuple[str, ...]) -> None:
-        """Replace the continuum: ``points`` ascending and unique, ``owners[i]`` indexes names."""
+    def _load(
+        self, points: Sequence[int], owners: Sequence[int], names: tuple[Hashable, ...]
+    ) -> None:
+        """Replace the continuum: ``points`` ascending and unique, ``owners[i]`` indexes names.
+
+        Names are returned as given (any hashable: uhashring accepts ``[1, 2, 3]``)."""
         if len(points) != len(owners):
             raise ValueError("points and owners differ in length")
         for i in range(1, len(points)):
@@ -75,27 +79,27 @@ class Continuum:
             raise ValueError("owner index out of range")
         self._table = (list(points), [names[owner] for owner in owners])
 
-    def _nonempty_table(self) -> tuple[list[int], list[str]]:
+    def _nonempty_table(self) -> tuple[list[int], list[Hashable]]:
         table = self._table
         if not table[0]:
             raise LookupError("the hash ring has no nodes (or none with points): add_node() first")
         return table
 
-    def node_for_hash(self, h: int) -> str:
+    def node_for_hash(self, h: int) -> Hashable:
         """Owner of the ring position ``h``."""
         points, names = self._nonempty_table()
         index = bisect_right(points, h)
         return names[index if index < len(points) else 0]
 
-    def get_node(self, key: object) -> str:
+    def get_node(self, key: object) -> Hashable:
         """The node that owns ``key``."""
         return self.node_for_hash(hash_key(key))
 
-    def get_node_many(self, keys: Iterable[object]) -> list[str]:
+    def get_node_many(self, keys: Iterable[object]) -> list[Any]:
         """``[get_node(k) for k in keys]`` in one call."""
         points, names = self._nonempty_table()
         size = len(points)
-        result = []
+        result: list[Any] = []
         for key in keys:
             index = bisect_right(points, hash_key(key))
             result.append(names[index if index < size else 0])

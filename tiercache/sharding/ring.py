@@ -17,6 +17,12 @@ Two modes:
     with unequal weights. Collisions go to the smallest name, so placement does not depend on
     the order nodes were added. Not uhashring-compatible; prefer it for new deployments.
 
+Node names may be any hashable object but ``None`` (``str``, ``int``, ...), as in uhashring:
+what is hashed is ``str(name)``, so ``HashRing([1, 2, 3])`` places keys exactly like
+``uhashring.HashRing([1, 2, 3], hash_fn="ketama")``, and lookups return the name object you
+gave (``1``, not ``"1"``). Weights are ints >= 1, given as ``{name: 3}`` or uhashring's
+``{name: {"weight": 3}}``.
+
 Keys may be ``str`` (hashed as UTF-8), ``int`` (its decimal digits, like ``str(key)``),
 ``bytes``/``bytearray``/``memoryview`` (the raw bytes; uhashring would hash the repr
 ``"b'...'"`` instead, so bytes keys are the one place placement differs) or anything else
@@ -28,16 +34,23 @@ node bookkeeping, once, over whichever implementation :mod:`tiercache._impl` pic
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING, Literal, Self
+from typing import TYPE_CHECKING, Any, Generic, Literal, Self
 
 from tiercache._impl import load
 
 if TYPE_CHECKING:
+    from typing_extensions import TypeVar
+
     from tiercache._fallback import _ring as ring_impl
+
+    N = TypeVar("N", bound=Hashable, default=str)
 else:
+    from typing import TypeVar
+
     ring_impl = load("_ring")
+    N = TypeVar("N", bound=Hashable)
 
 __all__ = ["HashRing", "Mode", "ring_class"]
 
@@ -47,30 +60,51 @@ DEFAULT_VNODES = 40  # uhashring's ketama default
 
 
 def _check_weight(name: object, weight: object) -> int:
+    if isinstance(weight, Mapping):  # uhashring's {"weight": w} node configuration
+        extra = set(weight) - {"weight"}
+        if extra:
+            raise ValueError(
+                f"node {name!r}: only 'weight' is supported in a node configuration, got "
+                f"{sorted(map(str, extra))} (tiercache routes by name; pass vnodes= to HashRing)"
+            )
+        weight = weight.get("weight", 1)
     if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
         raise ValueError(f"weight of node {name!r} must be an int >= 1, got {weight!r}")
     return weight
 
 
-def _check_name(name: object) -> str:
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"node names must be non-empty str, got {name!r}")
+def _check_name(name: N) -> N:
+    """Any hashable name but None and "" (both are what a missing config value looks like)."""
+    hash(name)  # TypeError for an unhashable name, as a dict key would raise
+    if name is None or name == "":
+        raise ValueError(f"node names must not be None or empty, got {name!r}")
     return name
 
 
-def _parse_nodes(nodes: Iterable[str] | Mapping[str, int] | str) -> dict[str, int]:
+def _parse_nodes(nodes: object) -> dict[Any, int]:
     if isinstance(nodes, str):
         nodes = [nodes]
     if isinstance(nodes, Mapping):
         return {_check_name(n): _check_weight(n, w) for n, w in nodes.items()}
+    if isinstance(nodes, (bytes, bytearray, memoryview)) or not isinstance(nodes, Iterable):
+        # uhashring raises ValueError here too (HashRing(None), HashRing(5))
+        raise ValueError(
+            "nodes must be a list of names or a dict name -> weight, got "
+            f"{type(nodes).__name__}"
+        )
     return {_check_name(n): 1 for n in nodes}
 
 
-class _RingLogic:
+def _tie_key(name: Hashable) -> tuple[str, str]:
+    """Total order over names of any type (stable mode's collision winner)."""
+    return str(name), repr(name)
+
+
+class _RingLogic(Generic[N]):
     """Node bookkeeping shared by both implementations; the lookups come from Continuum."""
 
-    _weights: dict[str, int]
-    _distribution: dict[str, int]
+    _weights: dict[N, int]
+    _distribution: dict[N, int]
     _sorted_points: list[int]
     _point_owners: list[int]
     mode: Mode
@@ -80,13 +114,15 @@ class _RingLogic:
     if TYPE_CHECKING:  # provided by the Continuum base class
 
         def _load(
-            self, points: Sequence[int], owners: Sequence[int], names: tuple[str, ...]
+            self, points: Sequence[int], owners: Sequence[int], names: tuple[Hashable, ...]
         ) -> None: ...
-        def node_for_hash(self, h: int) -> str: ...
+        def node_for_hash(self, h: int) -> N: ...
+        def get_node(self, key: object) -> N: ...
+        def get_node_many(self, keys: Iterable[object]) -> list[N]: ...
 
     def __init__(
         self,
-        nodes: Iterable[str] | Mapping[str, int] | str = (),
+        nodes: Iterable[N] | Mapping[N, int | Mapping[str, int]] | N = (),
         *,
         vnodes: int | None = None,
         replicas: int = 4,
@@ -107,24 +143,24 @@ class _RingLogic:
     # ------------------------------------------------------------------ membership
 
     @property
-    def nodes(self) -> list[str]:
+    def nodes(self) -> list[N]:
         """Node names, in the order they were first added."""
         return list(self._weights)
 
     @property
-    def weights(self) -> dict[str, int]:
+    def weights(self) -> dict[N, int]:
         return dict(self._weights)
 
-    def add_node(self, name: str, weight: int = 1) -> None:
+    def add_node(self, name: N, weight: int | Mapping[str, int] = 1) -> None:
         """Add a node, or change its weight (it keeps its place in the insertion order)."""
         _check_name(name)
-        _check_weight(name, weight)
+        weight = _check_weight(name, weight)
         if self._weights.get(name) == weight:
             return
         self._weights[name] = weight
         self._rebuild()
 
-    def remove_node(self, name: str) -> None:
+    def remove_node(self, name: N) -> None:
         """Remove a node; ``KeyError`` if it is not on the ring."""
         if name not in self._weights:
             raise KeyError(f"node {name!r} is not on the ring (nodes: {self.nodes})")
@@ -146,7 +182,7 @@ class _RingLogic:
 
     # ------------------------------------------------------------------ continuum
 
-    def _vnode_counts(self) -> dict[str, int]:
+    def _vnode_counts(self) -> dict[N, int]:
         if self.mode == "stable":
             return {name: self.vnodes * w for name, w in self._weights.items()}
         total, count = sum(self._weights.values()), len(self._weights)
@@ -157,24 +193,24 @@ class _RingLogic:
         owner_of: dict[int, int] = {}
         self._distribution = {}
         for index, (name, vnodes) in enumerate(self._vnode_counts().items()):
-            points = ring_impl.hash_points(name, vnodes, self.replicas)
+            points = ring_impl.hash_points(str(name), vnodes, self.replicas)
             self._distribution[name] = len(points)
             if self.mode == "ketama":  # last writer wins, like uhashring's dict assignment
                 owner_of.update(dict.fromkeys(points, index))
                 continue
             for point in points:  # stable: the smallest name wins, whatever the order
                 other = owner_of.get(point)
-                if other is None or name < names[other]:
+                if other is None or _tie_key(name) < _tie_key(names[other]):
                     owner_of[point] = index
         self._sorted_points = sorted(owner_of)
         self._point_owners = [owner_of[p] for p in self._sorted_points]
         self._load(self._sorted_points, self._point_owners, names)
 
-    def distribution(self) -> dict[str, int]:
+    def distribution(self) -> dict[N, int]:
         """Points generated per node (uhashring's ``distribution``)."""
         return dict(self._distribution)
 
-    def arcs(self) -> list[tuple[int, int, str]]:
+    def arcs(self) -> list[tuple[int, int, N]]:
         """Half-open hash ranges ``[start, end)`` and their owner, covering ``0 .. 2**32``.
 
         Adjacent ranges of one owner are merged. Empty ring: ``[]``.
@@ -182,7 +218,7 @@ class _RingLogic:
         points = self.points()
         if not points:
             return []
-        arcs: list[tuple[int, int, str]] = []
+        arcs: list[tuple[int, int, N]] = []
         start = 0
         for point, owner in points:  # [previous point, this point) belongs to this owner
             if point > start:
@@ -191,12 +227,12 @@ class _RingLogic:
         _append_arc(arcs, start, RING_SIZE, points[0][1])  # the wrap-around tail
         return arcs
 
-    def points(self) -> list[tuple[int, str]]:
+    def points(self) -> list[tuple[int, N]]:
         """Every point on the continuum and its owner, ascending."""
         names = tuple(self._weights)
         return [(p, names[o]) for p, o in zip(self._sorted_points, self._point_owners, strict=True)]
 
-    def diff(self, other: _RingLogic) -> list[tuple[int, int, str, str]]:
+    def diff(self, other: _RingLogic[N]) -> list[tuple[int, int, N, N]]:
         """Ranges ``[start, end)`` whose owner changes from this ring to ``other``.
 
         Each item is ``(start, end, old_owner, new_owner)``; adjacent ranges with the same
@@ -205,7 +241,7 @@ class _RingLogic:
         mine, theirs = self.arcs(), other.arcs()
         if not mine or not theirs:
             raise LookupError("diff() needs two rings with nodes")
-        moves: list[tuple[int, int, str, str]] = []
+        moves: list[tuple[int, int, N, N]] = []
         i = j = 0
         start = 0
         while start < RING_SIZE:
@@ -229,14 +265,14 @@ class _RingLogic:
         return ring_impl.hash_key(key)
 
 
-def _append_arc(arcs: list[tuple[int, int, str]], start: int, end: int, owner: str) -> None:
+def _append_arc(arcs: list[tuple[int, int, N]], start: int, end: int, owner: N) -> None:
     if arcs and arcs[-1][2] == owner and arcs[-1][1] == start:
         arcs[-1] = (arcs[-1][0], end, owner)
     else:
         arcs.append((start, end, owner))
 
 
-def ring_class(impl: ModuleType) -> type[HashRing]:
+def ring_class(impl: ModuleType) -> type[HashRing[Any]]:
     """A ``HashRing`` class over a given implementation module (tests run both)."""
     if impl is ring_impl:
         return HashRing
@@ -245,10 +281,12 @@ def ring_class(impl: ModuleType) -> type[HashRing]:
     return cls
 
 
-class HashRing(_RingLogic, ring_impl.Continuum):
+class HashRing(_RingLogic[N], ring_impl.Continuum):
     """Consistent-hash ring over shard names; see the module docstring for the modes.
 
-    ``nodes`` is a list of names (weight 1 each) or a dict ``name -> weight`` (int >= 1).
+    ``nodes`` is a list of names (weight 1 each) or a dict ``name -> weight`` (int >= 1, or
+    uhashring's ``{"weight": w}``); names are any hashable but None/"" and ``str(name)`` is
+    hashed. ``HashRing(None)`` (or any non-iterable) is a ``ValueError``, as in uhashring.
     Lookups (``get_node``, ``get_node_many``) raise ``LookupError`` on an empty ring. A lookup
     racing ``add_node``/``remove_node`` in another thread sees the old ring or the new one;
     serialize the changes themselves (one writer).
