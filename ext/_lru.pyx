@@ -7,7 +7,8 @@ form one circular doubly linked list around a sentinel, most recently used first
 pointer taken from either stays valid even if a key's Python-level ``__eq__`` lets another
 thread mutate the store mid-operation (then the worst case is a stale entry, never a crash).
 
-Expiry is checked on access and at eviction (no background thread). The clock is
+Expiry is checked on access and at eviction (no background thread); ``len()``/``keys()``
+first drop what expired, found through a min-heap of the TTL'd entries (never on a hit). The clock is
 ``clock_gettime(CLOCK_MONOTONIC_COARSE)`` read from C, and only for entries that have a TTL;
 ``clock=`` swaps in a Python callable for tests. Counters are plain C integers.
 Values are held through raw pointers, so the GC does not see them: a cycle running
@@ -18,6 +19,7 @@ Twin: tiercache/_fallback/_lru.py (same API, cachetools-based).
 
 cimport cython
 from cpython.object cimport PyObject, PyTypeObject
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
 from cpython.long cimport PyLong_CheckExact
 from cpython.pyport cimport PY_SSIZE_T_MAX

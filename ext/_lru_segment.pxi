@@ -57,7 +57,8 @@ cdef class Segment:
         return n
 
     def stats(self):
-        """This segment's counters."""
+        """This segment's counters; ``size`` counts live entries only."""
+        self.store._prune()
         return {
             "hits": self._hits,
             "misses": self._misses,
@@ -73,6 +74,7 @@ cdef class Segment:
         self._ev_size = self._ev_expired = 0
 
     def __len__(self):
+        self.store._prune()
         return len(self.map)
 
     def __contains__(self, key):

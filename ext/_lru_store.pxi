@@ -31,6 +31,10 @@ cdef inline Py_ssize_t _size(_Node node) noexcept:
     return (<_SizedNode>node).size
 
 
+cdef enum:
+    _HEAP_MIN_LIMIT = 1024  # below this many items the expiry heap is never compacted
+
+
 cdef class LRU
 
 
@@ -44,6 +48,12 @@ cdef class LRU:
 
     The store's own get/put/delete/keys act on its default segment; ``segment(name)``
     gives others. ``len()``, ``clear()``, ``expire()`` and ``stats()`` cover all segments.
+
+    ``len()``, ``keys()`` and ``stats()["size"]`` never count an expired entry (they agree
+    with ``in`` and ``get``, like cachetools' TTLCache): entries with a TTL also sit in a
+    min-heap by expiry (8 bytes each: a node's ``expires`` never changes while it is
+    linked; a put that changes it links a new node), and those calls first drop what has
+    expired from its top: O(log n) per entry, paid once. The hit path never touches it.
     """
     cdef Segment _default
     cdef dict _segments
@@ -52,8 +62,13 @@ cdef class LRU:
     cdef double _ttl
     cdef object _clock, _sizeof
     cdef bint _sized
+    cdef PyObject** _heap                # owned node references, min-heap by ``expires``
+    cdef Py_ssize_t _heap_len, _heap_cap, _heap_limit
 
     def __cinit__(self, *args, **kwargs):
+        self._heap = NULL
+        self._heap_len = self._heap_cap = 0
+        self._heap_limit = _HEAP_MIN_LIMIT
         self._segments = {}
         self._root = _Node.__new__(_Node)
         self._root.prev = self._root.next = <PyObject*>self._root
@@ -76,7 +91,8 @@ cdef class LRU:
         self._clock = clock
 
     def __dealloc__(self):
-        # Release the list's references (the dicts' go with the segments).
+        # Release the heap's and the list's references (the dicts' go with the segments).
+        self._heap_release()
         cdef PyObject* p = self._root.next if self._root is not None else NULL
         cdef PyObject* nxt
         if p == NULL:
@@ -127,11 +143,111 @@ cdef class LRU:
         N(N(root).next).prev = p
         N(root).next = p
 
+    # ------------------------------------------------------------------ expiry heap
+
+    cdef int _heap_push(self, _Node node) except -1:
+        """Remember that ``node`` expires (items of dropped nodes go stale, skipped later)."""
+        cdef Py_ssize_t i, parent, cap
+        cdef PyObject** grown
+        cdef double at = node.expires
+        if self._heap_len >= self._heap_limit:
+            self._heap_compact()
+        if self._heap_len == self._heap_cap:
+            cap = self._heap_cap + (self._heap_cap >> 3) + 16   # list-like growth, small slack
+            grown = <PyObject**>PyMem_Realloc(self._heap, cap * sizeof(PyObject*))
+            if grown == NULL:
+                raise MemoryError()
+            self._heap, self._heap_cap = grown, cap
+        Py_INCREF(node)
+        i = self._heap_len
+        self._heap_len += 1
+        while i > 0:
+            parent = (i - 1) >> 1
+            if N(self._heap[parent]).expires <= at:
+                break
+            self._heap[i] = self._heap[parent]
+            i = parent
+        self._heap[i] = <PyObject*>node
+        return 0
+
+    cdef void _heap_sift_down(self, Py_ssize_t i) noexcept:
+        cdef PyObject* item = self._heap[i]
+        cdef double at = N(item).expires
+        cdef Py_ssize_t child, n = self._heap_len
+        while True:
+            child = 2 * i + 1
+            if child >= n:
+                break
+            if child + 1 < n and N(self._heap[child + 1]).expires < N(self._heap[child]).expires:
+                child += 1
+            if at <= N(self._heap[child]).expires:
+                break
+            self._heap[i] = self._heap[child]
+            i = child
+        self._heap[i] = item
+
+    cdef object _heap_pop(self):
+        """Remove the earliest item; returns its node (the heap's reference moves to it)."""
+        cdef PyObject* p = self._heap[0]
+        self._heap_len -= 1
+        if self._heap_len:
+            self._heap[0] = self._heap[self._heap_len]
+            self._heap_sift_down(0)
+        cdef object node = <object>p       # +1 ...
+        Py_DECREF(node)                    # ... and the heap's reference handed over
+        return node
+
+    cdef int _heap_compact(self) except -1:
+        """Drop the items of dropped nodes so the heap stays O(live entries with a TTL)."""
+        cdef list released = []            # freed after the heap is consistent again
+        cdef Py_ssize_t i, kept = 0
+        cdef PyObject* item
+        for i in range(self._heap_len):
+            item = self._heap[i]
+            if N(item).prev != NULL:
+                self._heap[kept] = item
+                kept += 1
+            else:
+                released.append(<object>item)
+                Py_DECREF(<object>item)
+        self._heap_len = kept
+        for i in range(kept // 2 - 1, -1, -1):
+            self._heap_sift_down(i)
+        self._heap_limit = max(<Py_ssize_t>_HEAP_MIN_LIMIT, 2 * kept)
+        return 0
+
+    cdef void _heap_release(self) noexcept:
+        cdef PyObject** old = self._heap
+        cdef Py_ssize_t i, n = self._heap_len
+        self._heap = NULL
+        self._heap_len = self._heap_cap = 0
+        self._heap_limit = _HEAP_MIN_LIMIT
+        for i in range(n):
+            Py_DECREF(<object>old[i])
+        PyMem_Free(old)
+
+    cdef Py_ssize_t _prune(self) except -1:
+        """Drop every expired entry (from the heap's top); returns how many."""
+        cdef Py_ssize_t dropped = 0
+        cdef double now
+        cdef _Node node
+        if self._heap_len == 0:
+            return 0
+        now = self._now()
+        while self._heap_len and N(self._heap[0]).expires <= now:
+            node = <_Node>self._heap_pop()
+            if node.prev != NULL:
+                self._drop(node)
+                (<Segment>node.seg)._ev_expired += 1
+                dropped += 1
+        return dropped
+
     cdef int _drop(self, _Node node) except -1:
         """Unlink ``node``; remove its key if its segment still maps it to ``node``."""
         cdef int unhashable = 0
         cdef object key = <object>node.key
         cdef dict m = (<Segment>node.seg).map
+        cdef PyObject* old
         if node.prev != NULL:
             N(node.prev).next = node.next
             N(node.next).prev = node.prev
@@ -142,6 +258,13 @@ cdef class LRU:
             Py_DECREF(node)                  # caller still holds a reference
         if tc_lookup(m, key, &unhashable) == <PyObject*>node:
             del m[key]
+        if node.expires != 0.0 and node.prev == NULL and node.value != <PyObject*>None:
+            # The expiry heap may hold this node until it expires: don't keep the value alive
+            # (every reader checks ``prev`` before it reads ``value``).
+            old = node.value
+            Py_INCREF(None)
+            node.value = <PyObject*>None
+            Py_DECREF(<object>old)
         return 0
 
     cdef inline object _lookup(self, Segment seg, object key):
@@ -212,14 +335,24 @@ cdef class LRU:
         existing = <_Node>PyDict_SetDefault(seg.map, key, node)
         if existing is node:
             self._link_front(node)
+            if node.expires != 0.0:
+                self._heap_push(node)
         elif existing.prev == NULL:          # an orphan left by a race: replace it
             seg.map[key] = node
             self._link_front(node)
+            if node.expires != 0.0:
+                self._heap_push(node)
+        elif node.expires != existing.expires:
+            # A linked node's expiry never changes (the heap is ordered by it): replace it.
+            self._drop(existing)
+            seg.map[key] = node
+            self._link_front(node)
+            if node.expires != 0.0:
+                self._heap_push(node)
         else:
             old = existing.value
             existing.value = node.value
             node.value = old                 # released with ``node``, after relinking
-            existing.expires = node.expires
             if self._sized:
                 self._bytes += size - _size(existing)
                 (<_SizedNode>existing).size = size
@@ -279,6 +412,7 @@ cdef class LRU:
 
     cdef list _keys(self, Segment seg):
         cdef list out = []
+        self._prune()
         cdef PyObject* p = self._root.prev
         while p != <PyObject*>self._root:
             if seg is None or N(p).seg == <PyObject*>seg:
@@ -333,6 +467,7 @@ cdef class LRU:
         """Drop every entry of every segment (counters are kept)."""
         cdef PyObject* p = self._root.next
         cdef PyObject* nxt
+        self._heap_release()
         self._root.prev = self._root.next = <PyObject*>self._root
         self._count = 0
         self._bytes = 0
@@ -346,27 +481,16 @@ cdef class LRU:
             p = nxt
 
     def expire(self):
-        """Drop every expired entry now (O(n)); returns how many. Optional housekeeping."""
-        cdef list doomed = []
-        cdef PyObject* p = self._root.next
-        cdef double now = self._now()
-        while p != <PyObject*>self._root:
-            if N(p).expires != 0.0 and now >= N(p).expires:
-                doomed.append(<object>p)
-            p = N(p).next
-        cdef Segment sg
-        for node in doomed:
-            self._drop(<_Node>node)
-            sg = <Segment>(<_Node>node).seg
-            sg._ev_expired += 1
-        return len(doomed)
+        """Drop every expired entry now; returns how many. Optional: memory, not correctness."""
+        return self._prune()
 
     def now(self):
         """The store's clock (seconds, monotonic unless ``clock=`` was given)."""
         return self._now()
 
     def stats(self):
-        """Counters summed over all segments, plus size and bytes."""
+        """Counters summed over all segments, plus size and bytes (expired entries dropped)."""
+        self._prune()
         total = self._default.stats()
         for seg in self._segments.values():
             for k, v in (<Segment>seg).stats().items():
@@ -401,6 +525,8 @@ cdef class LRU:
         return self._bytes
 
     def __len__(self):
+        """Live entries of all segments (expired ones are dropped first, like TTLCache)."""
+        self._prune()
         return self._count
 
     def __contains__(self, key):

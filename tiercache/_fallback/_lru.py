@@ -8,6 +8,8 @@ prefixing keys with a private per-segment token.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import threading
 import time
@@ -37,6 +39,7 @@ __all__ = [
 ]
 
 _COUNTERS = ("hits", "misses", "sets", "deletes", "evictions_size", "evictions_expired")
+_HEAP_MIN_LIMIT = 1024  # below this many items the expiry heap is never compacted
 
 
 class _Entry:
@@ -131,9 +134,10 @@ class Segment:
         return entry.expires if entry is not None and entry.expires else None
 
     def keys(self) -> list[Hashable]:
-        """Snapshot of this segment's keys, least recently used first."""
+        """Snapshot of this segment's live keys, least recently used first."""
         data = self.store._data
         with self.store._lock:
+            self.store._prune()
             entries = [data.peek(k) for k in data.order()]
         return [e.key for e in entries if e is not None and e.seg is self]
 
@@ -147,13 +151,15 @@ class Segment:
         return n
 
     def stats(self) -> dict[str, int]:
-        """This segment's counters."""
+        """This segment's counters; ``size`` counts live entries only."""
+        self.store._prune()
         return {**self.counts, "size": self.size}
 
     def reset_stats(self) -> None:
         self.counts = dict.fromkeys(_COUNTERS, 0)
 
     def __len__(self) -> int:
+        self.store._prune()
         return self.size
 
     def __contains__(self, key: object) -> bool:
@@ -170,6 +176,9 @@ class LRU:
 
     The store's own get/put/delete/keys act on its default segment; ``segment(name)``
     gives others. ``len()``, ``clear()``, ``expire()`` and ``stats()`` cover all segments.
+    ``len()``, ``keys()`` and ``stats()["size"]`` first drop expired entries, found through
+    a min-heap of ``(expires, seq, internal key)`` (like cachetools' TTLCache, they agree
+    with ``in`` and ``get``); the hit path never touches the heap.
     """
 
     def __init__(
@@ -201,6 +210,37 @@ class LRU:
         self._lock = threading.RLock()
         self.default_segment = Segment(self, None, None)
         self._segments: dict[Any, Segment] = {}
+        self._heap: list[tuple[float, int, Hashable]] = []
+        self._heap_limit = _HEAP_MIN_LIMIT
+        self._seq = itertools.count()
+
+    def _heap_push(self, expires: float, internal: Hashable) -> None:
+        """Remember when ``internal`` expires; items for replaced/deleted keys go stale."""
+        if len(self._heap) >= self._heap_limit:  # compact: keep the heap O(live entries)
+            peek = self._data.peek
+            self._heap = [
+                item for item in self._heap
+                if (e := peek(item[2])) is not None and e.expires == item[0]
+            ]
+            heapq.heapify(self._heap)
+            self._heap_limit = max(_HEAP_MIN_LIMIT, 2 * len(self._heap))
+        heapq.heappush(self._heap, (expires, next(self._seq), internal))
+
+    def _prune(self) -> int:
+        """Drop every expired entry (from the heap's top); returns how many."""
+        if not self._heap:
+            return 0
+        dropped = 0
+        with self._lock:
+            heap = self._heap
+            now = self._now()
+            while heap and heap[0][0] <= now:
+                at, _, internal = heapq.heappop(heap)
+                entry = self._data.peek(internal)
+                if entry is not None and entry.expires == at and self._remove(internal):
+                    entry.seg.counts["evictions_expired"] += 1
+                    dropped += 1
+        return dropped
 
     def _count_eviction(self, entry: _Entry) -> None:
         expired = entry.expires and self._now() >= entry.expires
@@ -240,6 +280,8 @@ class LRU:
             self._remove(internal)
             seg.size += 1
             self._data[internal] = entry
+            if entry.expires:
+                self._heap_push(entry.expires, internal)
             seg.counts["sets"] += 1
             if self._maxbytes is not None and self._maxsize is not None:
                 while len(self._data) > self._maxsize:
@@ -280,26 +322,21 @@ class LRU:
         with self._lock:
             # A fresh LRUCache: Cache.clear() would popitem() and count evictions.
             self._data = _Data(self, self._bound, self._maxbytes is not None)
+            self._heap, self._heap_limit = [], _HEAP_MIN_LIMIT
             for seg in (self.default_segment, *self._segments.values()):
                 seg.size = 0
 
     def expire(self) -> int:
-        """Drop every expired entry now (O(n)); returns how many. Optional housekeeping."""
-        now = self._now()
-        with self._lock:
-            entries = [(k, self._data.peek(k)) for k in self._data.order()]
-            doomed = [(k, e) for k, e in entries if e is not None and 0.0 < e.expires <= now]
-            for k, e in doomed:
-                self._remove(k)
-                e.seg.counts["evictions_expired"] += 1
-        return len(doomed)
+        """Drop every expired entry now; returns how many. Optional: memory, not correctness."""
+        return self._prune()
 
     def now(self) -> float:
         """The store's clock (seconds, monotonic unless ``clock=`` was given)."""
         return self._now()
 
     def stats(self) -> dict[str, int]:
-        """Counters summed over all segments, plus size and bytes."""
+        """Counters summed over all segments, plus size and bytes (expired entries dropped)."""
+        self._prune()
         total = dict.fromkeys(_COUNTERS, 0)
         for seg in (self.default_segment, *self._segments.values()):
             for k in _COUNTERS:
@@ -329,6 +366,8 @@ class LRU:
         return int(self._data.currsize) if self._maxbytes is not None else 0
 
     def __len__(self) -> int:
+        """Live entries of all segments (expired ones are dropped first, like TTLCache)."""
+        self._prune()
         return len(self._data)
 
     def __contains__(self, key: object) -> bool:
