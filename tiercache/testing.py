@@ -1,21 +1,26 @@
 """pytest plugin: a real Redis Cluster and real Postgres shards for tests (ours and users').
 
 Loaded through the ``pytest11`` entry point.  One :class:`~tiercache.local.LocalStack` per test
-session; ``TIERCACHE_REDIS_URL`` / ``TIERCACHE_PG_DSNS`` (a JSON object shard -> DSN) point the
-fixtures at external servers instead, and only the missing half is started locally.
+session; ``TIERCACHE_REDIS_URL`` / ``TIERCACHE_PG_DSNS`` (a JSON object shard -> DSN, or
+``s1=dsn,s2=dsn``) point the fixtures at external servers instead, and only the missing half is
+started locally.
 
 Fixtures: ``tiercache_stack`` (session), ``redis_cluster_client`` (sync, flushed before the test),
-``async_redis_cluster_client`` and ``pg_pools`` (async, need pytest-asyncio).
+``async_redis_cluster_client`` and ``pg_pools`` (async, need pytest-asyncio). The servers are
+per session, the async clients per test and made in the event loop *the test runs in*, whatever
+its loop scope (a plain ``@pytest.mark.asyncio``, ``loop_scope="session"``, the ini defaults):
+asyncpg and redis.asyncio objects only work in the loop that created them.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from tiercache._localstack.env import PG_DSNS_ENV, REDIS_URL_ENV, parse_pg_dsns
 
 if TYPE_CHECKING:
     import asyncpg
@@ -31,8 +36,9 @@ try:  # users' suites load this plugin even without pytest-asyncio
 except ImportError:  # pragma: no cover - exercised only without pytest-asyncio
     _HAVE_PYTEST_ASYNCIO = False
 
-REDIS_URL_ENV = "TIERCACHE_REDIS_URL"
-PG_DSNS_ENV = "TIERCACHE_PG_DSNS"
+__all__ = ["PG_DSNS_ENV", "REDIS_URL_ENV", "ExternalStack"]
+
+LOOP_SCOPES = ("function", "class", "module", "package", "session")
 
 
 class ExternalStack:
@@ -99,16 +105,12 @@ class ExternalStack:
 
 def _external_pg_dsns() -> dict[str, str] | None:
     raw = os.environ.get(PG_DSNS_ENV)
-    if not raw:
+    if not raw or not raw.strip():
         return None
-    usage = f"${PG_DSNS_ENV} must be a JSON object of shard name -> DSN"
     try:
-        dsns = json.loads(raw)
-    except ValueError:
-        raise pytest.UsageError(f"{usage}; it is not valid JSON") from None
-    if not isinstance(dsns, dict) or not all(isinstance(v, str) for v in dsns.values()):
-        raise pytest.UsageError(usage)
-    return {str(k): v for k, v in dsns.items()}
+        return parse_pg_dsns(raw)
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 @pytest.fixture(scope="session")
@@ -146,38 +148,80 @@ def redis_cluster_client(tiercache_stack: LocalStack | ExternalStack) -> Iterato
         client.close()
 
 
+def _test_loop_scope(request: pytest.FixtureRequest) -> str:
+    """The loop scope pytest-asyncio runs the requesting test in (marker, then ini default)."""
+    marker = request.node.get_closest_marker("asyncio")
+    scope = None
+    if marker is not None:
+        scope = marker.kwargs.get("loop_scope") or marker.kwargs.get("scope")
+    if scope is None:
+        scope = request.config.getini("asyncio_default_test_loop_scope") or "function"
+    if scope not in LOOP_SCOPES:
+        raise pytest.UsageError(f"unknown asyncio loop scope {scope!r}")
+    return str(scope)
+
+
+def _in_test_loop(request: pytest.FixtureRequest, name: str) -> Any:
+    """``_tiercache_<name>_<loop scope>``: the variant made in the requesting test's loop."""
+    return request.getfixturevalue(f"_tiercache_{name}_{_test_loop_scope(request)}")
+
+
+async def _async_redis_client(stack: LocalStack | ExternalStack) -> AsyncIterator[Any]:
+    from redis.asyncio.cluster import RedisCluster as AsyncCluster
+
+    client = AsyncCluster.from_url(stack.redis_url)
+    try:
+        await client.initialize()
+        await client.flushall(target_nodes=AsyncCluster.PRIMARIES)
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def _pg_pools(stack: LocalStack | ExternalStack) -> AsyncIterator[dict[str, Any]]:
+    import asyncpg
+
+    pools: dict[str, Any] = {}
+    try:
+        for name, dsn in stack.pg_dsns.items():
+            pools[name] = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+        yield pools
+    finally:
+        for pool in pools.values():
+            await pool.close()
+
+
 if _HAVE_PYTEST_ASYNCIO:
 
-    @pytest_asyncio.fixture(loop_scope="session")
-    async def async_redis_cluster_client(
-        tiercache_stack: LocalStack | ExternalStack,
-    ) -> AsyncIterator[AsyncRedisCluster]:
-        """An asyncio RedisCluster client on an empty cluster, closed after the test."""
-        from redis.asyncio.cluster import RedisCluster as AsyncCluster
+    def _register_loop_variants() -> None:
+        """One function-scoped fixture per loop scope; the public ones pick the test's."""
+        for scope in LOOP_SCOPES:
+            for name, body in (("async_redis_cluster_client", _async_redis_client),
+                               ("pg_pools", _pg_pools)):
 
-        client = AsyncCluster.from_url(tiercache_stack.redis_url)
-        try:
-            await client.initialize()
-            await client.flushall(target_nodes=AsyncCluster.PRIMARIES)
-            yield client
-        finally:
-            await client.aclose()
+                async def variant(tiercache_stack: Any, _body: Any = body) -> AsyncIterator[Any]:
+                    async for value in _body(tiercache_stack):
+                        yield value
 
-    @pytest_asyncio.fixture(loop_scope="session")
-    async def pg_pools(
-        tiercache_stack: LocalStack | ExternalStack,
-    ) -> AsyncIterator[dict[str, asyncpg.Pool]]:
-        """One asyncpg pool per shard name, closed after the test."""
-        import asyncpg
+                fixture_name = f"_tiercache_{name}_{scope}"
+                variant.__name__ = variant.__qualname__ = fixture_name
+                globals()[fixture_name] = pytest_asyncio.fixture(
+                    variant, name=fixture_name, loop_scope=scope)  # type: ignore[call-overload]
 
-        pools: dict[str, Any] = {}
-        try:
-            for name, dsn in tiercache_stack.pg_dsns.items():
-                pools[name] = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
-            yield pools
-        finally:
-            for pool in pools.values():
-                await pool.close()
+    _register_loop_variants()
+
+    @pytest.fixture
+    def async_redis_cluster_client(request: pytest.FixtureRequest) -> AsyncRedisCluster:
+        """An asyncio RedisCluster client on an empty cluster (every master flushed first),
+        made in the test's event loop and closed after the test."""
+        client: AsyncRedisCluster = _in_test_loop(request, "async_redis_cluster_client")
+        return client
+
+    @pytest.fixture
+    def pg_pools(request: pytest.FixtureRequest) -> dict[str, asyncpg.Pool]:
+        """One asyncpg pool per shard name, made in the test's event loop, closed after it."""
+        pools: dict[str, asyncpg.Pool] = _in_test_loop(request, "pg_pools")
+        return pools
 
 else:  # pragma: no cover
 
