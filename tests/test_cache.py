@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from tiercache._keys import MAX_KEY_LENGTH, canonical_digest
 from tiercache.cache import TierCache
-from tiercache.decorators import MAX_KEY_LENGTH, canonical_digest
 from tiercache.tiers.memory import MemoryTier
 
 Factory = Callable[..., TierCache]
@@ -238,8 +238,8 @@ def test_sync_wrapper_returning_a_coroutine_is_refused(make_cache: Factory) -> N
 
 
 def test_same_name_decorated_with_and_without_key_both_work(make_cache: Factory) -> None:
-    """Two functions with one qualname share a segment (and a warning); the second one's
-    custom keys are not under the first one's prefix: still served and invalidated."""
+    """Two functions with one qualname (defs in two branches: two lines, two segments), one
+    with custom keys: each served and invalidated on its own."""
     cache = make_cache()
 
     def make(custom: bool) -> Any:
@@ -256,7 +256,9 @@ def test_same_name_decorated_with_and_without_key_both_work(make_cache: Factory)
     plain, keyed = make(False), make(True)
     assert plain(1) == 10 and keyed(2) == 20 and keyed(2) == 20
     assert cache.invalidate_pattern_sync("item:*") >= 1
-    assert len(keyed.segment) == 1 and plain(1) == 10  # plain(1) kept, keyed(2) dropped
+    assert keyed.segment is not plain.segment  # two functions never share entries
+    assert len(keyed.segment) == 0 and len(plain.segment) == 1  # keyed(2) dropped, plain(1) kept
+    assert plain(1) == 10
     assert keyed.invalidate(2) == 0 and plain.invalidate(1) == 1
     assert len(plain.segment) == 0
 
@@ -338,7 +340,7 @@ def test_key_building_is_canonical_and_stable(make_cache: Factory) -> None:
     with pytest.raises(TypeError, match="argument 'a'"):
         key(object())
     # the digest does not depend on hash randomisation: another interpreter agrees
-    code = ("from tiercache.decorators import canonical_digest;"
+    code = ("from tiercache._keys import canonical_digest;"
             "print(canonical_digest({'a': {'x': 1, 'y': (2, 3)}, 'b': {'s', 't', 'u'}}))")
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -556,8 +558,38 @@ def test_l1_index_keeps_digests_compact_after_misses(cache_factory: Factory) -> 
 
     for i in range(50):
         assert double(i) == 2 * i
-    index = cache._index._segments[double.segment]
+    index = cache.coherence.index._segments[double.segment]
     assert index.prefix == f"{double.spec.name}:"
     assert len(index.digests) == 50 and not index.keys
-    assert cache._index.drop_keys([double.key_for(7)]) == 1
+    assert cache.coherence.index.drop_keys([double.key_for(7)]) == 1
     assert 7 not in double.segment
+
+
+@pytest.mark.parametrize(("ttl", "error", "message"), [
+    (0, ValueError, "ttl must be > 0 seconds or None, got 0"),
+    (-1, ValueError, "ttl must be > 0 seconds or None, got -1"),
+    (float("nan"), ValueError, "ttl must be > 0 seconds or None"),
+    (dt.timedelta(0), ValueError, "ttl must be > 0 seconds or None"),
+    ("60", TypeError, "ttl must be a number of seconds, a timedelta or None, got str '60'"),
+    (True, TypeError, "got bool True"),
+])
+async def test_every_ttl_entry_point_refuses_the_same_bad_ttls(
+        make_cache: Factory, ttl: Any, error: type[Exception], message: str) -> None:
+    """set/set_many (both shells) and @cached validate alike, before anything is stored
+    (set(ttl=0) and ttl=-1 used to return normally storing nothing; "60" hit a '>' TypeError)."""
+    cache = make_cache()
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        await cache.set("k", 1, ttl=ttl)
+    with pytest.raises(error, match="ttl must be"):
+        cache.set_sync("k", 1, ttl=ttl)
+    with pytest.raises(error, match="ttl must be"):
+        await cache.set_many({"k": 1}, ttl=ttl)
+    with pytest.raises(error, match="ttl must be"):
+        cache.set_many_sync({"k": 1}, ttl=ttl)
+    with pytest.raises(error, match="ttl must be"):
+        cache.cached(ttl=ttl)(lambda: 1)
+    with pytest.raises(error, match="l1_ttl must be"):
+        cache.cached(l1_ttl=ttl)(lambda: 1)
+    assert await cache.get("k") is None  # nothing was written by any of them
+    await cache.set("k", 2, ttl=dt.timedelta(seconds=30))
+    assert await cache.get("k") == 2

@@ -350,7 +350,7 @@ async def test_a_remote_load_racing_an_invalidation_is_undone(
     pending = asyncio.create_task(fb(1))  # B read "old" and waits
     await asyncio.sleep(0.05)
     row["v"] = "new"
-    steps = a._invalidate(keys=[fa.key_for(1)])  # A's invalidation, one step at a time
+    steps = a.coherence.invalidate(keys=[fa.key_for(1)])  # A's invalidation, step by step
     op = next(steps)
     removed = await op.run_async()  # A's DEL reaches Redis ...
     release.set()
@@ -378,12 +378,12 @@ def test_remembered_writes_expire_by_age(make_cache: Factory,
     cache = make_cache()
     assert cache.bus is not None
     for i in range(3):
-        cache._wrote(cache.full_key(f"k{i}"), [])
-    cache._wrote(cache.full_key("k0"), ["t"])  # rewritten: now the youngest
-    assert list(cache._recent) == [cache.full_key(k) for k in ("k1", "k2", "k0")]
+        cache.coherence.wrote(cache.full_key(f"k{i}"), [])
+    cache.coherence.wrote(cache.full_key("k0"), ["t"])  # rewritten: now the youngest
+    assert list(cache.coherence._recent) == [cache.full_key(k) for k in ("k1", "k2", "k0")]
     now[0] += _invalidation.RECENT + 1
-    cache._wrote(cache.full_key("k3"), [])
-    assert list(cache._recent) == [cache.full_key("k3")]
+    cache.coherence.wrote(cache.full_key("k3"), [])
+    assert list(cache.coherence._recent) == [cache.full_key("k3")]
 
 
 def test_invalidation_drains_only_writes_of_loads_that_began_before_it(
@@ -393,18 +393,18 @@ def test_invalidation_drains_only_writes_of_loads_that_began_before_it(
     write is nearly always in flight, and waiting for "no write at all" cost every
     invalidate_tags/pattern/clear the whole DRAIN_TIMEOUT."""
     cache = make_cache()
-    full = cache.full_key("hot")
-    old_gen = cache._gen
-    cache._writing(full, +1, old_gen)  # a load from before: must be waited for
-    cache._gen += 1  # the invalidation's first bump
-    assert [type(op).__name__ for op in cache._drain_writes(None, cache._gen)] == ["Until"]
-    assert [type(op).__name__ for op in cache._drain_writes([full], cache._gen)] == ["Until"]
-    cache._writing(full, -1, old_gen)
-    cache._writing(full, +1, cache._gen)  # a load that began after the bump
-    assert list(cache._drain_writes(None, cache._gen)) == []
-    assert list(cache._drain_writes([full], cache._gen)) == []
-    cache._writing(full, -1, cache._gen)
-    assert not cache._writes
+    co, full = cache.coherence, cache.full_key("hot")
+    old_gen = co.gen
+    co.writing(full, +1, old_gen)  # a load from before: must be waited for
+    co.gen += 1  # the invalidation's first bump
+    assert [type(op).__name__ for op in co.drain_writes(None, co.gen)] == ["Until"]
+    assert [type(op).__name__ for op in co.drain_writes([full], co.gen)] == ["Until"]
+    co.writing(full, -1, old_gen)
+    co.writing(full, +1, co.gen)  # a load that began after the bump
+    assert list(co.drain_writes(None, co.gen)) == []
+    assert list(co.drain_writes([full], co.gen)) == []
+    co.writing(full, -1, co.gen)
+    assert not cache.coherence._writes
 
 
 def test_glob_character_classes_match_redis(redis_cluster_client: RedisCluster) -> None:

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from tiercache._singleflight import Call, Flow, SingleFlight, Sleep, drive_async, drive_sync
+from tiercache._flow import Call, Flow, Sleep, drive_async, drive_sync
+from tiercache._singleflight import SingleFlight
 from tiercache.cache import TierCache
 
 Factory = Callable[..., TierCache]

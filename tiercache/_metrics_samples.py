@@ -98,6 +98,8 @@ def collect_samples(snapshots: Iterable[tuple[str, str, dict[str, Any]]]) -> Sam
                     _tier(acc, name, tier_name, tier_stats)
             if isinstance(stats.get("loader"), Mapping):
                 _loader(acc, name, stats["loader"])
+            if isinstance(stats.get("errors"), Mapping):  # the core's, e.g. "encode": L2 writes
+                _add_errors(acc, "tiercache_errors_total", (name, "l2"), stats["errors"], None)
             if isinstance(stats.get("bus"), Mapping):
                 _bus(acc, name, stats["bus"])
         elif "hits" in stats:

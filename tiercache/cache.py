@@ -1,41 +1,39 @@
 """TierCache: the one core behind ``@cache.cached`` and the get/set API, sync and async.
 
-Read path: L1 (answered in C by the wrapper, never reaching this module) -> L2 -> loader,
-with single-flight per key. Every method here is a *flow* (see :mod:`tiercache._singleflight`)
-run by a thin sync or async shell, so both entry points share one implementation.
+The read path of a ``@cached`` call, top to bottom (everything below the L1 hit is here):
+
+1. L1 hit: answered in C by the wrapper (:mod:`tiercache.tiers.memory`); never reaches Python.
+2. L1 miss: the wrapper calls :meth:`TierCache.read_sync` / :meth:`read_async` -- thin shells
+   that drive the one flow :meth:`_read` (see :mod:`tiercache._flow`).
+3. :meth:`_read` builds the relative key, waits (bounded) for the bus to subscribe, and joins
+   or leads the single-flight of ``(key, generation)``.
+4. The leader runs :meth:`_fetch`: L2 ``get_entry``; on a miss, optionally a Redis lease, then
+   :meth:`_load` (the user's function) and :meth:`_l2_write` (fenced by the generation).
+5. Back in :meth:`_read`: fill L1 unless an invalidation overlapped (``Coherence.fill``).
 
 Coherence rule: after an ``invalidate*``/``set``/``delete`` returns, no tier of this process
-serves the old value. A global generation number is bumped by every invalidation (local or
-from the bus); a load that overlapped one neither fills L1 nor keeps its L2 write, and callers
-arriving after it start a new flight instead of joining the old one.
+serves the old value; the bookkeeping is :class:`~tiercache._invalidation.Coherence`'s.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import re
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar
 
 from tiercache import health as _health
-from tiercache._invalidation import Coherence, InvalidationBus
-from tiercache._l1index import L1Index
-from tiercache._singleflight import (
-    Call,
-    Flight,
-    Flow,
-    SingleFlight,
-    Sleep,
-    TierOp,
-    drive_async,
-    drive_sync,
-)
+from tiercache._bus import InvalidationBus
+from tiercache._flow import BusGate, Call, Flight, Flow, Sleep, TierOp, drive_async, drive_sync
+from tiercache._invalidation import Coherence
+from tiercache._keys import MAX_KEY_LENGTH, definition_site
+from tiercache._singleflight import SingleFlight
+from tiercache._validate import duration_seconds, ttl_seconds
 from tiercache.decorators import (
-    MAX_KEY_LENGTH,
     Cached,
+    CopyArg,
     FunctionSpec,
     KeyFn,
     TagsArg,
@@ -44,17 +42,19 @@ from tiercache.decorators import (
     warm_sync,
 )
 from tiercache.health import LoaderStats
-from tiercache.tiers.base import MISSING
+from tiercache.tiers.base import MISSING, RemoteTier
 
 __all__ = ["LoaderStats", "TierCache"]
 
 log = logging.getLogger("tiercache")
 P = ParamSpec("P")
 R = TypeVar("R")
+Seconds = float | timedelta | None
 
 
-class TierCache(Coherence):
-    """L1 (MemoryTier) + L2 (RedisTier) in front of loaders; either tier may be None.
+class TierCache:
+    """L1 (MemoryTier) + L2 (a :class:`~tiercache.tiers.base.RemoteTier`, e.g. RedisTier)
+    in front of loaders; either tier may be None.
 
     ``cache_none``: cache ``None`` results (negative caching) by default. ``bus``: keep other
     processes' L1 coherent through Redis pub/sub (needs both tiers). ``lock_wait``: how long a
@@ -66,7 +66,7 @@ class TierCache(Coherence):
     def __init__(
         self,
         l1: Any = None,
-        l2: Any = None,
+        l2: RemoteTier | None = None,
         namespace: str = "default",
         name: str | None = None,
         *,
@@ -85,66 +85,86 @@ class TierCache(Coherence):
         self.l1, self.l2, self.namespace = l1, l2, namespace
         self.name = name or namespace
         self.cache_none = cache_none
-        self.lock_wait, self.lease_ttl, self.bus_wait = lock_wait, lease_ttl, bus_wait
+        self.lock_wait = duration_seconds(lock_wait, "lock_wait")
+        self.bus_wait = duration_seconds(bus_wait, "bus_wait")
+        lease = ttl_seconds(lease_ttl, "lease_ttl")
+        if lease is None or lease == float("inf"):
+            raise ValueError(f"lease_ttl must be a finite number of seconds, got {lease_ttl!r}")
+        self.lease_ttl = lease
         self.thresholds = {"min_hit_ratio": min_hit_ratio, "min_requests": min_requests,
                            "max_error_rate": max_error_rate}
         self.pool = pool  # a ShardedPool whose health() joins ours
         self.loader = LoaderStats()
+        self.unencodable: dict[str, str] = {}  # function -> type its last L2 write refused
+        self.coherence = co = Coherence(l2, namespace)
         self._flights = SingleFlight()
-        self._index = L1Index()
-        self._gen = 0
-        self._writes: dict[tuple[str, int], int] = {}  # (L2 key, load's gen) -> in flight
-        self._writes_lock = threading.Lock()
-        self._fence = threading.RLock()  # generation bumps + L1 drops vs. L1 fills
-        self._recent: OrderedDict[str, tuple[float, tuple[str, ...]]] = OrderedDict()
-        self.raced_writes_undone = 0
         self._specs: dict[str, FunctionSpec] = {}
-        self._segments: dict[str, Any] = {}
-        self._kv = self._segment(f"{namespace}:") if l1 is not None else None
-        self._prefix = f"{namespace}:"
-        self._bus: InvalidationBus | None = None
+        self._prefix = co.prefix
+        if l1 is not None:
+            co.kv = self._segment(co.prefix)
         if bus and l1 is not None and l2 is not None:
-            self._bus = InvalidationBus(l2, namespace, self._on_bus_message, self._on_bus_connect)
+            co.bus = InvalidationBus(l2, namespace, co.on_bus_message, co.on_bus_connect)
 
     # ------------------------------------------------------------------ decorating
 
     def cached(
         self,
-        ttl: float | timedelta | None = None,
+        ttl: Seconds = None,
         tags: TagsArg = None,
         key: KeyFn | None = None,
         lock: bool = False,
         cache_none: bool | None = None,
-        l1_ttl: float | timedelta | None = None,
+        l1_ttl: Seconds = None,
+        *,
+        name: str | None = None,
+        copy: CopyArg = None,
     ) -> Callable[[Callable[P, R]], Cached[P, R]]:
-        """Cache a sync or async function; see :mod:`tiercache.decorators` for keys.
+        """Cache a sync or async function; see :mod:`tiercache._keys` for its keys.
 
         ``ttl``/``l1_ttl`` are seconds (or ``timedelta``); ``tags`` a list or a callable of
         the arguments; ``key`` a callable building the relative L2 key; ``lock`` takes a
-        Redis lease so one process loads.
+        Redis lease so one process loads; ``name`` replaces ``module.qualname`` as the
+        function's identity (L1 segment, L2 key prefix); ``copy`` hands every caller its own
+        copy of the value (``True``/``"deep"``, ``"shallow"`` or a callable; see
+        :mod:`tiercache.decorators`).
         """
         if callable(ttl):
             raise TypeError("use @cache.cached() with parentheses (ttl= got a function)")
 
         def decorate(func: Callable[P, R]) -> Cached[P, R]:
-            wrapper: Cached[P, R] = make_cached(self, func, ttl=ttl, tags=tags, key=key,
-                                                lock=lock, cache_none=cache_none, l1_ttl=l1_ttl)
+            wrapper: Cached[P, R] = make_cached(
+                self, func, ttl=ttl, tags=tags, key=key, lock=lock, cache_none=cache_none,
+                l1_ttl=l1_ttl, name=name, copy=copy)
             return wrapper
 
         return decorate
 
     def _segment(self, name: str, prefix: str = "") -> Any:
         """Our L1 segment ``name``; ``prefix``: how every relative L2 key in it starts."""
-        segment = self._segments.get(name)
+        co = self.coherence
+        segment = co.segments.get(name)
         if segment is None and self.l1 is not None:
-            segment = self._segments[name] = self.l1.segment(name)
+            segment = co.segments[name] = self.l1.segment(name)
         if segment is not None:
-            self._index.register(segment, prefix)
+            co.index.register(segment, prefix)
         return segment
 
     def register(self, spec: FunctionSpec) -> Any:
-        """Record a decorated function; returns its L1 segment (None without L1)."""
-        if spec.name in self._specs:
+        """Record a decorated function (once); sets and returns its L1 segment.
+
+        Two different functions under one name would share entries. A module-level function
+        defined again (a reload) replaces the old one, with a warning; two closures of one
+        ``def`` or two lambdas of one line (same name and line) are refused: the error says
+        to pass ``name=``.
+        """
+        old = self._specs.get(spec.name)
+        if old is not None and old.func is not spec.func:
+            if "<" in spec.name:  # a closure made twice, or two lambdas on one line
+                raise TypeError(
+                    f"{spec.name} (defined at {definition_site(spec.func)}) is already cached "
+                    f"in cache {self.name!r} by another function of that name and line (a "
+                    "closure or lambda created twice); they would share cache entries. "
+                    "Give each its own identity with @cached(name=...)")
             log.warning("tiercache: %s decorated twice in cache %r; entries are shared",
                         spec.name, self.name)
         self._specs[spec.name] = spec
@@ -166,35 +186,39 @@ class TierCache(Coherence):
 
     def _read(self, spec: FunctionSpec, l1key: Hashable | None, args: tuple[Any, ...],
               kwargs: dict[str, Any]) -> Flow[Any]:
+        """An L1 miss of a ``@cached`` call: single-flight over L2 and the loader, then L1."""
+        co = self.coherence
         rel = spec.relative_key(args, kwargs)
-        tags = spec.tags_for(args, kwargs)
-        yield from self._bus_ready()
-        gen = self._gen
+        tags = spec.tags_for(args, kwargs) if spec.tags is not None else []
+        bus = co.bus
+        if bus is not None and not (bus.connected and bus.running()):
+            yield BusGate(bus, self.bus_wait)  # subscribe before the first L1 fill
+        gen = co.gen
         value, cacheable, ttl = yield Flight(
-            self._flights, (rel, gen), lambda: self._fetch(spec, rel, args, kwargs, tags, gen))
+            self._flights, (rel, gen), self._fetch(spec, rel, args, kwargs, tags, gen))
         if cacheable and l1key is not None:
-            self._fill(spec.segment, rel, l1key, value,
-                       self._l1_ttl(spec.l1_ttl, ttl), tags, gen)
+            co.fill(spec.segment, rel, l1key, value, self._l1_ttl(spec.l1_ttl, ttl), tags, gen)
         return value
 
     def _fetch(self, spec: FunctionSpec, rel: str, args: tuple[Any, ...],
                kwargs: dict[str, Any], tags: list[str], gen: int) -> Flow[Any]:
         """L2, then (optionally under a lease) the loader; -> (value, cacheable, ttl)."""
-        full, l2 = self.full_key(rel), self.l2
+        full, l2 = self._prefix + rel, self.l2
         if l2 is not None:
-            entry = yield TierOp(l2, "get_entry", full)
+            entry = yield TierOp(l2.get_entry, l2.get_entry_sync, full)
             if entry is not MISSING:
                 return entry.value, True, _remaining(entry)
         token = None
-        if spec.lock and l2 is not None and _breaker_state(l2) != "open":
-            token = yield TierOp(l2, "acquire_lease", full, int(self.lease_ttl * 1000))
+        if spec.lock and l2 is not None and l2.breaker.state != "open":
+            token = yield TierOp(l2.acquire_lease, l2.acquire_lease_sync, full,
+                                 int(self.lease_ttl * 1000))
             if token is None:  # another process is loading: wait for its value, bounded
                 self.loader.lock_waits += 1
                 deadline, delay = time.monotonic() + self.lock_wait, 0.005
                 while time.monotonic() < deadline:
                     yield Sleep(delay)
                     delay = min(delay * 2, 0.1)
-                    entry = yield TierOp(l2, "get_entry", full)
+                    entry = yield TierOp(l2.get_entry, l2.get_entry_sync, full)
                     if entry is not MISSING:
                         return entry.value, True, _remaining(entry)
         try:
@@ -202,12 +226,12 @@ class TierCache(Coherence):
             if value is None and not spec.cache_none:
                 return value, False, None
             if l2 is not None:
-                yield from self._l2_write(full, value, spec.ttl, seconds, tags, gen)
-            ttl = spec.ttl if spec.ttl is not None or l2 is None else getattr(l2, "ttl", None)
-            return value, gen == self._gen, ttl
+                yield from self._l2_write(spec, full, value, seconds, tags, gen)
+            ttl = spec.ttl if spec.ttl is not None or l2 is None else l2.ttl
+            return value, gen == self.coherence.gen, ttl
         finally:
-            if token is not None:
-                yield TierOp(l2, "release_lease", full, token)
+            if token is not None and l2 is not None:
+                yield TierOp(l2.release_lease, l2.release_lease_sync, full, token)
 
     def _load(self, func: Callable[..., Any], args: tuple[Any, ...],
               kwargs: dict[str, Any]) -> Flow[tuple[Any, float]]:
@@ -221,30 +245,48 @@ class TierCache(Coherence):
         self.loader.observe(seconds, False)
         return value, seconds
 
-    def _l2_write(self, full: str, value: Any, ttl: float | None, seconds: float,
+    def _l2_write(self, spec: FunctionSpec, full: str, value: Any, seconds: float,
                   tags: list[str], gen: int) -> Flow[None]:
         """Write a value loaded in generation ``gen``, unless an invalidation overlapped.
 
         Registered *before* the generation check, so an invalidation either makes us skip
         the write or sees it in flight and waits for it (and we undo it after it landed).
         """
-        self._writing(full, +1, gen)
+        co, l2 = self.coherence, self.l2
+        assert l2 is not None
+        co.writing(full, +1, gen)
         try:
-            if gen != self._gen:
+            if gen != co.gen:
                 return
             try:
-                yield TierOp(self.l2, "set", full, value, ttl, load_time=seconds)
+                yield TierOp(l2.set, l2.set_sync, full, value, spec.ttl, load_time=seconds)
             except TypeError as exc:  # unencodable: serve it, keep it in L1 only, say so
-                self.loader.encode_errors += 1
-                log.warning("tiercache: %s not stored in L2: %s", full, exc)
+                self._unencodable(spec, value, exc)
                 return
-            self._wrote(full, tags)
+            if self.unencodable:
+                self.unencodable.pop(spec.name, None)
+            co.wrote(full, tags)
             if tags:
-                yield TierOp(self.l2, "add_tags", full, tags, ttl)
-            if gen != self._gen:  # an invalidation raced this write: do not leave it behind
-                yield TierOp(self.l2, "delete", full)
+                yield TierOp(l2.add_tags, l2.add_tags_sync, full, tags, spec.ttl)
+            if gen != co.gen:  # an invalidation raced this write: do not leave it behind
+                yield TierOp(l2.delete, l2.delete_sync, full)
         finally:
-            self._writing(full, -1, gen)
+            co.writing(full, -1, gen)
+
+    def _unencodable(self, spec: FunctionSpec, value: Any, exc: TypeError) -> None:
+        """Count it (errors{op="encode"}), degrade health, and WARN once per function."""
+        self.loader.encode_errors += 1
+        found = re.search(r"object of type ([\w.<>]+)", str(exc))
+        kind = found.group(1) if found else _type_name(type(value))
+        self.unencodable[spec.name] = kind
+        if not spec.encode_warned:
+            spec.encode_warned = True
+            log.warning(
+                "tiercache: %s returned a value L2 cannot store (type %s): it is served and kept "
+                "in this process's L1 only, so every other process misses it. Fix: "
+                "tiercache.register_type(%s, encode, decode), or return encodable types "
+                "(%s). Further occurrences are counted in stats()['errors']['encode'].",
+                spec.name, kind, kind.rsplit(".", 1)[-1], exc)
 
     def _l1_ttl(self, l1_ttl: float | None, ttl: float | None) -> float | None:
         """min(L1 TTL, the entry's TTL); None = the MemoryTier's default."""
@@ -255,68 +297,78 @@ class TierCache(Coherence):
 
     # ------------------------------------------------------------------ key/value API
 
+    def full_key(self, key: str) -> str:
+        return self._prefix + key
+
+    def _bus_ready(self) -> Flow[None]:
+        bus = self.coherence.bus
+        if bus is not None and not (bus.connected and bus.running()):
+            yield BusGate(bus, self.bus_wait)
+
     def _get(self, key: str, default: Any) -> Flow[Any]:
-        if self._kv is not None:
-            value = self._kv.get(key, MISSING)
+        co, l2 = self.coherence, self.l2
+        if co.kv is not None:
+            value = co.kv.get(key, MISSING)
             if value is not MISSING:
                 return value
-        if self.l2 is None:
+        if l2 is None:
             return default
         yield from self._bus_ready()
-        gen = self._gen
-        entry = yield TierOp(self.l2, "get_entry", self.full_key(key))
+        gen = co.gen
+        entry = yield TierOp(l2.get_entry, l2.get_entry_sync, self._prefix + key)
         if entry is MISSING:
             return default
-        self._fill(self._kv, key, key, entry.value, self._l1_ttl(None, _remaining(entry)), (),
-                   gen)
+        co.fill(co.kv, key, key, entry.value, self._l1_ttl(None, _remaining(entry)), (), gen)
         return entry.value
 
     def _get_many(self, keys: list[str]) -> Flow[dict[str, Any]]:
+        co, l2 = self.coherence, self.l2
         found: dict[str, Any] = {}
-        if self._kv is not None:
+        if co.kv is not None:
             for key in keys:
-                value = self._kv.get(key, MISSING)
+                value = co.kv.get(key, MISSING)
                 if value is not MISSING:
                     found[key] = value
         rest = [k for k in keys if k not in found]
-        if rest and self.l2 is not None:
+        if rest and l2 is not None:
             yield from self._bus_ready()
-            gen = self._gen
-            fulls = [self.full_key(k) for k in rest]
-            hits = yield TierOp(self.l2, "get_many_entries", fulls)
+            gen = co.gen
+            fulls = [self._prefix + k for k in rest]
+            hits = yield TierOp(l2.get_many_entries, l2.get_many_entries_sync, fulls)
             cut = len(self._prefix)
             for full, entry in hits.items():
                 found[full[cut:]] = entry.value
-                self._fill(self._kv, full[cut:], full[cut:], entry.value,
-                           self._l1_ttl(None, _remaining(entry)), (), gen)
+                co.fill(co.kv, full[cut:], full[cut:], entry.value,
+                        self._l1_ttl(None, _remaining(entry)), (), gen)
         return found
 
-    def _set_many(self, mapping: Mapping[str, Any], ttl: float | None,
+    def _set_many(self, mapping: Mapping[str, Any], ttl: Seconds,
                   tags: list[str]) -> Flow[None]:
+        seconds = ttl_seconds(ttl)  # before any I/O: ttl=0 / "60" are the caller's bug
+        co, l2 = self.coherence, self.l2
         yield from self._bus_ready()
-        if self.l2 is not None:
-            self._gen += 1  # fence: loads that began before must not write L2 after us
-            fence = self._gen
-            full = {self.full_key(k): v for k, v in mapping.items()}
+        if l2 is not None:
+            fence = co.bump()  # loads that began before must not write L2 after us
+            full = {self._prefix + k: v for k, v in mapping.items()}
             if len(full) == 1:
                 ((key, value),) = full.items()
-                yield TierOp(self.l2, "set", key, value, ttl)
+                yield TierOp(l2.set, l2.set_sync, key, value, seconds)
             else:
-                yield TierOp(self.l2, "set_many", full, ttl)
+                yield TierOp(l2.set_many, l2.set_many_sync, full, seconds)
             if tags:
                 for key in full:
-                    yield TierOp(self.l2, "add_tags", key, tags, ttl)
-            yield from self._drain_writes(list(full), fence)
-        l1ttl = self._l1_ttl(None, ttl)
-        with self._fence:
-            self._gen += 1  # loads that began before this write must not overwrite it in L1
-            self._index.drop_keys(mapping)
-            gen = self._gen
+                    yield TierOp(l2.add_tags, l2.add_tags_sync, key, tags, seconds)
+            yield from co.drain_writes(list(full), fence)
+        l1ttl = self._l1_ttl(None, seconds)
+        with co.fence:
+            co.gen += 1  # loads that began before this write must not overwrite it in L1
+            co.index.drop_keys(mapping)
+            gen = co.gen
             for key, value in mapping.items():
-                if self._kv is not None:
-                    self._kv.delete(key)
-                self._fill(self._kv, key, key, value, l1ttl, tags, gen)
-        yield from self._publish(keys=list(mapping))
+                if co.kv is not None:
+                    co.kv.delete(key)
+                co.fill(co.kv, key, key, value, l1ttl, tags, gen)
+        yield from co.publish(keys=list(mapping))
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The value under ``key`` (relative to the namespace) or ``default``."""
@@ -332,27 +384,71 @@ class TierCache(Coherence):
     def get_many_sync(self, keys: Iterable[str]) -> dict[str, Any]:
         return drive_sync(self._get_many(list(keys)))
 
-    async def set(self, key: str, value: Any, ttl: float | None = None,
+    async def set(self, key: str, value: Any, ttl: Seconds = None,
                   tags: Iterable[str] = ()) -> None:
         """Write every tier; other processes drop their L1 copy."""
         await drive_async(self._set_many({key: value}, ttl, list(tags)))
 
-    def set_sync(self, key: str, value: Any, ttl: float | None = None,
+    def set_sync(self, key: str, value: Any, ttl: Seconds = None,
                  tags: Iterable[str] = ()) -> None:
         drive_sync(self._set_many({key: value}, ttl, list(tags)))
 
-    async def set_many(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
+    async def set_many(self, mapping: Mapping[str, Any], ttl: Seconds = None) -> None:
         await drive_async(self._set_many(mapping, ttl, []))
 
-    def set_many_sync(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
+    def set_many_sync(self, mapping: Mapping[str, Any], ttl: Seconds = None) -> None:
         drive_sync(self._set_many(mapping, ttl, []))
 
     async def delete(self, key: str) -> bool:
         """Remove ``key`` from every tier here and from other processes' L1."""
-        return bool(await drive_async(self._invalidate(keys=[key])))
+        return bool(await drive_async(self.coherence.invalidate(keys=[key])))
 
     def delete_sync(self, key: str) -> bool:
-        return bool(drive_sync(self._invalidate(keys=[key])))
+        return bool(drive_sync(self.coherence.invalidate(keys=[key])))
+
+    # ------------------------------------------------------------------ invalidation
+
+    async def invalidate_tags(self, *tags: str) -> int:
+        """Drop every entry tagged with any of ``tags`` (all tiers, all processes)."""
+        return await drive_async(self.coherence.invalidate(tags=tags))
+
+    def invalidate_tags_sync(self, *tags: str) -> int:
+        return drive_sync(self.coherence.invalidate(tags=tags))
+
+    async def invalidate_pattern(self, pattern: str) -> int:
+        """Drop keys matching a Redis glob relative to the namespace, e.g. ``"user:*"``."""
+        return await drive_async(self.coherence.invalidate(patterns=[pattern]))
+
+    def invalidate_pattern_sync(self, pattern: str) -> int:
+        return drive_sync(self.coherence.invalidate(patterns=[pattern]))
+
+    async def invalidate_call(self, spec: FunctionSpec, args: tuple[Any, ...],
+                              kwargs: dict[str, Any]) -> int:
+        keys = [spec.relative_key(args, kwargs)]
+        return await drive_async(self.coherence.invalidate(keys=keys))
+
+    def invalidate_call_sync(self, spec: FunctionSpec, args: tuple[Any, ...],
+                             kwargs: dict[str, Any]) -> int:
+        return drive_sync(self.coherence.invalidate(keys=[spec.relative_key(args, kwargs)]))
+
+    async def invalidate_function(self, spec: FunctionSpec) -> int:
+        """Every entry of one function (L2 too unless it uses a custom ``key=``)."""
+        return await drive_async(self._invalidate_function(spec))
+
+    def invalidate_function_sync(self, spec: FunctionSpec) -> int:
+        return drive_sync(self._invalidate_function(spec))
+
+    def _invalidate_function(self, spec: FunctionSpec) -> Flow[int]:
+        if spec.key is not None:
+            log.info("tiercache: %s uses key=; invalidate_all clears L1 only", spec.name)
+        return (yield from self.coherence.invalidate(functions=[spec.name]))
+
+    async def clear(self) -> int:
+        """Drop everything in this namespace (every tier, every process's L1)."""
+        return await drive_async(self.coherence.invalidate(everything=True))
+
+    def clear_sync(self) -> int:
+        return drive_sync(self.coherence.invalidate(everything=True))
 
     # ------------------------------------------------------------------ warm, stats, health
 
@@ -370,7 +466,8 @@ class TierCache(Coherence):
         return warm_sync(fn, list_of_args, concurrency)
 
     def stats(self) -> dict[str, Any]:
-        """Plain snapshot: ``name``, ``l1`` (this cache's segments), ``l2``, ``loader``, ``bus``."""
+        """Plain snapshot: ``name``, ``l1`` (this cache's segments), ``l2``, ``loader``,
+        ``errors`` (the core's, by operation), ``bus``."""
         return _health.snapshot(self)
 
     async def health(self) -> dict[str, Any]:
@@ -389,7 +486,7 @@ class TierCache(Coherence):
 
     @property
     def bus(self) -> InvalidationBus | None:
-        return self._bus
+        return self.coherence.bus
 
     @property
     def flights(self) -> SingleFlight:
@@ -397,18 +494,22 @@ class TierCache(Coherence):
 
     @property
     def segments(self) -> dict[str, Any]:
-        return dict(self._segments)
+        return dict(self.coherence.segments)
+
+    @property
+    def raced_writes_undone(self) -> int:
+        return self.coherence.raced_writes_undone
 
     async def aclose(self) -> None:
         """Stop the bus and close L2 (L1 is left as is: it may be shared)."""
-        if self._bus is not None:
-            await self._bus.astop()
+        if self.bus is not None:
+            await self.bus.astop()
         if self.l2 is not None:
             await self.l2.close()
 
     def close(self) -> None:
-        if self._bus is not None:
-            self._bus.stop()
+        if self.bus is not None:
+            self.bus.stop()
         if self.l2 is not None:
             self.l2.close_sync()
 
@@ -423,6 +524,5 @@ def _remaining(entry: Any) -> float | None:
     return max(0.0, float(entry.ttl) - (time.time() - float(entry.stored_at)))
 
 
-def _breaker_state(l2: Any) -> str:
-    breaker = getattr(l2, "breaker", None)
-    return str(getattr(breaker, "state", "closed"))
+def _type_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"

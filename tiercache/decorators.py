@@ -1,62 +1,37 @@
-"""``@cache.cached``: what a decorated function is, and how its L2 keys are built.
+"""``@cache.cached``: what a decorated function is (its spec) and the wrapper around it.
 
-Key stability (the L2 key is shared by every process and survives restarts and upgrades):
+Keys are built in :mod:`tiercache._keys` (see there for why they are stable); the read path
+is :class:`tiercache.cache.TierCache`'s. The wrapper is the MemoryTier's C hit path, which
+calls the core only on an L1 miss.
 
-* the key is ``"{namespace}:{module}.{qualname}:{digest}"``; ``digest`` is the blake2b-128 hex
-  of a canonical msgpack encoding of the call's arguments **bound to the signature** with
-  defaults applied, keyed by parameter name. So ``f(1)``, ``f(x=1)`` and ``f(1, y=<default>)``
-  share one L2 entry, and the key depends neither on ``hash()``/``PYTHONHASHSEED``, nor on dict
-  insertion order or set iteration order, nor on the process or the Python version.
-* it changes when the namespace, module, qualname or a parameter name changes, or a default
-  value changes (the result probably changed too), or :data:`KEY_SCHEME` is bumped.
-* arguments that compare equal give one key, as they share one L1 entry (and one
-  ``functools.lru_cache`` entry): ``1``, ``1.0``, ``True`` and ``Decimal("1")`` alike, a set
-  like the equal frozenset, an ``IntEnum`` member like its value, aware datetimes by instant.
-* argument values: None/bool/int/float/str/bytes, list/tuple/dict/set/frozenset of them,
-  Enum members, everything :mod:`tiercache.codec` encodes (datetime, Decimal, UUID, registered
-  types), and objects with a ``__cache_key__()`` method (e.g. ``self`` of a cached method).
-  Anything else raises ``TypeError`` naming the argument: we never fall back to ``repr()``,
-  whose output is not stable (memory addresses) and would silently break sharing.
-* ``key=`` replaces the digest part: ``key(*args, **kwargs)`` returns the key relative to the
-  namespace (e.g. ``"user:42"``), which is what ``invalidate_pattern("user:*")`` matches.
-* relative keys longer than :data:`MAX_KEY_LENGTH` keep a readable prefix and end in a hash.
+An L1 hit hands every caller **the same object** (like ``functools.lru_cache`` and Caffeine):
+a caller that mutates it changes what later callers get. Return immutable values (tuples,
+frozen dataclasses), or pass ``copy=`` to ``@cached``: ``"deep"``/``True``
+(``copy.deepcopy``), ``"shallow"`` (``copy.copy``) or a callable, applied to every value
+handed out (hits and loads; about one extra Python call per hit, plus the copy).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import enum
-import hashlib
+import copy as _copy
+import functools
 import inspect
 from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
-from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar
 
-import msgpack
-
-from tiercache import codec
+from tiercache._keys import MAX_KEY_LENGTH, canonical_digest, function_name, shorten
+from tiercache._validate import ttl_seconds
 from tiercache.tiers.memory import MemoryTier
 
 if TYPE_CHECKING:
     from tiercache.cache import TierCache
 
-__all__ = [
-    "KEY_SCHEME",
-    "MAX_KEY_LENGTH",
-    "Cached",
-    "FunctionSpec",
-    "canonical_digest",
-    "make_cached",
-    "warm",
-    "warm_sync",
-]
-
-KEY_SCHEME: Final = b"tiercache-key-v2"
-MAX_KEY_LENGTH: Final = 200
+__all__ = ["MAX_KEY_LENGTH", "Cached", "CopyArg", "FunctionSpec", "make_cached", "warm",
+           "warm_sync"]
 
 P = ParamSpec("P")
 R_co = TypeVar("R_co", covariant=True)
@@ -91,91 +66,7 @@ class Cached(Protocol[P, R_co]):
 TagsArg = Iterable[str] | Callable[..., Iterable[str]] | None
 KeyFn = Callable[..., str]
 
-# ext codes private to the digest encoding (never stored, never decoded)
-_LIST, _TUPLE, _DICT, _SET, _ENUM, _OBJ, _LEAF, _DECIMAL, _INSTANT = range(1, 10)
-
-
-def _canon(value: Any) -> Any:
-    """A msgpack-encodable structure, equal for arguments that compare equal.
-
-    Equal arguments must give equal keys because L1 (like ``functools.lru_cache``) treats
-    them as one entry: ``f(1.0)`` and ``f(True)`` share an L1 entry, so an invalidation of
-    either must reach it. Hence numbers are encoded by value (1, 1.0, True, Decimal("1")
-    alike), sets like frozensets, IntEnum/StrEnum members like their values, and aware
-    datetimes as UTC instants.
-    """
-    cls = type(value)
-    if cls is str or cls is bytes or value is None:
-        return value
-    if cls is int or cls is bool:
-        return int(value) if -(2**63) <= value < 2**64 else _leaf(int(value))
-    if cls is float:
-        return _canon(int(value)) if value.is_integer() else value
-    if cls is Decimal:
-        return _canon_decimal(value)
-    if cls is list or cls is tuple:
-        return msgpack.ExtType(_LIST if cls is list else _TUPLE, _pack([_canon(v) for v in value]))
-    if cls is dict:
-        items = sorted([_pack(_canon(k)), _pack(_canon(v))] for k, v in value.items())
-        return msgpack.ExtType(_DICT, _pack(items))
-    if cls is set or cls is frozenset:
-        return msgpack.ExtType(_SET, _pack(sorted(_pack(_canon(v)) for v in value)))
-    if isinstance(value, enum.Enum):
-        if isinstance(value, int | float | str):  # IntEnum, StrEnum, IntFlag: equal to values
-            return _canon(value.value)
-        return msgpack.ExtType(_ENUM, _pack([_type_name(cls), _canon(value.value)]))
-    if cls is dt.datetime and value.utcoffset() is not None:
-        return msgpack.ExtType(_INSTANT, _pack(value.timestamp()))
-    custom = getattr(value, "__cache_key__", None)
-    if custom is not None and callable(custom):
-        return msgpack.ExtType(_OBJ, _pack([_type_name(cls), _canon(custom())]))
-    return _leaf(value)  # TypeError for types the codec does not know
-
-
-def _canon_decimal(value: Decimal) -> Any:
-    if value.is_finite():
-        if value == value.to_integral_value():
-            return _canon(int(value))
-        if Decimal(float(value)) == value:  # 1.5 == Decimal("1.5"): one key
-            return float(value)
-        return msgpack.ExtType(_DECIMAL, str(value.normalize()).encode())
-    return _canon(float(value)) if not value.is_snan() else _leaf(value)
-
-
-def _leaf(value: Any) -> msgpack.ExtType:
-    return msgpack.ExtType(_LEAF, codec.encode(value))
-
-
-def _type_name(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _pack(obj: Any) -> bytes:
-    data: bytes = msgpack.packb(obj, use_bin_type=True, strict_types=True)
-    return data
-
-
-def canonical_digest(arguments: dict[str, Any]) -> str:
-    """blake2b-128 hex of the named arguments (see the module docstring for the guarantees)."""
-    items = []
-    for name in sorted(arguments):
-        try:
-            items.append([name, _canon(arguments[name])])
-        except TypeError as exc:
-            raise TypeError(
-                f"cannot build a cache key from argument {name!r}: {exc}. Give the type a "
-                "__cache_key__() method, register it with tiercache.codec.register(), or pass "
-                "key= to @cached"
-            ) from exc
-    return hashlib.blake2b(KEY_SCHEME + _pack(items), digest_size=16).hexdigest()
-
-
-def shorten(key: str) -> str:
-    """Keep keys bounded: a readable prefix plus a hash of the whole key."""
-    if len(key) <= MAX_KEY_LENGTH:
-        return key
-    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
-    return f"{key[:100]}#{digest}"
+CopyArg = bool | Literal["deep", "shallow"] | Callable[[Any], Any] | None
 
 
 @dataclass(eq=False)
@@ -183,7 +74,7 @@ class FunctionSpec:
     """Everything the core needs to serve one decorated function."""
 
     func: Callable[..., Any]
-    name: str  # "module.qualname": the L2 key prefix and the L1 segment name
+    name: str  # "module.qualname" (or name=): the L2 key prefix and the L1 segment name
     ttl: float | None
     tags: TagsArg
     key: KeyFn | None
@@ -193,6 +84,7 @@ class FunctionSpec:
     is_async: bool
     signature: inspect.Signature | None = field(default=None, repr=False)
     segment: Any = field(default=None, repr=False)  # the L1 segment, resolved once (register)
+    encode_warned: bool = field(default=False, repr=False)  # unencodable result reported
 
     def __post_init__(self) -> None:
         try:
@@ -203,19 +95,18 @@ class FunctionSpec:
     def relative_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """The L2 key of a call without the namespace (what ``key_for`` returns)."""
         if self.key is not None:
-            custom = self.key(*args, **kwargs)
-            if not isinstance(custom, str):
-                raise TypeError(f"key= function must return str, got {type(custom).__name__}")
-            return shorten(custom)
-        return shorten(f"{self.name}:{canonical_digest(self.bind(args, kwargs))}")
-
-    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Arguments by parameter name, defaults applied (the key's stable form)."""
-        if self.signature is None:
-            return {"*args": args, "**kwargs": kwargs}
-        bound = self.signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        return dict(bound.arguments)
+            key = self.key(*args, **kwargs)
+            if not isinstance(key, str):
+                raise TypeError(f"key= function must return str, got {type(key).__name__}")
+        else:
+            if self.signature is None:
+                named: dict[str, Any] = {"*args": args, "**kwargs": kwargs}
+            else:  # by parameter name, defaults applied: the key's stable form
+                bound = self.signature.bind(*args, **kwargs)
+                bound.apply_defaults()
+                named = bound.arguments
+            key = f"{self.name}:{canonical_digest(named)}"
+        return key if len(key) <= MAX_KEY_LENGTH else shorten(key)
 
     def tags_for(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
         if self.tags is None:
@@ -237,6 +128,8 @@ def make_cached(
     lock: bool,
     cache_none: bool | None,
     l1_ttl: float | timedelta | None,
+    name: str | None = None,
+    copy: CopyArg = None,
 ) -> Any:
     """Wrap ``func``: the MemoryTier's C hit path in front, the core behind it on a miss.
 
@@ -245,11 +138,14 @@ def make_cached(
     """
     if isinstance(tags, str):
         raise TypeError("tags= must be a list of tags or a callable, not a str")
-    ttl, l1_ttl = _seconds(ttl, "ttl"), _seconds(l1_ttl, "l1_ttl")
+    if name is not None and (not isinstance(name, str) or not name or ":" in name):
+        raise ValueError(f"name= must be a non-empty str without ':', got {name!r}")
+    copier = _copier(copy)
+    ttl, l1_ttl = ttl_seconds(ttl, "ttl"), ttl_seconds(l1_ttl, "l1_ttl")
     is_async = inspect.iscoroutinefunction(func)
     spec = FunctionSpec(
         func=func,
-        name=_function_name(func),
+        name=name or function_name(func),
         ttl=ttl,
         tags=tags if tags is None or callable(tags) else list(tags),
         key=key,
@@ -259,11 +155,10 @@ def make_cached(
         is_async=is_async,
     )
     segment = cache.register(spec)
+    # the miss handler the C wrapper calls: the core's shell, bound once (no closure frame)
+    miss = functools.partial(cache.read_async if is_async else cache.read_sync, spec)
 
     if is_async:
-
-        def miss(l1key: Hashable | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            return cache.read_async(spec, l1key, args, kwargs)
 
         async def invalidate(*args: Any, **kwargs: Any) -> int:
             return await cache.invalidate_call(spec, args, kwargs)
@@ -272,9 +167,6 @@ def make_cached(
             return await cache.invalidate_function(spec)
 
     else:
-
-        def miss(l1key: Hashable | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            return cache.read_sync(spec, l1key, args, kwargs)
 
         def invalidate(*args: Any, **kwargs: Any) -> int:  # type: ignore[misc]
             return cache.invalidate_call_sync(spec, args, kwargs)
@@ -286,11 +178,46 @@ def make_cached(
         return spec.relative_key(args, kwargs)
 
     wrapper: Any = MemoryTier.wrap_segment(func, segment, miss)
+    if copier is not None:
+        wrapper = _copying(wrapper, func, copier, is_async)
     wrapper.invalidate = invalidate
     wrapper.invalidate_all = invalidate_all
     wrapper.key_for = key_for
     wrapper.cache = cache
     wrapper.spec = spec
+    return wrapper
+
+
+def _copier(copy: CopyArg) -> Callable[[Any], Any] | None:
+    if copy is None or copy is False:
+        return None
+    if copy is True or copy == "deep":
+        return _copy.deepcopy
+    if copy == "shallow":
+        return _copy.copy
+    if callable(copy):
+        return copy
+    raise ValueError(f"copy= must be True, 'deep', 'shallow', a callable or None, got {copy!r}")
+
+
+def _copying(inner: Any, func: Callable[..., Any], copier: Callable[[Any], Any],
+             is_async: bool) -> Any:
+    """A Python shell over the C wrapper that hands out ``copier(value)``."""
+    if is_async:
+
+        async def copied_async(*args: Any, **kwargs: Any) -> Any:
+            return copier(await inner(*args, **kwargs))
+
+        wrapper: Any = functools.wraps(func)(copied_async)
+    else:
+
+        def copied(*args: Any, **kwargs: Any) -> Any:
+            return copier(inner(*args, **kwargs))
+
+        wrapper = functools.wraps(func)(copied)
+    wrapper.segment = inner.segment
+    wrapper.l1_key = inner.l1_key
+    wrapper.uncopied = inner  # the C wrapper itself (shared objects, full speed)
     return wrapper
 
 
@@ -320,26 +247,6 @@ def warm_sync(fn: Callable[..., Any], list_of_args: Iterable[Any], concurrency: 
         for future in [pool.submit(fn, *a, **kw) for a, kw in items]:
             future.result()
     return len(items)
-
-
-def _function_name(func: Callable[..., Any]) -> str:
-    """``module.qualname``: the L1 segment and the L2 key prefix, so it must identify ``func``.
-
-    Partials and callable instances have none (two partials would share entries): refused.
-    """
-    module, qualname = getattr(func, "__module__", None), getattr(func, "__qualname__", None)
-    if not isinstance(module, str) or not isinstance(qualname, str):
-        raise TypeError(f"@cached needs a function or method, not {type(func).__name__} "
-                        "(wrap it in a def, whose name then identifies the cache entries)")
-    return f"{module}.{qualname}"
-
-
-def _seconds(value: float | timedelta | None, name: str) -> float | None:
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if value is not None and not value > 0:
-        raise ValueError(f"{name} must be > 0 seconds or None, got {value!r}")
-    return value
 
 
 def _as_call(item: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from tiercache._singleflight import Flow, TierOp
+from tiercache._flow import Flow, TierOp
 from tiercache._stats import LOADER_BUCKETS, Histogram
 
 if TYPE_CHECKING:
@@ -72,6 +72,9 @@ def snapshot(cache: TierCache) -> dict[str, Any]:
         "l1": _l1_stats(cache) if cache.l1 is not None else None,
         "l2": cache.l2.stats() if cache.l2 is not None else None,
         "loader": cache.loader.snapshot(flights.waits),
+        # the core's own errors by operation ("encode": a loaded value L2 could not store)
+        "errors": {"encode": cache.loader.encode_errors},
+        "unencodable": dict(cache.unencodable),
     }
     bus = cache.bus
     if bus is not None:
@@ -100,31 +103,52 @@ def check(cache: TierCache) -> Flow[dict[str, Any]]:
     checks: dict[str, Any] = {}
     unhealthy: list[str] = []
     degraded: list[str] = []
-    if cache.l2 is not None:
+    l2 = cache.l2
+    if l2 is not None:
         began = time.perf_counter()
         try:
-            latency = yield TierOp(cache.l2, "ping")
+            latency = yield TierOp(l2.ping, l2.ping_sync)
             checks["redis"] = {"ok": True, "latency_seconds": float(latency)}
         except Exception as exc:
             checks["redis"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
                                "seconds": time.perf_counter() - began}
             unhealthy.append(f"redis unreachable: {type(exc).__name__}")
-        state = _state_name(getattr(getattr(cache.l2, "breaker", None), "state", "closed"))
+        state = _state_name(getattr(getattr(l2, "breaker", None), "state", "closed"))
         checks["breaker"] = state
-        if state == "open":
+        nodes = _node_states(l2.stats().get("breakers"))
+        if nodes:  # one breaker per Redis node: name the nodes whose keys are skipped
+            checks["breakers"] = nodes
+            opened = sorted(n for n, st in nodes.items() if st == "open")
+            probing = sorted(n for n, st in nodes.items() if st == "half_open")
+            if opened and len(opened) == len(nodes):
+                unhealthy.append(f"circuit breaker open on every Redis node ({', '.join(opened)})"
+                                 ": L2 calls are skipped")
+            elif opened:
+                degraded.append(f"Redis node(s) {', '.join(opened)} unreachable (breaker open):"
+                                " their keys are served from L1 and the loader")
+            if probing:
+                degraded.append(f"circuit breaker half-open, probing Redis node(s) "
+                                f"{', '.join(probing)}")
+        elif state == "open":
             unhealthy.append("circuit breaker open: L2 calls are skipped")
         elif state in ("half_open", "half-open"):
             degraded.append("circuit breaker half-open: probing L2")
     stats = snapshot(cache)
+    if stats["unencodable"]:
+        checks["unencodable"] = stats["unencodable"]
+        listed = ", ".join(f"{fn} returns {kind}" for fn, kind in
+                           sorted(stats["unencodable"].items()))
+        degraded.append(f"values not stored in L2 (unencodable: {listed}); other processes "
+                        "miss them: register the types with tiercache.register_type")
     requests, ratio = _request_hit_ratio(stats)
     checks["hit_ratio"] = {"value": ratio, "requests": requests,
                            "min": limits["min_hit_ratio"], "min_requests": limits["min_requests"]}
     if requests >= limits["min_requests"] and ratio < limits["min_hit_ratio"]:
         degraded.append(f"hit ratio {ratio:.2f} below {limits['min_hit_ratio']:.2f}")
-    l2 = stats["l2"]
-    if l2 is not None:
-        ops = l2["hits"] + l2["misses"] + l2["sets"] + l2["deletes"]
-        rate = l2["errors"] / ops if ops else 0.0
+    l2s = stats["l2"]
+    if l2s is not None:
+        ops = l2s["hits"] + l2s["misses"] + l2s["sets"] + l2s["deletes"]
+        rate = l2s["errors"] / ops if ops else 0.0
         checks["error_rate"] = {"value": rate, "max": limits["max_error_rate"]}
         if ops >= limits["min_requests"] and rate > limits["max_error_rate"]:
             degraded.append(f"L2 error rate {rate:.2f} above {limits['max_error_rate']:.2f}")
@@ -147,6 +171,13 @@ def with_pool(report: dict[str, Any], pool_report: dict[str, Any]) -> dict[str, 
     reasons = [*report["reasons"], *(f"pool: {r}" for r in pool_report.get("reasons", []))]
     return {"status": status, "reasons": reasons, "checks": {**report["checks"],
                                                              "pool": pool_report}}
+
+
+def _node_states(breakers: Any) -> dict[str, str]:
+    """``{"host:port": "closed"|"open"|"half_open"}`` from a tier's stats, or {}."""
+    if not isinstance(breakers, dict):
+        return {}
+    return {str(node): _state_name(st).replace("-", "_") for node, st in breakers.items()}
 
 
 def _state_name(state: Any) -> str:

@@ -47,8 +47,9 @@ max_size,waiters,healthy}
 tiercache_pool_weight                      gauge      pool, shard
 =========================================  =========  ===============================
 
-L2 error operations include ``decode`` (unreadable payload) and ``breaker_open`` (call
-skipped). OpenTelemetry has no asynchronous histogram: histograms are exported there as
+L2 error operations include ``decode`` (unreadable payload), ``breaker_open`` (call
+skipped) and ``encode`` (a loaded value L2 could not store; counted by the core).
+OpenTelemetry has no asynchronous histogram: histograms are exported there as
 ``<name>.sum`` / ``<name>.count`` observable counters.
 """
 
