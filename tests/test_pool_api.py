@@ -275,10 +275,12 @@ def test_metrics_snapshot() -> None:
 def test_slow_query_log_bounded_and_ordered() -> None:
     log = SlowQueryLog(threshold_ms=100, maxlen=3)
     for i, ms in enumerate([120, 500, 150, 110]):
-        log.record("s1", "primary", "fetch", f"SELECT {i}", ms * 1_000_000, False)
+        log.record("s1", "primary", "fetch", f"SELECT c{i} FROM t", ms * 1_000_000, False)
     assert len(log) == 3
     recent = log.entries()
-    assert [e["query"] for e in recent] == ["SELECT 3", "SELECT 2", "SELECT 1"]
+    assert [e["query"] for e in recent] == [
+        "SELECT c3 FROM t", "SELECT c2 FROM t", "SELECT c1 FROM t",
+    ]
     assert [e["duration_ms"] for e in log.entries(2, order="slowest")] == [500.0, 150.0]
     assert all("args" not in e for e in recent)
 

@@ -13,6 +13,7 @@ quickly when it comes back.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,7 +24,10 @@ import asyncpg.exceptions as pgexc
 from tiercache.sharding._pool_metrics import EndpointMetrics
 from tiercache.sharding._redact import redact_dsn
 
-__all__ = ["CONNECTION_ERRORS", "REPLICA_SELECTION", "Endpoint", "Shard", "parse_shards"]
+__all__ = [
+    "CONNECTION_ERRORS", "REPLICA_SELECTION", "SINGLE_SHARD", "Endpoint", "Shard", "name_endpoint",
+    "parse_shards", "pool_of",
+]
 
 #: Replica selection strategies for ``readonly=True`` calls.
 REPLICA_SELECTION = ("round_robin", "least_latency")
@@ -139,11 +143,13 @@ class Shard:
 
 
 def _describe(kwargs: Mapping[str, Any]) -> str:
-    host = kwargs.get("host", "?")
-    port = kwargs.get("port", "")
-    database = kwargs.get("database", "")
-    user = kwargs.get("user", "")
-    return f"postgresql://{user}{':***' if kwargs.get('password') else ''}@{host}:{port}/{database}"
+    """A DSN-like label for an endpoint given by connect arguments (no password, ever)."""
+    host = kwargs.get("host") or os.environ.get("PGHOST") or "<libpq default host>"
+    port = kwargs.get("port") or os.environ.get("PGPORT") or ""
+    database = kwargs.get("database") or os.environ.get("PGDATABASE") or ""
+    user = kwargs.get("user") or os.environ.get("PGUSER") or ""
+    password = ":***" if kwargs.get("password") or os.environ.get("PGPASSWORD") else ""
+    return f"postgresql://{user}{password}@{host}{':' if port else ''}{port}/{database}"
 
 
 def _endpoint_spec(raw: Any) -> tuple[str | None, dict[str, Any]]:
@@ -158,18 +164,56 @@ def _endpoint_spec(raw: Any) -> tuple[str | None, dict[str, Any]]:
     raise TypeError(f"a shard or replica must be a DSN string or a mapping, not {type(raw)!r}")
 
 
+def _endpoint(
+    shard: str, role: str, raw: Any, inherited: Mapping[str, Any], defaults: Mapping[str, Any]
+) -> Endpoint:
+    """One endpoint; a mapping must say where the server is (``dsn`` or ``host``).
+
+    Without either asyncpg would quietly connect to its default server (``PGHOST`` or
+    localhost:5432): for one shard of several that is a misconfiguration, never an intent.
+    """
+    dsn, extra = _endpoint_spec(raw)
+    extra = {**inherited, **extra}
+    if dsn is None and not extra.get("host") and not defaults.get("host"):
+        raise ValueError(
+            f"shard {shard!r} ({role}) has no 'dsn' (nor 'host'): give its DSN, e.g. "
+            f'{{"{shard}": {{"dsn": "postgresql://...", ...}}}}'
+        )
+    ep = Endpoint(shard, role, dsn, extra)
+    if dsn is None:
+        ep.redacted = _describe({**defaults, **extra})
+    return ep
+
+
+#: The shard name of a pool made from one DSN (or from asyncpg-style connect arguments).
+SINGLE_SHARD = "default"
+
+
 def parse_shards(
-    shards: Mapping[str, Any], replica_selection: str = "round_robin"
+    shards: Mapping[str, Any] | str | None,
+    replica_selection: str = "round_robin",
+    defaults: Mapping[str, Any] | None = None,
 ) -> dict[str, Shard]:
-    """Turn the user's ``{name: dsn | {"dsn", "weight", "replicas", ...}}`` into shards."""
+    """Turn the user's ``{name: dsn | {"dsn", "weight", "replicas", ...}}`` into shards.
+
+    A DSN string (or ``None``: asyncpg's connect arguments and libpq defaults) is one shard
+    named ``"default"``, as ``asyncpg.create_pool(dsn, **connect_kwargs)`` is one server.
+    ``defaults`` are the pool-wide connect arguments (a ``host=`` there is an address).
+    """
     if replica_selection not in REPLICA_SELECTION:
         raise ValueError(
             f"replica_selection must be one of {REPLICA_SELECTION}, not {replica_selection!r}"
         )
+    defaults = defaults or {}
+    if shards is None or isinstance(shards, str):
+        primary = Endpoint(SINGLE_SHARD, "primary", shards, {})
+        if shards is None:
+            primary.redacted = _describe(defaults)
+        return {SINGLE_SHARD: Shard(SINGLE_SHARD, 1, primary, ())}
     if not isinstance(shards, Mapping):
         raise TypeError(
-            "shards must be a mapping of shard name to DSN (or to a dict with 'dsn', "
-            f"'weight', 'replicas'), not {type(shards).__name__}"
+            "shards must be a DSN string or a mapping of shard name to DSN (or to a dict with "
+            f"'dsn', 'weight', 'replicas'), not {type(shards).__name__}"
         )
     if not shards:
         raise ValueError("at least one shard is required")
@@ -177,21 +221,33 @@ def parse_shards(
     for name, raw in shards.items():
         if not isinstance(name, str) or not name:
             raise TypeError(f"shard names must be non-empty strings, not {name!r}")
-        dsn, extra = _endpoint_spec(raw)
         weight = raw.get("weight", 1) if isinstance(raw, Mapping) else 1
         if not isinstance(weight, int) or isinstance(weight, bool) or weight < 1:
             raise ValueError(f"shard {name!r}: weight must be a positive int, not {weight!r}")
+        primary = _endpoint(name, "primary", raw, {}, defaults)
         raw_replicas = raw.get("replicas", ()) if isinstance(raw, Mapping) else ()
         if isinstance(raw_replicas, str | Mapping):
             raw_replicas = [raw_replicas]
-        primary = Endpoint(name, "primary", dsn, extra)
-        replicas = []
-        for i, replica in enumerate(raw_replicas):
-            rdsn, rextra = _endpoint_spec(replica)
-            replicas.append(Endpoint(name, f"replica{i}", rdsn, {**extra, **rextra}))
+        replicas = [
+            _endpoint(name, f"replica{i}", replica, primary.connect_kwargs, defaults)
+            for i, replica in enumerate(raw_replicas)
+        ]
         least_latency = replica_selection == "least_latency"
         parsed[name] = Shard(name, weight, primary, replicas, least_latency)
     return parsed
+
+
+def name_endpoint(exc: BaseException, ep: Endpoint) -> BaseException:
+    """Add a note naming ``ep``'s shard, role and redacted DSN to ``exc`` (once); return it.
+
+    The exception keeps its class (``except asyncpg.X`` and ``except OSError`` still work);
+    the note shows in tracebacks and in ``logging.exception`` output.
+    """
+    note = f"tiercache: shard {ep.shard!r} ({ep.role}) at {ep.redacted}"
+    notes = getattr(exc, "__notes__", None)
+    if notes is None or note not in notes:
+        exc.add_note(note)
+    return exc
 
 
 def pool_of(connection: Any) -> Any:

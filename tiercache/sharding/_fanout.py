@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from tiercache.sharding._endpoints import Endpoint, Shard
-    from tiercache.sharding._redact import Redactor
 
-__all__ = ["FanoutMixin", "ShardFanoutError", "fanout"]
+__all__ = ["ShardFanoutError", "fanout", "fanout_targets"]
 
 T = TypeVar("T")
 
@@ -29,17 +28,24 @@ class ShardFanoutError(Exception):
 
     ``errors`` maps each failing shard to its exception, ``results`` holds the answers of
     the shards that succeeded, so callers may decide to use partial results.  The message
-    names every failing shard.
+    names every failing shard (and its redacted DSN when ``dsns`` is given).
     """
 
     def __init__(
-        self, operation: str, results: Mapping[str, Any], errors: Mapping[str, BaseException]
+        self,
+        operation: str,
+        results: Mapping[str, Any],
+        errors: Mapping[str, BaseException],
+        dsns: Mapping[str, str] | None = None,
     ) -> None:
         self.operation = operation
         self.results: dict[str, Any] = dict(results)
         self.errors: dict[str, BaseException] = dict(errors)
+        where = dict(dsns or {})
         details = "; ".join(
-            f"{shard}: {type(exc).__name__}: {exc}" for shard, exc in sorted(self.errors.items())
+            f"{shard}{f' ({where[shard]})' if shard in where else ''}: "
+            f"{type(exc).__name__}: {exc}"
+            for shard, exc in sorted(self.errors.items())
         )
         super().__init__(
             f"{operation} failed on {len(self.errors)} of "
@@ -131,115 +137,17 @@ async def _run_all(
     return [first, *rest]
 
 
-class FanoutMixin:
-    """``fetch_all``, ``fetchval_all`` and ``execute_all`` of the sharded pool."""
-
-    __slots__ = ()
-
-    if TYPE_CHECKING:
-        _shard_names: tuple[str, ...]
-        _fanout_concurrency: int
-        _redactor: Redactor
-
-        def _check_open(self) -> None: ...
-
-        def _shard(self, name: str) -> Shard: ...
-
-        async def _run(
-            self, ep: Endpoint, method: str, text: str, args: tuple[Any, ...],
-            kwargs: dict[str, Any],
-        ) -> Any: ...
-
-    def _fanout_targets(
-        self, shards: Iterable[str] | None, readonly: bool
-    ) -> dict[str, Endpoint]:
-        """``{name: endpoint}`` for every shard (or the named ones), validated up front so
-        an unknown name fails before any statement runs anywhere."""
-        self._check_open()
-        if isinstance(shards, str):  # a single name, not an iterable of characters
-            shards = (shards,)
-        names = self._shard_names if shards is None else tuple(shards)
-        targets: dict[str, Endpoint] = {}
-        for name in names:
-            shard = self._shard(name)
-            targets[name] = shard.pick_read() if readonly and shard.replicas else shard.primary
-        return targets
-
-    async def _fanout(
-        self,
-        operation: str,
-        method: str,
-        query: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        shards: Iterable[str] | None,
-        readonly: bool,
-        concurrency: int | None,
-    ) -> dict[str, Any]:
-        targets = self._fanout_targets(shards, readonly)
-        run = self._run
-
-        def call(name: str) -> Any:
-            return run(targets[name], method, query, (query, *args), kwargs)
-
-        return await fanout(
-            operation, tuple(targets), call,
-            concurrency=self._fanout_concurrency if concurrency is None else concurrency,
-            scrub=self._redactor.exception,
-        )
-
-    async def fetch_all(
-        self,
-        query: str,
-        *args: Any,
-        timeout: float | None = None,
-        record_class: Any = None,
-        shards: Iterable[str] | None = None,
-        readonly: bool = False,
-        concurrency: int | None = None,
-    ) -> dict[str, list[Any]]:
-        """Run ``fetch`` on every shard (or on ``shards``) concurrently: ``{shard: rows}``.
-
-        At most ``concurrency`` shards run at once (default: the pool's
-        ``fanout_concurrency``).  If any shard fails, :class:`ShardFanoutError` is raised
-        after all have finished; it names every failing shard and carries the ``results``
-        of the others.
-        """
-        return await self._fanout(
-            "fetch_all", "fetch", query, args,
-            {"timeout": timeout, "record_class": record_class}, shards, readonly, concurrency,
-        )
-
-    async def fetchval_all(
-        self,
-        query: str,
-        *args: Any,
-        column: int = 0,
-        timeout: float | None = None,
-        shards: Iterable[str] | None = None,
-        readonly: bool = False,
-        concurrency: int | None = None,
-    ) -> dict[str, Any]:
-        """Like :meth:`fetch_all` with ``fetchval``: ``{shard: value}`` (e.g. counts)."""
-        return await self._fanout(
-            "fetchval_all", "fetchval", query, args,
-            {"column": column, "timeout": timeout}, shards, readonly, concurrency,
-        )
-
-    async def execute_all(
-        self,
-        query: str,
-        *args: Any,
-        timeout: float | None = None,
-        shards: Iterable[str] | None = None,
-        concurrency: int | None = None,
-    ) -> dict[str, str]:
-        """Run ``execute`` on every shard primary (DDL, maintenance): ``{shard: status}``.
-
-        Not atomic across shards: on :class:`ShardFanoutError`, ``.results`` says which
-        shards applied the statement.
-        """
-        return await self._fanout(
-            "execute_all", "execute", query, args, {"timeout": timeout}, shards, False,
-            concurrency,
-        )
+def fanout_targets(
+    shards: Mapping[str, Shard], names: Iterable[str] | None, readonly: bool
+) -> dict[str, Endpoint]:
+    """``{name: endpoint}`` for every shard (or the named ones), validated up front so an
+    unknown name fails before any statement runs anywhere."""
+    if isinstance(names, str):  # a single name, not an iterable of characters
+        names = (names,)
+    targets: dict[str, Endpoint] = {}
+    for name in shards if names is None else names:
+        shard = shards.get(name)
+        if shard is None:
+            raise ValueError(f"unknown shard {name!r}; shards are {list(shards)}")
+        targets[name] = shard.pick_read() if readonly and shard.replicas else shard.primary
+    return targets

@@ -7,15 +7,17 @@ locks (everything runs on the event loop thread).  Dicts, floats and percentages
 when somebody asks for :meth:`EndpointMetrics.snapshot`.
 
 Slow statements are rare by definition, so the slow path may afford pglast: the statement is
-fingerprinted (``pglast.parser.fingerprint`` -- the same normalisation as pg_stat_statements'
-query id, so ``WHERE id = 1`` and ``WHERE id = $1`` group together), with the fingerprints
-memoised per query text.
+normalized (constants -> ``$n``) and fingerprinted (``pglast.parser.fingerprint`` -- the same
+normalisation as pg_stat_statements' query id, so ``WHERE id = 1`` and ``WHERE id = $1`` group
+together), memoised per statement digest.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import re
 import time
 from bisect import bisect_left
 from collections import deque
@@ -24,7 +26,10 @@ from typing import Any, Literal
 
 from tiercache._stats import LATENCY_BUCKETS
 
-__all__ = ["LATENCY_BUCKETS_S", "EndpointMetrics", "SlowQueryLog", "fingerprint"]
+__all__ = [
+    "LATENCY_BUCKETS_S", "UNPARSEABLE", "EndpointMetrics", "SlowQueryLog", "fingerprint",
+    "normalize",
+]
 
 log = logging.getLogger("tiercache.sharding.slowlog")
 
@@ -131,70 +136,107 @@ class EndpointMetrics:
         self.waiting = waiting
 
 
-_FINGERPRINTS: dict[str, str] = {}
+_FINGERPRINTS: dict[bytes, tuple[str | None, str]] = {}  # blake2b(text) -> (normalized, fp)
 _FINGERPRINT_CACHE_MAX = 4096
+# Literal tokens of PostgreSQL's lexer: strings of every quoting style ('..', E'..', U&'..',
+# $tag$..$tag$), bit/hex strings and numbers.
+_LITERAL_TOKENS = frozenset({"SCONST", "USCONST", "BCONST", "XCONST", "ICONST", "FCONST"})
+# Keyed per process: an unparseable statement's hash must not be a dictionary-attack oracle
+# for a weak password inside it, so it is only stable within one process.
+_RAW_KEY = os.urandom(16)
+UNPARSEABLE = "<statement not parseable by pglast: text not kept>"
+
+
+def normalize(query: str) -> tuple[str | None, str]:
+    """``(normalized statement, fingerprint)`` of ``query``; no literal survives.
+
+    pglast's ``normalize`` replaces constants by ``$n`` placeholders (as pg_stat_statements
+    shows statements) and ``fingerprint`` is pg_stat_statements-like grouping, so
+    ``WHERE id = 1`` and ``WHERE id = $1`` group together.  The normalizer leaves some
+    constants of utility statements alone (``CREATE TABLE ... DEFAULT 'x'``, ``COMMENT ...
+    IS '...'``), so every literal token the lexer still finds is replaced as well.  A statement
+    pglast cannot parse gives ``(None, "raw:<keyed hash>")``: its text is never kept.
+    """
+    digest = hashlib.blake2b(query.encode(), digest_size=16).digest()
+    cached = _FINGERPRINTS.get(digest)
+    if cached is not None:
+        return cached
+    from pglast.parser import fingerprint as pg_fingerprint
+    from pglast.parser import normalize as pg_normalize
+    from pglast.parser import scan
+
+    result: tuple[str | None, str]
+    try:
+        text = _mask_literals(pg_normalize(query), scan)
+        result = (text, str(pg_fingerprint(query)))
+    except Exception:
+        normalised = " ".join(query.split()).lower().encode()
+        raw = hashlib.blake2b(normalised, digest_size=8, key=_RAW_KEY).hexdigest()
+        result = (None, "raw:" + raw)
+    if len(_FINGERPRINTS) >= _FINGERPRINT_CACHE_MAX:
+        _FINGERPRINTS.clear()
+    _FINGERPRINTS[digest] = result
+    return result
+
+
+def _mask_literals(text: str, scan: Callable[[str], Any]) -> str:
+    """``text`` with every literal token left by the normalizer replaced by ``$n``."""
+    tokens = [t for t in scan(text) if t.name in _LITERAL_TOKENS]
+    if not tokens:
+        return text
+    raw = text.encode()  # the scanner's offsets are byte offsets, ``end`` inclusive
+    params = [int(m) for m in re.findall(rb"\$(\d+)", raw)]
+    n = max(params, default=0)
+    out: list[bytes] = []
+    last = 0
+    for token in tokens:
+        n += 1
+        out.append(raw[last:token.start])
+        out.append(b"$%d" % n)
+        last = token.end + 1
+    out.append(raw[last:])
+    return b"".join(out).decode()
 
 
 def fingerprint(query: str) -> str:
-    """pglast fingerprint of ``query``; constants and parameters are normalised away.
-
-    Statements pglast cannot parse (other dialects, fragments) get a stable hash of their
-    whitespace-normalised text instead, prefixed with ``raw:`` so they are recognisable.
-    """
-    cached = _FINGERPRINTS.get(query)
-    if cached is not None:
-        return cached
-    try:
-        from pglast.parser import fingerprint as pg_fingerprint
-
-        value = str(pg_fingerprint(query))
-    except Exception:
-        normalised = " ".join(query.split()).lower()
-        value = "raw:" + hashlib.blake2b(normalised.encode(), digest_size=8).hexdigest()
-    if len(_FINGERPRINTS) >= _FINGERPRINT_CACHE_MAX:
-        _FINGERPRINTS.clear()
-    _FINGERPRINTS[query] = value
-    return value
+    """pglast fingerprint of ``query`` (``"raw:<hash>"`` when pglast cannot parse it)."""
+    return normalize(query)[1]
 
 
 class SlowQueryLog:
     """Bounded in-memory log of statements slower than a threshold.
 
-    Entries hold the statement text (truncated), its fingerprint, shard, endpoint role,
-    method, duration and wall-clock time -- never the bound parameters, which may be
-    personal data.  Each slow statement is also logged once on ``tiercache.sharding.slowlog``
-    at WARNING.  The text goes through ``redact`` first (the pool passes its
-    :class:`~tiercache.sharding._redact.Redactor`): a statement may carry a password literal
-    (``ALTER ROLE ... PASSWORD '...'``), and both the log and ``slow_queries()`` end up in
-    tickets.
+    Entries hold the *normalized* statement (every constant replaced by ``$n``, see
+    :func:`normalize`), its fingerprint, shard, endpoint role, method, duration and
+    wall-clock time -- never literal text nor the bound parameters: a statement may carry a
+    password (``ALTER ROLE ... PASSWORD $$...$$``) or personal data, and both the log and
+    ``slow_queries()`` end up in tickets.  A statement pglast cannot parse is kept as its
+    fingerprint only (``query`` says so).  Each slow statement is also logged once on
+    ``tiercache.sharding.slowlog`` at WARNING, with the same normalized text.
     """
 
-    __slots__ = ("_entries", "_redact", "maxlen", "threshold_ns")
+    __slots__ = ("_entries", "maxlen", "threshold_ns")
 
-    def __init__(
-        self,
-        threshold_ms: float = 100.0,
-        maxlen: int = 1000,
-        redact: Callable[[str], str] | None = None,
-    ) -> None:
+    def __init__(self, threshold_ms: float = 100.0, maxlen: int = 1000) -> None:
         if threshold_ms < 0:
             raise ValueError("slow_query_ms must be >= 0")
         self.threshold_ns = int(threshold_ms * 1_000_000)
         self.maxlen = maxlen
-        self._redact = redact
         self._entries: deque[dict[str, Any]] = deque(maxlen=maxlen)
 
     def record(
         self, shard: str, role: str, method: str, query: str, elapsed_ns: int, failed: bool
     ) -> None:
         """Add one slow statement (the caller already compared against ``threshold_ns``)."""
-        fp = fingerprint(query)  # a hash with constants normalised away: nothing to redact
-        text = self._redact(query) if self._redact is not None else query
+        text, fp = normalize(query)
+        shown = UNPARSEABLE if text is None else (
+            text if len(text) <= 2000 else text[:2000] + "..."
+        )
         entry: dict[str, Any] = {
             "shard": shard,
             "role": role,
             "method": method,
-            "query": text if len(text) <= 2000 else text[:2000] + "...",
+            "query": shown,
             "fingerprint": fp,
             "duration_ms": elapsed_ns / 1e6,
             "failed": failed,
@@ -203,7 +245,7 @@ class SlowQueryLog:
         self._entries.append(entry)
         log.warning(
             "slow query on shard %s (%s) %.1f ms fingerprint=%s: %s",
-            shard, role, elapsed_ns / 1e6, fp, entry["query"][:200],
+            shard, role, elapsed_ns / 1e6, fp, shown[:200],
         )
 
     def entries(
