@@ -3,6 +3,10 @@
 ``fuzz``: the codec and the bus parser over a corpus of hostile shapes plus hypothesis;
 anything but ``CodecError`` (or a signal) is a failure. Prints a JSON summary.
 
+``bus URL NAMESPACE``: a subscriber holding one L1 entry; reports what hostile messages
+PUBLISHed by the parent did to it (dropped and counted, no reconnect, L1 kept), and that a
+real invalidation still arrives afterwards.
+
 ``paths URL NAMESPACE``: prints the L2 keys its four read paths will use, waits for a line
 on stdin (the parent writes hostile bytes there meanwhile), then reads every key through
 sync/async ``@cached``, ``get`` and ``get_many`` and prints what came back and the counts.
@@ -234,7 +238,46 @@ def run_paths(url: str, namespace: str) -> dict[str, Any]:
     return out
 
 
+
+
+def run_bus(url: str, namespace: str) -> dict[str, Any]:
+    """Subscribe, hold one L1 entry, then report what the hostile messages did."""
+    from tiercache.cache import TierCache
+    from tiercache.tiers.memory import MemoryTier
+    from tiercache.tiers.redis import RedisTier
+
+    async def main() -> dict[str, Any]:
+        cache = TierCache(l1=MemoryTier(maxsize=100), l2=RedisTier(url), namespace=namespace,
+                          bus_wait=30.0)
+
+        @cache.cached()
+        async def f(x: int) -> int:
+            return x
+
+        await f(1)
+        assert cache.bus is not None
+        print(json.dumps({"channel": cache.bus.channel, "rel": f.key_for(1)}), flush=True)
+        expected = int(await asyncio.to_thread(sys.stdin.readline))
+        stats = cache.stats()["bus"]
+        deadline = time.monotonic() + 60
+        while stats["dropped"] < expected and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            stats = cache.stats()["bus"]
+        held = len(f.segment)  # type: ignore[attr-defined]
+        print(json.dumps({"dropped": stats["dropped"]}), flush=True)
+        await asyncio.to_thread(sys.stdin.readline)  # the parent sent a real invalidation
+        while len(f.segment) and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            await asyncio.sleep(0.02)
+        out = {"held_after_garbage": held, "held_after_invalidation": len(f.segment),  # type: ignore[attr-defined]
+               **{k: v for k, v in cache.stats()["bus"].items() if not isinstance(v, dict)}}
+        await cache.aclose()
+        return out
+
+    return asyncio.run(main())
+
+
 if __name__ == "__main__":
     sys.setrecursionlimit(10_000)  # deeper than the default: the codec must not rely on it
-    result = run_fuzz() if sys.argv[1] == "fuzz" else run_paths(sys.argv[2], sys.argv[3])
+    modes = {"fuzz": run_fuzz, "paths": run_paths, "bus": run_bus}
+    result = modes[sys.argv[1]](*sys.argv[2:])
     print(json.dumps(result), flush=True)

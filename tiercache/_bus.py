@@ -226,6 +226,13 @@ class InvalidationBus:
             else:
                 self._task = loop.create_task(self._run(), name=f"tiercache-bus-{self.channel}")
 
+    def _connect_budget(self) -> float:
+        timeouts = (getattr(self.l2, "connect_timeout", None),
+                    getattr(self.l2, "socket_timeout", None))
+        if all(isinstance(t, int | float) and t > 0 for t in timeouts):
+            return float(sum(timeouts))  # type: ignore[arg-type]
+        return 1.0
+
     def _thread_main(self) -> None:
         loop = asyncio.new_event_loop()
         self._thread_loop = loop
@@ -244,7 +251,10 @@ class InvalidationBus:
             try:
                 client = self.l2.pubsub_client()
                 pubsub = client.pubsub()
-                await pubsub.subscribe(self.channel)
+                # connecting is bounded by the tier's own budget: redis-py's retries on a
+                # refused connection took ~3 s, and the first miss waits for this attempt
+                async with asyncio.timeout(self._connect_budget()):
+                    await pubsub.subscribe(self.channel)
                 while not self._closed:
                     msg = await pubsub.get_message(timeout=1.0)
                     if msg is None:
