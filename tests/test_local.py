@@ -371,3 +371,59 @@ async def test_binaries_in_a_private_dir_are_copied_for_the_server_user(
             assert await conn.fetchval("SELECT 41 + 1") == 42
         finally:
             await conn.close()
+
+
+def test_cli_up_prints_every_address_in_full_and_the_state_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A narrow terminal must not cut a DSN (a rich table did: the port was unreadable)."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))  # for cli_down() below
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path), "COLUMNS": "40", "TERM": "xterm"}
+    up = subprocess.Popen(
+        [sys.executable, "-m", "tiercache.cli", "local", "up", "--redis-masters", "1",
+         "--pg-shards", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert up.stdout is not None
+        lines: list[str] = []
+        while not lines or not lines[-1].strip().startswith(("export TIERCACHE_PG_DSNS=",
+                                                             "up in ")):  # (the old last line)
+            line = up.stdout.readline()
+            assert line, (lines, up.stderr.read() if up.stderr else "")
+            lines.append(line.rstrip("\n"))
+        state_file = tmp_path / "tiercache-local.json"
+        state = json.loads(state_file.read_text())
+        for name, dsn in state["pg_dsns"].items():
+            assert any(line.split() == ["postgres", f"{name}:", dsn] for line in lines)  # whole
+        assert any(line.endswith(state["redis_url"]) for line in lines)
+        assert any(line.startswith("state file:") and str(state_file) in line for line in lines)
+        # the export lines are valid shell and point the fixtures at this very stack
+        exports = [line.strip() for line in lines if line.strip().startswith("export ")]
+        script = "\n".join([*exports, 'printf "%s\\n%s" "$TIERCACHE_REDIS_URL" '
+                            '"$TIERCACHE_PG_DSNS"'])
+        out = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                             check=True).stdout
+        url, dsns = out.split("\n", 1)
+        assert url == state["redis_url"] and json.loads(dsns) == state["pg_dsns"]
+        assert cli_down() == 0
+        assert up.wait(timeout=10) == 0
+    finally:
+        up.kill()
+        up.wait()
+
+
+def test_cli_version_and_up_help() -> None:
+    from tiercache import __version__, implementation
+
+    run = [sys.executable, "-m", "tiercache.cli"]
+    version = subprocess.run([*run, "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout.startswith(f"tiercache {__version__} ({implementation()}, Python ")
+    helptext = subprocess.run([*run, "local", "up", "--help"], capture_output=True, text=True,
+                              check=True, env={**os.environ, "COLUMNS": "200"}).stdout
+    for option in ("--json", "--redis-masters", "--redis-replicas", "--pg-shards"):
+        line = next(line for line in helptext.splitlines() if line.strip().startswith(option))
+        assert len(line.split(maxsplit=2)) == 3, f"{option} has no help text: {line!r}"
+    bad = subprocess.run([*run, "local", "up", "--pg-shards", "-1"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "must be >= 0" in bad.stderr

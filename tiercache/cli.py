@@ -4,11 +4,37 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+
+def version_text() -> str:
+    """``tiercache 0.1.0 (cython, Python 3.11.7)``: which build is in use matters for speed."""
+    import platform
+
+    from tiercache import __version__
+    from tiercache._impl import implementation
+
+    return f"tiercache {__version__} ({implementation()}, Python {platform.python_version()})"
+
+
+class _VersionAction(argparse.Action):
+    """``--version`` that imports the package only when asked (``-h`` stays fast)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0,
+                         help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(version_text())
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tiercache", description=__doc__)
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print the version, the implementation (cython or python) and exit")
     commands = parser.add_subparsers(dest="command", required=True)
 
     bench = commands.add_parser("bench", help="run benchmark suites side by side with peers")
@@ -27,13 +53,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     local = commands.add_parser("local", help="local Redis Cluster + Postgres shards")
     local_commands = local.add_subparsers(dest="local_command", required=True)
-    up = local_commands.add_parser("up", help="start a stack and keep it up until Ctrl-C")
-    up.add_argument("--json", action="store_true", help="print the URLs/DSNs as JSON")
-    up.add_argument("--redis-masters", type=int, default=3)
-    up.add_argument("--redis-replicas", type=int, default=0)
-    up.add_argument("--pg-shards", type=int, default=3)
-    local_commands.add_parser("down", help="stop the stack started by `tiercache local up`")
+    up = local_commands.add_parser(
+        "up", help="start a stack and keep it up until Ctrl-C or `tiercache local down`",
+        description="Start a Redis Cluster and Postgres shards on loopback, print their "
+                    "addresses (one per line, in full) and the state file, and keep them up "
+                    "until Ctrl-C, SIGTERM or `tiercache local down` from another shell.")
+    up.add_argument("--json", action="store_true",
+                    help="print one JSON object (redis_url, pg_dsns, pids, state_file, ...) "
+                         "instead of the text listing")
+    up.add_argument("--redis-masters", type=_count(0), default=3, metavar="N",
+                    help="Redis Cluster masters (default: 3; 0 = no Redis)")
+    up.add_argument("--redis-replicas", type=_count(0), default=0, metavar="N",
+                    help="replicas per master (default: 0)")
+    up.add_argument("--pg-shards", type=_count(0), default=3, metavar="N",
+                    help="Postgres servers, named s1..sN (default: 3; 0 = no Postgres)")
+    local_commands.add_parser(
+        "down", help="stop the stack started by `tiercache local up` (from any shell)")
     return parser
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from tiercache._localstack.env import export_lines
 from tiercache._localstack.procs import LocalStackError, pid_alive, start_ticks
 
 STATE_NAME = "tiercache-local.json"
@@ -77,7 +78,6 @@ def _server_pids(state: dict[str, Any]) -> list[int]:
 def cli_up(as_json: bool, redis_masters: int, redis_replicas: int, pg_shards: int) -> int:
     """Start a stack, print its addresses, and keep it up until SIGINT/SIGTERM; exit code."""
     from rich.console import Console
-    from rich.table import Table
 
     from tiercache.local import LocalStack
 
@@ -109,28 +109,10 @@ def cli_up(as_json: bool, redis_masters: int, redis_replicas: int, pg_shards: in
         _write_state({"pid": os.getpid(), "pid_start": start_ticks(os.getpid()),
                       "started_at": time.time(), **info})
         if as_json:
-            sys.stdout.write(json.dumps(info) + "\n")
-            sys.stdout.flush()
+            sys.stdout.write(json.dumps({**info, "state_file": str(state_path())}) + "\n")
         else:
-            out = Console()
-            table = Table(title="tiercache local stack", show_lines=False)
-            table.add_column("service")
-            table.add_column("address")
-            if "redis_url" in info:
-                table.add_row("redis cluster", info["redis_url"])
-                for host, port in info["redis_nodes"]:
-                    table.add_row("  master", f"{host}:{port}")
-                for host, port in info.get("redis_replicas", []):
-                    table.add_row("  replica", f"{host}:{port}")
-            for name, dsn in info.get("pg_dsns", {}).items():
-                table.add_row(f"postgres {name}", dsn)
-            for kind, desc in info["binaries"].items():
-                where = desc.get("server") or desc.get("bindir")
-                table.add_row(f"{kind} binaries", f"{where} ({desc['source']})")
-            table.add_row("temp dir", str(info["temp_dir"]))
-            out.print(table)
-            out.print(f"up in {info['startup_seconds']:.1f}s - Ctrl-C or "
-                      "`tiercache local down` to stop")
+            sys.stdout.write("".join(line + "\n" for line in describe_lines(info, state_path())))
+        sys.stdout.flush()
         while not stop.wait(0.5):
             pass
         err.print("stopping...")
@@ -143,6 +125,32 @@ def cli_up(as_json: bool, redis_masters: int, redis_replicas: int, pg_shards: in
                 state_path().unlink()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def describe_lines(info: dict[str, Any], state_file: Path) -> list[str]:
+    """What ``up`` prints: every address in full, one per line (plain text, never wrapped:
+    a terminal-width table cut the DSNs before their port)."""
+    rows: list[tuple[str, str]] = []
+    if info.get("redis_url"):
+        rows.append(("redis cluster", info["redis_url"]))
+        rows += [("  master", f"{host}:{port}") for host, port in info.get("redis_nodes", [])]
+        rows += [("  replica", f"{host}:{port}") for host, port in info.get("redis_replicas", [])]
+    rows += [(f"postgres {name}", dsn) for name, dsn in info.get("pg_dsns", {}).items()]
+    for kind, desc in info.get("binaries", {}).items():
+        where = desc.get("server") or desc.get("bindir")
+        rows.append((f"{kind} binaries", f"{where} ({desc['source']})"))
+    rows.append(("temp dir", str(info["temp_dir"])))
+    rows.append(("state file", f"{state_file} (mode 0600: it holds the DSNs; "
+                               "`tiercache local down` reads it)"))
+    width = max(len(label) for label, _ in rows) + 2
+    lines = [f"tiercache local stack, up in {info['startup_seconds']:.1f}s "
+             "(Ctrl-C or `tiercache local down` to stop)"]
+    lines += [f"{label + ':':<{width}}{value}" for label, value in rows]
+    exports = export_lines(info.get("redis_url"), info.get("pg_dsns", {}))
+    if exports:
+        lines += ["", "point the tiercache pytest fixtures and README examples at it:",
+                  *(f"  {line}" for line in exports)]
+    return lines
 
 
 def _is_our_server(pid: int) -> bool:
