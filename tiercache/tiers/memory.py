@@ -32,7 +32,8 @@ class MemoryTier:
     ``maxsize`` bounds the entry count (None = unbounded); ``ttl`` is the default time to
     live in seconds (None = no expiry; per-entry ``ttl=`` overrides, ``math.inf`` = never);
     ``maxbytes`` with ``sizeof(value) -> int`` adds a byte bound; ``clock`` (seconds as
-    float) replaces the monotonic clock, for tests.
+    float) replaces the monotonic clock, for tests. ``len()``, ``stats()["size"]`` and the
+    store's ``keys()`` count live entries only, like cachetools' ``TTLCache``.
     """
 
     name = "l1"
@@ -162,6 +163,7 @@ class MemoryTier:
         return lru_impl.make_key(args, kwargs)
 
     def __len__(self) -> int:
+        """Live entries: an expired entry nobody read is not counted (as for ``in``/``get``)."""
         return len(self.store)
 
     def __repr__(self) -> str:
