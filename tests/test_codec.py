@@ -364,3 +364,27 @@ def test_many_legit_hashable_keys_still_decode() -> None:
     value = {"rows": [{(i, "x"): dt.date(2024, 1, 1 + i % 28)} for i in range(5000)],
              "ids": {uuid.UUID(int=i) for i in range(3000)}, "neg": {-1, -2}}
     assert same(codec.decode(codec.encode(value)), value)
+
+
+def test_ip_addresses_and_uuid_subclasses() -> None:
+    import ipaddress
+
+    import asyncpg.pgproto.pgproto as pgproto
+
+    values = [ipaddress.ip_address("10.0.0.1"), ipaddress.ip_address("::1"),
+              ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32"),
+              ipaddress.ip_interface("10.1.2.3/24"), ipaddress.ip_interface("fe80::1/64")]
+    assert same(codec.decode(codec.encode(values)), values)
+    pg_uuid = pgproto.UUID("12345678-1234-5678-1234-567812345678")  # what asyncpg returns
+    out = codec.decode(codec.encode(pg_uuid))
+    assert type(out) is uuid.UUID and out == pg_uuid
+    with pytest.raises(CodecError):
+        codec.decode(msgpack.packb(msgpack.ExtType(12, msgpack.packb([9, "1.2.3.4"]))))
+
+
+def test_unencodable_error_names_the_public_fix_once() -> None:
+    with pytest.raises(codec.UnencodableError) as info:
+        codec.encode({"k": [Unknown()]})
+    assert info.value.type is Unknown
+    assert str(info.value).count("tiercache.register_type(cls, encode, decode)") == 1
+    assert "tiercache.codec.register" not in str(info.value)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import ipaddress
 import threading
 import uuid
 import zoneinfo
@@ -55,6 +56,7 @@ __all__ = [
     "CodecError",
     "Entry",
     "Signer",
+    "UnencodableError",
     "decode",
     "encode",
     "pack_entry",
@@ -80,13 +82,31 @@ _MAX_TZ_KEY: Final = 128
 
 # tiercache's ext codes (1..31 reserved).
 _TUPLE, _SET, _FROZENSET, _DATETIME, _DATE, _TIME, _TIMEDELTA = 1, 2, 3, 4, 5, 6, 7
-_DECIMAL, _UUID, _BIGINT, _ROW = 8, 9, 10, 11
+_DECIMAL, _UUID, _BIGINT, _ROW, _IPADDR = 8, 9, 10, 11, 12
+_IP_KINDS: Final[dict[type, int]] = {
+    ipaddress.IPv4Address: 0, ipaddress.IPv6Address: 1, ipaddress.IPv4Network: 2,
+    ipaddress.IPv6Network: 3, ipaddress.IPv4Interface: 4, ipaddress.IPv6Interface: 5}
+_IP_MAKERS: Final = (ipaddress.IPv4Address, ipaddress.IPv6Address, ipaddress.IPv4Network,
+                     ipaddress.IPv6Network, ipaddress.IPv4Interface, ipaddress.IPv6Interface)
 _USER_NAMED: Final = 32
 USER_CODES: Final = range(33, 128)
 
 
 class CodecError(ValueError):
     """A payload that is not a tiercache entry this version can read (corrupt/foreign/newer)."""
+
+
+class UnencodableError(TypeError):
+    """A value of a type the codec has no encoding for; ``.type`` is that type.
+
+    The message gives the fix once; callers that log their own advice use ``.type``.
+    """
+
+    def __init__(self, cls: type) -> None:
+        self.type = cls
+        super().__init__(f"tiercache cannot encode an object of type "
+                         f"{cls.__module__}.{cls.__qualname__}; teach it with "
+                         "tiercache.register_type(cls, encode, decode)")
 
 
 class Entry(NamedTuple):
@@ -331,6 +351,8 @@ def _default(obj: Any) -> msgpack.ExtType:
         return msgpack.ExtType(_BIGINT, obj.to_bytes(length, "big", signed=True))
     if cls is Row:
         return _row(obj._columns.names, obj._values)
+    if cls in _IP_KINDS:
+        return msgpack.ExtType(_IPADDR, _pack([_IP_KINDS[cls], str(obj)]))
     user = _by_type.get(cls)
     if user is None and _RECORD is not None and isinstance(obj, _RECORD):
         record: Any = obj
@@ -340,15 +362,14 @@ def _default(obj: Any) -> msgpack.ExtType:
             user = _by_type.get(base)
             if user is not None:
                 break
+    if user is None and isinstance(obj, uuid.UUID):  # asyncpg's own UUID subclass, mainly
+        return msgpack.ExtType(_UUID, obj.bytes)
     if user is not None:
         data = user.encode(obj)
         if user.code == _USER_NAMED:
             return _nested(_USER_NAMED, [user.name, data])
         return _nested(user.code, data)
-    raise TypeError(
-        f"tiercache cannot encode an object of type {cls.__module__}.{cls.__qualname__};"
-        " teach it with tiercache.register_type(cls, encode, decode)"
-    )
+    raise UnencodableError(cls)
 
 
 def encode(value: Any) -> bytes:
@@ -394,7 +415,7 @@ _OPTS: Final[dict[str, Any]] = {"raw": False, "strict_map_key": False, "use_list
 # than _HASHABLES_FAST ext values is decoded again with a map hook that checks the keys
 # first (2.7x slower on maps, paid only by such payloads).
 _HASHABLE_EXTS: Final = frozenset({_TUPLE, _FROZENSET, _DATETIME, _DATE, _TIME, _TIMEDELTA,
-                                   _DECIMAL, _UUID, _BIGINT, _ROW})
+                                   _DECIMAL, _UUID, _BIGINT, _ROW, _IPADDR})
 _HASHABLES_FAST: Final = 2048
 _MAX_COLLISIONS: Final = 64
 
@@ -491,6 +512,12 @@ def _ext_hook(code: int, data: bytes) -> Any:
         return int.from_bytes(data, "big", signed=True)
     if code == _ROW:
         return _decode_row(data)
+    if code == _IPADDR:
+        kind, text = _unpack(data)
+        if type(kind) is not int or not 0 <= kind < 6 or type(text) is not str or len(
+                text) > 64:
+            raise CodecError("malformed IP address")
+        return _IP_MAKERS[kind](text)
     if code == _USER_NAMED:
         name, payload = _unpack(data)
         user = _by_name.get(name) if isinstance(name, str) else None
