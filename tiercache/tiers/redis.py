@@ -49,7 +49,7 @@ import redis.asyncio.cluster
 import redis.cluster
 
 from tiercache.codec import Entry, Signer, signer_from
-from tiercache.tiers._breaker import CLOSED, CircuitBreaker
+from tiercache.tiers._breaker import CLOSED, OPEN, CircuitBreaker
 from tiercache.tiers._redis_conn import (
     AsyncClient,
     SyncClient,
@@ -349,10 +349,10 @@ class RedisTier(RedisTierBase):
         node = None
         if self.breaker.degraded or self._repairs.active:
             node = self._guard(key)
+            if self._repairs.active and await self._blocked(key, node):
+                return MISSING  # checked first: a key that owes a repair takes no probe
             if node is not None and node.state is not CLOSED and not node.allow():
                 self._skip()
-                return MISSING
-            if self._repairs.active and await self._blocked(key):
                 return MISSING
         start = perf_counter()
         try:
@@ -375,10 +375,10 @@ class RedisTier(RedisTierBase):
         node = None
         if self.breaker.degraded or self._repairs.active:
             node = self._guard(key)
+            if self._repairs.active and self._blocked_sync(key, node):
+                return MISSING  # checked first: a key that owes a repair takes no probe
             if node is not None and node.state is not CLOSED and not node.allow():
                 self._skip()
-                return MISSING
-            if self._repairs.active and self._blocked_sync(key):
                 return MISSING
         start = perf_counter()
         try:
@@ -481,22 +481,26 @@ class RedisTier(RedisTierBase):
             found.update(self._decode_many(keys, raws, entries))
         return found
 
-    async def _blocked(self, key: str) -> bool:
+    async def _blocked(self, key: str, node: CircuitBreaker | None) -> bool:
         await self.repair()
         if self._repairs.blocks(key):
-            self._skip_pending()
+            self._skip_pending(node)
             return True
         return False
 
-    def _blocked_sync(self, key: str) -> bool:
+    def _blocked_sync(self, key: str, node: CircuitBreaker | None) -> bool:
         self.repair_sync()
         if self._repairs.blocks(key):
-            self._skip_pending()
+            self._skip_pending(node)
             return True
         return False
 
-    def _skip_pending(self) -> None:
-        """A read skipped because its key still owes a repair (counted like a skip)."""
+    def _skip_pending(self, node: CircuitBreaker | None = None) -> None:
+        """A read skipped because its key still owes a repair (counted like a skip; as
+        ``breaker_open`` when the key's node is down anyway)."""
+        if node is not None and node.state is OPEN:
+            self._skip()
+            return
         self.errors += 1
         self.errors_by_op.inc("repair_pending")
 
