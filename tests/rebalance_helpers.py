@@ -125,3 +125,93 @@ def all_rows(snap: Mapping[str, list[tuple[Any, ...]]]) -> list[tuple[Any, ...]]
 
 async def iter_none() -> AsyncIterator[None]:  # pragma: no cover - typing helper
     yield None
+
+
+class Writers:
+    """Tasks writing through the pool during a rebalance, keeping the reference state.
+
+    Each task owns the loaded ids ``i % tasks == task`` and the ids it inserts, so the
+    reference is exact without locks;
+    a write rejected with KeyMovedError (SQLSTATE TCKM1) is retried on the refreshed ring
+    (the rebalancer's pool flips in place), any other error fails the test.
+    """
+
+    def __init__(self, pool: ShardedPool, users: int, tasks: int = 4,
+                 max_ops: int = 50_000) -> None:
+        from tiercache.sharding.rebalance import KeyMovedError
+
+        self._moved = KeyMovedError
+        self.pool, self.tasks, self.max_ops = pool, tasks, max_ops
+        self.ref: dict[int, tuple[Any, ...]] = {i: user_row(i) for i in range(users)}
+        self.next_id = users
+        self.ops = 0
+        self.retries = 0
+        self.latencies: list[tuple[float, float]] = []  # (start monotonic, seconds)
+        self._stop = False
+        self._running: list[Any] = []
+
+    def start(self) -> None:
+        import asyncio
+
+        self._running = [asyncio.create_task(self._run(t)) for t in range(self.tasks)]
+
+    async def stop(self) -> None:
+        import asyncio
+
+        self._stop = True
+        await asyncio.gather(*self._running)
+
+    async def _write(self, sql: str, *args: Any, key: int) -> None:
+        import asyncio
+        import time
+
+        start = time.monotonic()
+        for attempt in range(20):
+            try:
+                await self.pool.execute(sql, *args, shard_key=key)
+                break
+            except Exception as exc:
+                if self._moved.from_exception(exc) is None or attempt == 19:
+                    raise
+                self.retries += 1
+                await asyncio.sleep(0.01)
+        self.latencies.append((start, time.monotonic() - start))
+
+    async def _run(self, task: int) -> None:
+        import asyncio
+        import random
+
+        rnd = random.Random(task)
+        mine = [i for i in self.ref if i % self.tasks == task]
+        ops = 0
+        while not self._stop and ops < self.max_ops:
+            ops += 1
+            self.ops += 1
+            choice = rnd.random()
+            if choice < 0.4 or not mine:
+                i = self.next_id
+                self.next_id += 1
+                row = (i, f"new-{i}", 0, b"w")
+                await self._write("INSERT INTO users (id, name, n, payload) VALUES "
+                                  "($1, $2, $3, $4)", *row, key=i)
+                self.ref[i] = row
+                mine.append(i)  # the creating task owns it from now on
+            elif choice < 0.85:
+                i = rnd.choice(mine)
+                await self._write("UPDATE users SET n = n + 1, name = $2 WHERE id = $1", i,
+                                  f"upd-{i}-{ops}", key=i)
+                old = self.ref[i]
+                self.ref[i] = (i, f"upd-{i}-{ops}", old[2] + 1, old[3])
+            else:
+                i = mine.pop(rnd.randrange(len(mine)))
+                await self._write("DELETE FROM users WHERE id = $1", i, key=i)
+                del self.ref[i]
+            await asyncio.sleep(0)
+
+    def p99(self, since: float | None = None, until: float | None = None) -> float:
+        picked = sorted(d for s, d in self.latencies
+                        if (since is None or s >= since) and (until is None or s < until))
+        return picked[int(0.99 * (len(picked) - 1))] if picked else 0.0
+
+    def expected(self) -> list[tuple[Any, ...]]:
+        return sorted(self.ref.values(), key=repr)

@@ -43,7 +43,6 @@ from tiercache.sharding._rebalance_sql import (
     fence_lock_key,
     multirange,
 )
-from tiercache.sharding.ring import HashRing
 
 if TYPE_CHECKING:
     from tiercache.sharding.rebalance import Hook, Rebalancer, RebalanceReport, VerifyReport
@@ -66,6 +65,8 @@ class Flow:
         self.progress: Progress | None = None
         self.report: RebalanceReport = RebalanceReport(plan.job)
         self.infos: dict[str, TableInfo] = {}
+        self._held: dict[str, Any] = {}
+        self._fence: dict[str, Any] = {}
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -76,7 +77,30 @@ class Flow:
                 await result
 
     def conn(self, shard: str) -> contextlib.AbstractAsyncContextManager[Any]:
+        held = self._held.get(shard)
+        if held is not None:
+            return contextlib.nullcontext(held)
         return self.rb._conn(shard)
+
+    @contextlib.asynccontextmanager
+    async def held(self) -> AsyncIterator[None]:
+        """Take the connections the job needs up front and keep them for its whole run.
+
+        Writers to moving keys wait inside their transactions during the fence, holding
+        their pool connections; a rebalancer that then asked the same pools for one more
+        connection could wait for ever.  So it never asks mid-job: one connection per
+        involved shard, plus one per source for the fence lock.
+        """
+        async with contextlib.AsyncExitStack() as stack:
+            for shard in sorted(set(self.plan.sources()) | set(self.plan.targets())):
+                self._held[shard] = await stack.enter_async_context(self.rb._conn(shard))
+            for source in self.plan.sources():
+                self._fence[source] = await stack.enter_async_context(self.rb._conn(source))
+            try:
+                yield
+            finally:
+                self._held.clear()
+                self._fence.clear()
 
     def movers(self) -> list[tuple[str, Move, TableMover]]:
         out = []
@@ -166,7 +190,8 @@ class Flow:
             if enc != "UTF8":
                 raise RebalanceError(f"shard {shard!r} is {enc}; the key hash needs UTF8")
         for source in self.plan.sources():
-            src = await self.rb._infos(source)
+            async with self.conn(source) as c:
+                src = {t: await table_info(c, t, k, source) for t, k in self.plan.tables.items()}
             for target in self.plan.targets():
                 async with self.conn(target) as c:
                     for table, key in self.plan.tables.items():
@@ -254,57 +279,56 @@ class Flow:
                 break
         return backlog
 
-    async def diffs(self, only: dict[int, list[int]] | None = None
-                    ) -> list[tuple[int, str, Move, ArcDiff]]:
-        """Arc differences per mover index (all arcs, or ``only[i]`` arc indexes)."""
+    async def diffs(self, name_keys: bool = False) -> list[tuple[int, str, Move, ArcDiff]]:
+        """Arcs whose rows differ, per mover index (with every differing key if asked)."""
         out = []
         for i, (table, move, mover) in enumerate(self.movers()):
-            if only is not None and i not in only:
-                continue
             async with self.conn(move.source) as src, self.conn(move.target) as dst:
                 for d in await mover.diff_arcs(src, dst, move.arcs,
-                                               None if only is None else only[i]):
+                                               max_keys=None if name_keys else 20):
                     out.append((i, table, move, d))
         return out
 
+
     async def converge_and_flip(self) -> None:
+        """Catch up, verify, fence, re-check what changed, flip.
+
+        Verification before the fence compares every arc; an arc that differs is narrowed
+        to the keys that differ, and each of those must be a captured change not yet applied
+        (a write racing the verification) -- anything else is corruption and refuses the
+        flip.  Inside the fence only keys are compared: every key applied by the final
+        catch-up, which includes each differing key and each key written since.  So the
+        fence lasts as long as the last backlog takes, not as long as a full verification.
+        """
         from tiercache.sharding.rebalance import VerificationError
 
         await self.catch_up(MAX_ROUNDS)
         await self.hook("caught_up")
         t0 = time.perf_counter()
-        flagged: dict[int, list[int]] = {}
-        unexplained = []
         movers = self.movers()
-        for i, table, move, d in await self.diffs():
-            async with self.conn(move.source) as src:
-                pending = await movers[i][2].pending_keys(src, move.target)
-            in_arc = {k for k in pending if k is not None and d.lo <= HashRing.hash_key(k) < d.hi}
-            if in_arc and all(k in pending for k in d.keys):
-                flagged.setdefault(i, []).append(move.arcs.index((d.lo, d.hi)))
-            else:
+        unexplained: list[tuple[str, str, str, ArcDiff]] = []
+        pending: dict[int, set[Any]] = {}
+        for i, table, move, d in await self.diffs(name_keys=True):
+            if i not in pending:
+                async with self.conn(move.source) as src:
+                    pending[i] = await movers[i][2].pending_keys(src, move.target)
+            if not d.keys or any(k not in pending[i] for k in d.keys):
                 unexplained.append((table, move.source, move.target, d))
         self.report.verify_seconds = time.perf_counter() - t0
         if unexplained:
             raise VerificationError(_describe(unexplained), unexplained)
         async with self.fence():
             await self.hook("fenced")
-            applied: dict[int, set[Any]] = {}
-            for i, (_table, move, mover) in enumerate(movers):
+            bad: list[tuple[str, str, str, ArcDiff]] = []
+            for table, move, mover in movers:
                 async with self.conn(move.source) as src, self.conn(move.target) as dst:
-                    while True:
-                        keys = await mover.pending_keys(src, move.target)
-                        if not keys:
-                            break
-                        applied.setdefault(i, set()).update(keys)
+                    applied: set[Any] = set()
+                    while keys := await mover.pending_keys(src, move.target):
+                        applied |= keys
                         self.report.caught_up += await mover.catch_up_once(
                             src, dst, move.target, CATCH_UP_LIMIT)
-            bad = [(t, m.source, m.target, d) for _i, t, m, d in await self.diffs(flagged)
-                   ] if flagged else []
-            for i, keys in applied.items():
-                table, move, mover = movers[i]
-                async with self.conn(move.source) as src, self.conn(move.target) as dst:
-                    wrong = await mover.compare_keys(src, dst, [k for k in keys if k is not None])
+                    wrong = await mover.compare_keys(
+                        src, dst, [k for k in applied if k is not None])
                 if wrong:
                     bad.append((table, move.source, move.target,
                                 ArcDiff(0, 2**32, (0, 0), (0, 0), wrong[:20])))
@@ -332,13 +356,14 @@ class Flow:
         the lock shared); in-flight writers finish first, so their captures are visible."""
         async with contextlib.AsyncExitStack() as stack:
             conns = []
+            started = time.perf_counter()  # writers to moving keys queue from the request on
             for source in self.plan.sources():
-                c = await stack.enter_async_context(self.conn(source))
+                c = self._fence.get(source) or await stack.enter_async_context(
+                    self.rb._conn(source))
                 await c.execute(f"SET lock_timeout = {int(self.fence_timeout * 1000)}")
                 await c.execute("SELECT pg_advisory_lock($1)",
                                 fence_lock_key(self.plan.job, source))
                 conns.append((c, fence_lock_key(self.plan.job, source)))
-            started = time.perf_counter()
             try:
                 yield
             finally:

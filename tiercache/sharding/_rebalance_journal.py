@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.topology (
 
 
 class Journal:
-    """Job rows on the journal shard (through an asyncpg pool of that shard)."""
+    """Job rows on the journal shard, through an asyncpg pool or a held connection of it."""
 
     def __init__(self, pool: Any) -> None:
         self.pool = pool

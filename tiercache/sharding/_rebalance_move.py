@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,6 @@ from typing import Any
 
 from tiercache.sharding._rebalance_schema import TableInfo
 from tiercache.sharding._rebalance_sql import (
-    SCHEMA,
     capture_table,
     hash_expr,
     ident,
@@ -88,7 +88,7 @@ class TableMover:
 
     def _batch_query(self, after: list[str] | None, upto: list[str] | None
                      ) -> tuple[str, list[Any]]:
-        conds = [f"{self.hash} <@ $1::text::int8multirange"]
+        conds = [f"{self.hash} <@ (SELECT $1::text::int8multirange)"]
         args: list[Any] = [self.arcs]
         if after is not None:
             conds.append(f"{self.pk} > {self._pk_params(len(args) + 1)}")
@@ -187,64 +187,72 @@ class TableMover:
         cols = ", ".join(ident(c) for c, _ in self.info.columns)
         return ("('x' || substr(md5(ROW(" + cols + ")::text), 1, 16))::bit(64)::bigint::numeric")
 
-    async def arc_sums(self, conn: Any, arcs: str | None = None) -> dict[int, tuple[int, int]]:
+    async def arc_sums(self, conn: Any) -> dict[int, tuple[int, int]]:
         """``{arc index: (rows, checksum)}`` of the rows in the moving arcs on one shard."""
         async with conn.transaction(readonly=True):
             await conn.execute(_STABLE_TEXT)
             rows = await conn.fetch(
                 f"SELECT width_bucket(h, $2::bigint[]) AS b, count(*) AS n, "
                 f"coalesce(sum(r), 0) AS s FROM (SELECT {self.hash} AS h, {self._row_sum()} AS r "
-                f"FROM {self.table}) q WHERE h <@ $1::text::int8multirange GROUP BY b",
-                arcs or self.arcs, self.lows)
+                f"FROM {self.table}) q WHERE h <@ (SELECT $1::text::int8multirange) GROUP BY b",
+                self.arcs, self.lows)
         return {int(r["b"]) - 1: (int(r["n"]), int(r["s"])) for r in rows}
 
-    async def key_sums(self, conn: Any, lo: int, hi: int | None = None,
-                       keys: list[Any] | None = None) -> dict[Any, tuple[int, int]]:
-        """Per-key (rows, checksum) in ``[lo, hi)`` or for given keys."""
+    async def key_sums(self, conn: Any, keys: list[Any]) -> dict[Any, tuple[int, int]]:
+        """Per-key (rows, checksum) for the given keys on one shard."""
         async with conn.transaction(readonly=True):
             await conn.execute(_STABLE_TEXT)
-            args: list[Any]
-            if keys is not None:
-                where = f"{ident(self.info.key)} = ANY($1::{self.info.key_sql_type}[])"
-                args = [keys]
-            else:
-                where, args = f"{self.hash} >= $1 AND {self.hash} < $2", [lo, hi]
             rows = await conn.fetch(
                 f"SELECT {ident(self.info.key)} AS k, count(*) AS n, sum({self._row_sum()}) AS s "
-                f"FROM {self.table} WHERE {where} GROUP BY 1", *args)
+                f"FROM {self.table} WHERE {ident(self.info.key)} = "
+                f"ANY($1::{self.info.key_sql_type}[]) GROUP BY 1", keys)
         return {r["k"]: (int(r["n"]), int(r["s"])) for r in rows}
 
     async def compare_keys(self, src: Any, dst: Any, keys: list[Any]) -> list[Any]:
         """Keys whose rows differ between source and target."""
         if not keys:
             return []
-        a, b = await asyncio.gather(self.key_sums(src, 0, keys=keys),
-                                    self.key_sums(dst, 0, keys=keys))
+        a, b = await asyncio.gather(self.key_sums(src, keys), self.key_sums(dst, keys))
         return [k for k in keys if a.get(k) != b.get(k)]
 
     async def diff_arcs(self, src: Any, dst: Any, arcs: list[tuple[int, int]],
-                        only: list[int] | None = None, max_keys: int = 20) -> list[ArcDiff]:
-        """Arcs (of ``arcs``, the move's; or just the ``only`` indexes) whose counts or
-        checksums differ, with their differing keys named."""
-        subset = None if only is None else multirange([arcs[i] for i in sorted(set(only))])
-        a, b = await asyncio.gather(self.arc_sums(src, subset), self.arc_sums(dst, subset))
+                        max_keys: int | None = 20) -> list[ArcDiff]:
+        """Arcs of the move whose counts or checksums differ, each with its differing keys
+        (all of them with ``max_keys=None``), found in one per-key pass over those arcs."""
+        a, b = await asyncio.gather(self.arc_sums(src), self.arc_sums(dst))
         diffs = []
         for i in sorted(set(a) | set(b)):
             if a.get(i, (0, 0)) != b.get(i, (0, 0)):
                 lo, hi = arcs[i]
                 diffs.append(ArcDiff(lo, hi, a.get(i, (0, 0)), b.get(i, (0, 0))))
-        for d in diffs[:8]:  # name the keys of the first few arcs (bounded work)
-            ka, kb = await asyncio.gather(self.key_sums(src, d.lo, d.hi),
-                                          self.key_sums(dst, d.lo, d.hi))
-            d.keys = [k for k in sorted(set(ka) | set(kb), key=repr) if ka.get(k) != kb.get(k)]
-            d.keys = d.keys[:max_keys]
+        if not diffs:
+            return diffs
+        subset = multirange([(d.lo, d.hi) for d in diffs])
+        ka, kb = await asyncio.gather(self.key_sums_in(src, subset),
+                                      self.key_sums_in(dst, subset))
+        lows = [d.lo for d in diffs]
+        for k in set(ka) | set(kb):
+            if ka.get(k) != kb.get(k):
+                d = diffs[bisect.bisect_right(lows, _hash(k)) - 1]
+                if max_keys is None or len(d.keys) < max_keys:
+                    d.keys.append(k)
         return diffs
+
+    async def key_sums_in(self, conn: Any, arcs: str) -> dict[Any, tuple[int, int]]:
+        """Per-key (rows, checksum) of the rows in ``arcs`` on one shard."""
+        async with conn.transaction(readonly=True):
+            await conn.execute(_STABLE_TEXT)
+            rows = await conn.fetch(
+                f"SELECT {ident(self.info.key)} AS k, count(*) AS n, sum({self._row_sum()}) AS s "
+                f"FROM {self.table} WHERE {self.hash} <@ (SELECT $1::text::int8multirange) "
+                f"GROUP BY 1", arcs)
+        return {r["k"]: (int(r["n"]), int(r["s"])) for r in rows}
 
     async def count_in(self, conn: Any, arcs: str) -> tuple[int, int]:
         """Rows (and their bytes) whose key hashes into ``arcs`` on one shard."""
         row = await conn.fetchrow(
             f"SELECT count(*), coalesce(sum(pg_column_size(t.*)), 0) FROM {self.table} t "
-            f"WHERE {self.hash} <@ $1::text::int8multirange", arcs)
+            f"WHERE {self.hash} <@ (SELECT $1::text::int8multirange)", arcs)
         return int(row[0]), int(row[1])
 
     async def delete_in(self, conn: Any, arcs: str, step: int) -> AsyncIterator[int]:
@@ -253,7 +261,7 @@ class TableMover:
         after: list[str] | None = None
         while True:
             upto = await self.next_bound(conn, after, step)
-            conds = [f"{self.hash} <@ $1::text::int8multirange"]
+            conds = [f"{self.hash} <@ (SELECT $1::text::int8multirange)"]
             args: list[Any] = [arcs]
             if after is not None:
                 conds.append(f"{self.pk} > {self._pk_params(2)}")
@@ -271,5 +279,7 @@ class TableMover:
             after = upto
 
 
-def arcs_table() -> str:
-    return f"{SCHEMA}.arcs"
+def _hash(key: Any) -> int:
+    from tiercache.sharding.ring import HashRing
+
+    return HashRing.hash_key(bytes(key) if isinstance(key, memoryview) else key)

@@ -162,7 +162,7 @@ class Rebalancer:
 
     @contextlib.asynccontextmanager
     async def _conn(self, shard: str) -> AsyncIterator[Any]:
-        async with (await self._pg(shard)).acquire() as conn:
+        async with (await self._pg(shard)).acquire(timeout=60) as conn:
             yield conn
 
     async def close(self) -> None:
@@ -267,12 +267,13 @@ class Rebalancer:
                    cleanup: bool) -> RebalanceReport:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        journal = Journal(await self._pg(self._journal_shard))
         async with self._conn(self._journal_shard) as lock_conn:
-            flow = Flow(self, plan, journal, batch_size, progress, fence_timeout, hook)
+            flow = Flow(self, plan, Journal(lock_conn), batch_size, progress, fence_timeout,
+                        hook)
             await flow.lock(lock_conn)
             try:
-                return await flow.run(phase, cleanup)
+                async with flow.held():
+                    return await flow.run(phase, cleanup)
             finally:
                 flow.close()
                 with contextlib.suppress(Exception):
@@ -286,11 +287,11 @@ class Rebalancer:
         job, plan_json, phase = found
         plan = Plan.from_json(plan_json)
         async with self._conn(self._journal_shard) as lock_conn:
-            flow = Flow(self, plan, Journal(await self._pg(self._journal_shard)), 5000,
-                        False, 10.0, None)
+            flow = Flow(self, plan, Journal(lock_conn), 5000, False, 10.0, None)
             await flow.lock(lock_conn)
             try:
-                await flow.abort(phase)
+                async with flow.held():
+                    await flow.abort(phase)
             finally:
                 flow.close()
                 await flow.unlock(lock_conn)
