@@ -358,7 +358,7 @@ class Flow:
             conns = []
             started = time.perf_counter()  # writers to moving keys queue from the request on
             for source in self.plan.sources():
-                c = self._fence.get(source) or await stack.enter_async_context(
+                c: Any = self._fence.get(source) or await stack.enter_async_context(
                     self.rb._conn(source))
                 await c.execute(f"SET lock_timeout = {int(self.fence_timeout * 1000)}")
                 await c.execute("SELECT pg_advisory_lock($1)",
