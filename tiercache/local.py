@@ -34,11 +34,15 @@ from tiercache._localstack.binaries import (
 )
 from tiercache._localstack.binaries import for_user as binaries_for_user
 from tiercache._localstack.cli import cli_down, cli_up
+from tiercache._localstack.env import PG_DSNS_ENV, REDIS_URL_ENV, parse_pg_dsns
 from tiercache._localstack.postgres import PostgresServers, drop_sysv_segment
 from tiercache._localstack.procs import LocalStackError, pid_alive, unprivileged_user
 from tiercache._localstack.redis_cluster import RedisClusterServers
 
-__all__ = ["LocalStack", "LocalStackError", "cli_down", "cli_up", "reap_stale_stacks"]
+__all__ = [
+    "PG_DSNS_ENV", "REDIS_URL_ENV", "LocalStack", "LocalStackError", "cli_down", "cli_up",
+    "parse_pg_dsns", "reap_stale_stacks",
+]
 
 log = logging.getLogger("tiercache.local")
 
