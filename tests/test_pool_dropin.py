@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import logging
 import traceback
+import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,6 +20,7 @@ import asyncpg
 import pytest
 
 from tiercache.sharding._pool_metrics import UNPARSEABLE, SlowQueryLog
+from tiercache.sharding._redact import Redactor
 from tiercache.sharding.pool import ShardedPool, ShardFanoutError, create_sharded_pool
 
 SECRET = "dead-pass-7731"  # long enough for the Redactor (it ignores strings under 3 chars)
@@ -255,3 +257,28 @@ async def test_routed_error_keeps_its_class_and_names_the_shard(tiercache_stack:
             assert await pool.fetchval("SELECT 1", shard="s1") == 1
         finally:
             tiercache_stack.restart_pg_shard("s2")
+
+
+@pytest.mark.parametrize("literal", ["$$dollar-pw$$", "$k$dollar-pw$k$", "E'dollar-pw'",
+                                     "'dollar-pw'"])
+def test_error_texts_mask_sql_passwords_of_every_quoting_style(literal: str) -> None:
+    exc = asyncpg.PostgresSyntaxError(f"near ALTER ROLE app PASSWORD {literal} VALID UNTIL")
+    Redactor().exception(exc)
+    assert "dollar-pw" not in str(exc) and "PASSWORD '***' VALID" in str(exc)
+
+
+async def test_slow_role_rotation_is_logged_without_the_password(
+    tiercache_stack: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with create_sharded_pool(tiercache_stack.pg_dsns["s1"], min_size=1, max_size=1,
+                                   slow_query_ms=0) as pool:
+        role = f"r_{uuid.uuid4().hex[:8]}"
+        with caplog.at_level(logging.WARNING, logger="tiercache.sharding.slowlog"):
+            await pool.execute(f"CREATE ROLE {role} PASSWORD $$first-pw-1$$")
+            await pool.execute(f"ALTER ROLE {role} PASSWORD $t$second-pw-2$t$")
+            await pool.execute(f"ALTER ROLE {role} PASSWORD E'third\\'pw-3'")
+            await pool.execute(f"DROP ROLE {role}")
+        seen = str(pool.slow_queries()) + caplog.text
+        assert f"ALTER ROLE {role} PASSWORD $1" in seen
+        for secret in ("first-pw-1", "second-pw-2", "pw-3"):
+            assert secret not in seen

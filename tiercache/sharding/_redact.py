@@ -26,9 +26,14 @@ MASK = "***"
 
 # ``password=secret`` / ``password='se cret'`` inside a libpq key/value DSN or a URL query.
 _KV_PASSWORD = re.compile(r"(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)")
-# ``[ENCRYPTED] PASSWORD 'literal'`` in SQL (CREATE/ALTER ROLE): the statement text of a
-# password rotation reaches the slow-query log, and the new password is not known to us yet.
-_SQL_PASSWORD = re.compile(r"(?i)(\bpassword\s+)'(?:[^']|'')*'")
+# ``[ENCRYPTED] PASSWORD <literal>`` in SQL (CREATE/ALTER ROLE), in every quoting style
+# ('..', E'..', $$..$$, $tag$..$tag$): error texts may quote a password rotation's statement,
+# and the new password is not known to us yet.  (The slow-query log keeps no literal at all.)
+_SQL_PASSWORD = re.compile(
+    r"(?i)(\bpassword\s+)(?:'(?:[^']|'')*'|E'(?:[^'\\]|\\.|'')*'"
+    r"|\$([A-Za-z_][A-Za-z_0-9]*|)\$.*?\$\2\$)",
+    re.DOTALL,
+)
 
 
 def dsn_password(dsn: str) -> str | None:
