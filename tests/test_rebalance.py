@@ -302,3 +302,27 @@ async def test_second_rebalance_refused_while_one_holds_the_lock(dsns: dict[str,
         assert seen == ["prepared"]
     finally:
         await pool.close()
+
+
+async def test_progress_bars_show_rows_rate_and_report(dsns: dict[str, str]) -> None:
+    import io
+
+    from rich.console import Console
+
+    from tiercache.sharding._rebalance_progress import RichProgress
+
+    await create_schema(dsns, ["s1", "s2", "s3"])
+    pool = await open_pool(dsns, HashRing(["s1", "s2", "s3"]))
+    try:
+        await load(pool, users=3000, orders=0)
+        rb = Rebalancer(pool, {"users": "id"})
+        plan = await rb.plan(add=["s4"])
+        buf = io.StringIO()
+        bars = RichProgress(console=Console(file=buf, width=160, force_terminal=False))
+        await rb.apply(plan, batch_size=200, progress=bars)
+        text = buf.getvalue()
+        for tm in plan.table_moves:
+            assert f"users {tm.source}->s4" in text and f"{tm.rows}/{tm.rows}" in text
+        assert "done in" in text and "rows/s" in text
+    finally:
+        await pool.close()
