@@ -175,6 +175,19 @@ def test_readme_parser() -> None:
         readme_blocks("```python\nx = 1\n")
 
 
+def test_blocks_have_no_undefined_or_unused_names(tmp_path: Path) -> None:
+    """pyflakes' rules (ruff ``F``) over every block: also the lines a run does not reach."""
+    pytest.importorskip("ruff")
+    for block in BLOCKS:
+        (tmp_path / f"readme_{block.id.replace('-', '_')}.py").write_text(block.script())
+    found = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--no-cache", "--isolated", "--select", "F,E9",
+         "--output-format", "concise", str(tmp_path)],
+        capture_output=True, text=True, timeout=60)
+    assert found.returncode == 0, ("README.md blocks (line numbers are README.md's):\n"
+                                   f"{found.stdout}{found.stderr}")
+
+
 @pytest.mark.parametrize("block", RUNNABLE, ids=[b.id for b in RUNNABLE])
 def test_block_runs_on_the_test_stack(block: Block, tiercache_stack: Any,
                                       redis_cluster_client: Any, tmp_path: Path) -> None:
