@@ -99,6 +99,22 @@ def _use_sharded_pool(tb: Any) -> None:
     tb.ClusterTestCase.tearDown = tear_down
 
 
+def _forward_private_attributes() -> None:
+    """For ``--forward-private`` only: expose the one shard's asyncpg-private ``_holders``,
+    ``_queue`` and ``_maintenance_task`` on the ShardedPool class, so the tests that inspect
+    them can check the behaviour underneath.  Never part of tiercache itself."""
+    from tiercache.sharding.pool import ShardedPool
+
+    def forward(attr: str) -> property:
+        def get(self: Any) -> Any:
+            (shard,) = self._shards.values()
+            return getattr(shard.primary.pool, attr)
+        return property(get)
+
+    for attr in ("_holders", "_queue", "_maintenance_task"):
+        setattr(ShardedPool, attr, forward(attr))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("asyncpg_src", type=Path, help="unpacked asyncpg source tree")
@@ -107,6 +123,9 @@ def main() -> int:
                         help="only tests matching this substring (repeatable)")
     parser.add_argument("--include-private", action="store_true",
                         help="also run the tests that read asyncpg-private attributes")
+    parser.add_argument("--forward-private", action="store_true",
+                        help="run those too, with the shard pool's private attributes "
+                             "forwarded by this script (a diagnostic, not the drop-in claim)")
     parser.add_argument("-v", "--verbose", action="store_true")
     opts = parser.parse_args()
 
@@ -121,6 +140,8 @@ def main() -> int:
         tb, test_pool = _load_asyncpg_tests(opts.asyncpg_src.resolve())
         if not opts.plain:
             _use_sharded_pool(tb)
+            if opts.forward_private:
+                _forward_private_attributes()
         suite = unittest.TestSuite()
         private = private_reads(opts.asyncpg_src / "tests" / "test_pool.py")
         skipped: list[str] = []
@@ -128,7 +149,7 @@ def main() -> int:
             name = test.id().rsplit(".", 1)[-1]
             if opts.patterns and not any(p in name for p in opts.patterns):
                 continue
-            if name in private and not opts.include_private:
+            if name in private and not (opts.include_private or opts.forward_private):
                 skipped.append(f"{name} (reads {', '.join(private[name])})")
                 continue
             suite.addTest(test)
