@@ -11,28 +11,27 @@ Groups compared side by side, all on a warm key (every call is a hit):
   cachetools ``TTLCache`` (keys/values built beforehand: only the store's own cost counts).
   Bar: <= 120 B/entry. Reported in ``extra_info``.
 
-Timings are reported, never asserted. The store is whatever ``tiercache._impl`` picks
-(``TIERCACHE_PUREPYTHON=1`` to measure the fallback).
+Timings are reported, never asserted; ``python bench_l1.py [--quick]`` prints the ratios with
+the ``tiercache bench --suite cache`` code itself (``tiercache.bench.suites.cache``). The store
+is whatever ``tiercache._impl`` picks (``TIERCACHE_PUREPYTHON=1`` to measure the fallback).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import gc
 import sys
-import timeit
-import tracemalloc
 from collections.abc import Callable, Hashable
 from typing import Any
 
 import cachetools
 import pytest
 
+from tiercache.bench.base import BenchContext
+from tiercache.bench.suites.cache import async_rows, memory_rows, store_bytes_per_entry, sync_rows
 from tiercache.tiers.memory import MemoryTier
 
 BATCH = 1000
-N_MEMORY = 100_000
 
 
 def _plain(x: int) -> int:
@@ -119,31 +118,6 @@ def _run_batch(loop: asyncio.AbstractEventLoop, fn: Callable[[int], Any]) -> Non
     loop.run_until_complete(_await_batch(fn))
 
 
-def memory_per_entry(kind: str, n: int = N_MEMORY) -> float:
-    """tracemalloc bytes per entry of the store alone (keys/values preallocated)."""
-    keys = [(i,) for i in range(n)]
-    values = list(range(n))
-    gc.collect()
-    tracemalloc.start()
-    try:
-        if kind == "tiercache":
-            store: Any = MemoryTier(maxsize=n, ttl=60.0).segment("bench")
-            before = tracemalloc.get_traced_memory()[0]
-            put = store.put
-            for k, v in zip(keys, values, strict=True):
-                put(k, v)
-        else:
-            store = cachetools.TTLCache(maxsize=n, ttl=60.0)
-            before = tracemalloc.get_traced_memory()[0]
-            for k, v in zip(keys, values, strict=True):
-                store[k] = v
-        after = tracemalloc.get_traced_memory()[0]
-    finally:
-        tracemalloc.stop()
-    del store
-    return (after - before) / n
-
-
 # ------------------------------------------------------------------- pytest-benchmark
 
 
@@ -172,10 +146,10 @@ def test_l1_async_hit(benchmark: Any, async_env: Any, name: str) -> None:
     benchmark(_run_batch, loop, fns[name])
 
 
-@pytest.mark.parametrize("kind", ["tiercache", "cachetools-TTLCache"])
+@pytest.mark.parametrize("kind", ["tiercache", "cachetools"])
 def test_l1_memory(benchmark: Any, kind: str) -> None:
     benchmark.group = "l1-memory"
-    per_entry = benchmark.pedantic(memory_per_entry, args=(kind,), rounds=1, iterations=1)
+    per_entry = benchmark.pedantic(store_bytes_per_entry, args=(kind,), rounds=1, iterations=1)
     benchmark.extra_info["bytes_per_entry"] = round(per_entry, 1)
     print(f"\n{kind}: {per_entry:.1f} bytes/entry")
 
@@ -183,52 +157,14 @@ def test_l1_memory(benchmark: Any, kind: str) -> None:
 # ------------------------------------------------------------------- ratio report
 
 
-def _best(stmt: Callable[[], Any], number: int, repeat: int = 7) -> float:
-    return min(timeit.repeat(stmt, number=number, repeat=repeat)) / number
-
-
-def report(number: int = 200_000) -> dict[str, float]:
-    """Interleaved, same-process timings (ns per hit) and memory; prints the ratios."""
-    out: dict[str, float] = {}
-    for name, call in make_sync().items():
-        out[f"sync/{name}"] = _best(call, number) * 1e9
-    loop = asyncio.new_event_loop()
-    fns = make_async(loop)
-    for name, fn in fns.items():
-        rounds = max(number // BATCH // (20 if name in ("cashews", "aiocache") else 1), 5)
-        batch = functools.partial(_run_batch, loop, fn)
-        out[f"async/{name}"] = _best(batch, rounds) / BATCH * 1e9
-    loop.close()
-    for kind in ("tiercache", "cachetools-TTLCache"):
-        out[f"memory/{kind}"] = memory_per_entry(kind)
-    s, a = "sync/", "async/"
-
-    def r(x: str, y: str) -> float:
-        return out[x] / out[y]
-
-    lines = [f"impl: {type(MemoryTier().store).__module__}"]
-    lines += [
-        f"{k:28s} {v:9.1f} {'B/entry' if k.startswith('memory') else 'ns'}" for k, v in out.items()
-    ]
-    for n in ("1arg", "2args"):
-        lru, ct = f"{s}lru_cache-{n}", f"{s}cachetools-{n}"
-        lines += [
-            f"sync {n:5s} tiercache / lru_cache     = {r(f'{s}tiercache-{n}', lru):.2f}x"
-            " (bar <= 1.5x)",
-            f"sync {n:5s} tiercache-ttl / lru_cache = {r(f'{s}tiercache-ttl-{n}', lru):.2f}x",
-            f"sync {n:5s} cachetools / tiercache-ttl = {r(ct, f'{s}tiercache-ttl-{n}'):.1f}x"
-            " faster (bar >= 5x)",
-        ]
-    lines += [
-        f"async tiercache / bare await = {r(a + 'tiercache', a + 'bare-await'):.2f}x (bar <= 2.5x)",
-        f"async cashews / tiercache    = {r(a + 'cashews', a + 'tiercache'):.0f}x faster"
-        " (bar >= 50x)",
-        f"async aiocache / tiercache   = {r(a + 'aiocache', a + 'tiercache'):.0f}x faster"
-        " (bar >= 50x)",
-    ]
-    print("\n".join(lines))
-    return out
+def report(quick: bool = False) -> None:
+    """The interleaved same-process ratios: the ``cache`` suite's own L1 measurements."""
+    ctx = BenchContext(quick=quick)
+    print(f"impl: {type(MemoryTier().store).__module__}")
+    for row in [*sync_rows(ctx), *async_rows(ctx), *memory_rows()]:
+        verdict = {True: "OK", False: "MISS", None: "info"}[row["ok"]]
+        print(f"{row['name']:48s} {row['summary']}  [{row.get('target') or '-'}] {verdict}")
 
 
 if __name__ == "__main__":
-    report(int(sys.argv[1]) if len(sys.argv) > 1 else 200_000)
+    report(quick="--quick" in sys.argv)

@@ -36,7 +36,8 @@ from tiercache.bench.suites._cache_l2 import measure_l2
 from tiercache.cache import TierCache
 from tiercache.tiers.memory import MemoryTier
 
-__all__ = ["DESCRIPTION", "NAME", "NEEDS", "run"]
+__all__ = ["DESCRIPTION", "NAME", "NEEDS", "async_rows", "best_interleaved", "memory_rows", "run",
+           "store_bytes_per_entry", "sync_rows", "traced_bytes"]
 
 NAME = "cache"
 DESCRIPTION = "L1 hit path vs lru_cache/cachetools/cashews/aiocache, L1 memory, L2 vs raw redis-py"
@@ -73,7 +74,7 @@ def _l1_cache(name: str) -> TierCache:
     return TierCache(l1=MemoryTier(maxsize=N_MEMORY + 10), namespace=name, bus=False)
 
 
-def _best_interleaved(calls: dict[str, Callable[[], Any]], number: int,
+def best_interleaved(calls: dict[str, Callable[[], Any]], number: int,
                       repeats: int) -> dict[str, float]:
     """Best-of-``repeats`` ns per call, contenders alternating (order flipped each repeat)."""
     timers = {name: timeit.Timer(call) for name, call in calls.items()}
@@ -85,7 +86,7 @@ def _best_interleaved(calls: dict[str, Callable[[], Any]], number: int,
     return best
 
 
-def _sync_rows(ctx: BenchContext) -> list[Row]:
+def sync_rows(ctx: BenchContext) -> list[Row]:
     cache = _l1_cache("bench-sync")
     rows: list[Row] = []
     try:
@@ -100,7 +101,7 @@ def _sync_rows(ctx: BenchContext) -> list[Row]:
             for name, call in calls.items():  # verify (and warm) before timing
                 if call() != 14 or call() != 14:
                     raise SuiteError(f"{name} returned a wrong value for {label}")
-            best = _best_interleaved(calls, ctx.scale(200_000, 50_000), ctx.scale(9, 3))
+            best = best_interleaved(calls, ctx.scale(200_000, 50_000), ctx.scale(9, 3))
             data = {"args": label}
             rows.append(ratio_row(f"L1 sync hit ({label}) vs lru_cache", best["tiercache"],
                                   best["lru_cache"], "lru_cache", max_ratio=SYNC_MAX_RATIO,
@@ -141,7 +142,7 @@ async def _batch(fn: Callable[[int], Any], n: int) -> None:
         await fn(7)
 
 
-def _async_rows(ctx: BenchContext) -> list[Row]:
+def async_rows(ctx: BenchContext) -> list[Row]:
     """Own event loop (the suite runs inside one): each round is BATCH awaits in one task."""
     loop = asyncio.new_event_loop()
     cache = _l1_cache("bench-async")
@@ -180,8 +181,8 @@ def _async_rows(ctx: BenchContext) -> list[Row]:
         loop.close()
 
 
-def _traced_bytes(fill: Callable[[], Any]) -> float:
-    """Bytes still allocated after ``fill()`` (tracemalloc), per entry."""
+def traced_bytes(fill: Callable[[], Any], n: int = N_MEMORY) -> float:
+    """Bytes still allocated after ``fill()`` (tracemalloc), per entry of ``n``."""
     gc.collect()
     tracemalloc.start()
     try:
@@ -191,26 +192,36 @@ def _traced_bytes(fill: Callable[[], Any]) -> float:
     finally:
         tracemalloc.stop()
     del keep
-    return (after - before) / N_MEMORY
+    return (after - before) / n
 
 
-def _memory_rows() -> list[Row]:
-    keys = [(i,) for i in range(N_MEMORY)]
-    values = list(range(N_MEMORY))
+def store_bytes_per_entry(kind: str, n: int = N_MEMORY) -> float:
+    """tracemalloc bytes per entry of the store alone (keys/values built beforehand).
+
+    ``kind``: ``"tiercache"`` (a MemoryTier segment) or ``"cachetools"`` (``TTLCache``).
+    """
+    keys = [(i,) for i in range(n)]
+    values = list(range(n))
 
     def ours() -> Any:
-        segment = MemoryTier(maxsize=N_MEMORY, ttl=60.0).segment("bench")
+        segment = MemoryTier(maxsize=n, ttl=60.0).segment("bench")
         for k, v in zip(keys, values, strict=True):
             segment.put(k, v)
-        if len(segment) != N_MEMORY:
+        if len(segment) != n:
             raise SuiteError("the L1 store did not keep every entry")
         return segment
 
     def theirs() -> Any:
-        store: cachetools.TTLCache[tuple[int], int] = cachetools.TTLCache(N_MEMORY, ttl=60.0)
+        store: cachetools.TTLCache[tuple[int], int] = cachetools.TTLCache(n, ttl=60.0)
         for k, v in zip(keys, values, strict=True):
             store[k] = v
         return store
+
+    return traced_bytes(ours if kind == "tiercache" else theirs, n)
+
+
+def memory_rows() -> list[Row]:
+    values = list(range(N_MEMORY))
 
     def through_cached() -> Any:
         cache = _l1_cache("bench-mem")
@@ -234,14 +245,15 @@ def _memory_rows() -> list[Row]:
             fn(i + N_MEMORY)
         return fn
 
-    ours_b, theirs_b = _traced_bytes(ours), _traced_bytes(theirs)
-    cached_b, lru_b = _traced_bytes(through_cached), _traced_bytes(through_lru)
+    ours_b = store_bytes_per_entry("tiercache")
+    theirs_b = store_bytes_per_entry("cachetools")
+    cached_b, lru_b = traced_bytes(through_cached), traced_bytes(through_lru)
     cache = _l1_cache("bench-mem-fresh")
     try:
-        cached_all = _traced_bytes(lambda: fresh(cache.cached(ttl=60)))
+        cached_all = traced_bytes(lambda: fresh(cache.cached(ttl=60)))
     finally:
         cache.close()
-    lru_all = _traced_bytes(lambda: fresh(functools.lru_cache(maxsize=N_MEMORY)))
+    lru_all = traced_bytes(lambda: fresh(functools.lru_cache(maxsize=N_MEMORY)))
     ok = ours_b <= MEMORY_MAX_BYTES
     return [
         {"name": "L1 memory per entry (100k int keys)",
@@ -263,11 +275,11 @@ async def run(ctx: BenchContext) -> list[Row]:
     url = ctx.require_redis()
     rows: list[Row] = []
     with ctx.progress("cache: L1 hit path, L1 memory, L2 round trips", 4) as bar:
-        rows += await asyncio.to_thread(_sync_rows, ctx)
+        rows += await asyncio.to_thread(sync_rows, ctx)
         bar.advance()
-        rows += await asyncio.to_thread(_async_rows, ctx)
+        rows += await asyncio.to_thread(async_rows, ctx)
         bar.advance()
-        rows += await asyncio.to_thread(_memory_rows)
+        rows += await asyncio.to_thread(memory_rows)
         bar.advance()
         rows += await measure_l2(url, quick=ctx.quick)
         bar.advance()
