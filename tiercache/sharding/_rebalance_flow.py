@@ -52,16 +52,19 @@ __all__ = ["Flow"]
 CATCH_UP_LIMIT = 5000  # capture rows per catch-up statement
 SMALL_BACKLOG = 200  # fence once the backlog is this small
 MAX_ROUNDS = 50
+LOCK_WAIT = 5.0  # seconds to wait for the job lock of a process that just died
 
 
 class Flow:
     def __init__(self, rb: Rebalancer, plan: Plan, journal: Journal, batch_size: int,
-                 progress: bool | Progress, fence_timeout: float, hook: Hook | None) -> None:
+                 progress: bool | Progress, fence_timeout: float, hook: Hook | None,
+                 parallel: int = 2) -> None:
         from tiercache.sharding.rebalance import RebalanceReport
 
         self.rb, self.plan, self.journal = rb, plan, journal
         self.batch_size, self.fence_timeout, self._hook = batch_size, fence_timeout, hook
         self._progress_arg = progress
+        self.parallel = max(1, parallel)
         self.progress: Progress | None = None
         self.report: RebalanceReport = RebalanceReport(plan.job)
         self.infos: dict[str, TableInfo] = {}
@@ -112,11 +115,16 @@ class Flow:
         return out
 
     async def lock(self, conn: Any) -> None:
+        """The one-rebalance-at-a-time lock.  Waits a little: the session of a process that
+        was just killed holds it until its server backend notices the closed socket."""
         await conn.execute(JOURNAL_DDL)
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", JOB_LOCK_KEY):
-            from tiercache.sharding.rebalance import RebalanceRunningError
+        deadline = time.monotonic() + LOCK_WAIT
+        while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", JOB_LOCK_KEY):
+            if time.monotonic() > deadline:
+                from tiercache.sharding.rebalance import RebalanceRunningError
 
-            raise RebalanceRunningError("another rebalance is running (its lock is held)")
+                raise RebalanceRunningError("another rebalance is running (its lock is held)")
+            await asyncio.sleep(0.2)
 
     async def unlock(self, conn: Any) -> None:
         await conn.execute("SELECT pg_advisory_unlock($1)", JOB_LOCK_KEY)
@@ -238,27 +246,44 @@ class Flow:
     # -- copy --------------------------------------------------------------------------------
 
     async def copy_all(self) -> None:
-        assert self.progress is not None
+        """Copy every (table, source -> target), ``parallel`` at a time (each source shard
+        hashes its own rows, so moves from different sources use different servers)."""
         started = time.perf_counter()
-        for table, move, mover in self.movers():
-            tm = self.plan.table_move(table, move.source, move.target)
-            label = f"{table} {move.source}->{move.target}"
-            self.progress.start(label, tm.rows)
-            share = tm.rows / tm.source_rows if tm.source_rows else 1.0
-            step = max(self.batch_size, int(self.batch_size / max(share, 1e-3)))
-            async with self.conn(move.source) as src, self.conn(move.target) as dst:
-                last, rows, done = await read_progress(dst, self.plan.job, table, move.source)
-                self.progress.advance(label, rows)
-                while not done:
-                    upto = await mover.next_bound(src, last, step)
-                    record = _recorder(self.plan.job, table, move.source, upto, rows)
-                    n = await mover.copy_batch(src, dst, last, upto, record)
-                    rows += n
-                    last, done = upto, upto is None
-                    self.progress.advance(label, n)
-                    await self.hook("batch")
+        gate = asyncio.Semaphore(self.parallel)
+
+        async def one(table: str, move: Move, mover: TableMover) -> None:
+            async with gate, self.rb._conn(move.source) as src, \
+                    self.rb._conn(move.target) as dst:
+                rows = await self.copy_move(table, move, mover, src, dst)
             self.report.copied[table] = self.report.copied.get(table, 0) + rows
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for table, move, mover in self.movers():
+                    group.create_task(one(table, move, mover))
+        except BaseExceptionGroup as group_error:  # callers see the failure itself
+            raise group_error.exceptions[0] from None
         self.report.copy_seconds = time.perf_counter() - started
+
+    async def copy_move(self, table: str, move: Move, mover: TableMover, src: Any, dst: Any
+                        ) -> int:
+        assert self.progress is not None
+        tm = self.plan.table_move(table, move.source, move.target)
+        label = f"{table} {move.source}->{move.target}"
+        self.progress.start(label, tm.rows)
+        share = tm.rows / tm.source_rows if tm.source_rows else 1.0
+        step = max(self.batch_size, int(self.batch_size / max(share, 1e-3)))
+        last, rows, done = await read_progress(dst, self.plan.job, table, move.source)
+        self.progress.advance(label, rows)
+        while not done:
+            upto = await mover.next_bound(src, last, step)
+            record = _recorder(self.plan.job, table, move.source, upto, rows)
+            n = await mover.copy_batch(src, dst, last, upto, record)
+            rows += n
+            last, done = upto, upto is None
+            self.progress.advance(label, n)
+            await self.hook("batch")
+        return rows
 
     # -- catch-up, verify, fence, flip ------------------------------------------------------
 

@@ -234,8 +234,8 @@ class Rebalancer:
     # -- apply / resume ---------------------------------------------------------------------
 
     async def apply(self, plan: Plan, *, batch_size: int = 5000, progress: bool | Progress = False,
-                    fence_timeout: float = 10.0, cleanup: bool = True, hook: Hook | None = None
-                    ) -> RebalanceReport:
+                    fence_timeout: float = 10.0, cleanup: bool = True, parallel: int = 2,
+                    hook: Hook | None = None) -> RebalanceReport:
         """Execute ``plan`` online (see the module docstring); returns the report.
 
         ``cleanup=False`` stops after the flip, keeping the moved rows on the sources: until
@@ -244,14 +244,16 @@ class Rebalancer:
         no row; INSERTs of moved keys are rejected either way).  Use it when other processes
         need time to pick up the new topology.
 
-        ``hook(event)`` is called at each step (``prepared``, ``batch``, ``copied``,
+        ``parallel`` moves are copied at once (moves from different sources load different
+        servers).  ``hook(event)`` is called at each step (``prepared``, ``batch``, ``copied``,
         ``caught_up``, ``fenced``, ``flipped``, ``cleaned``): for progress UIs and for tests
         that inject a crash.
         """
-        return await self._run(plan, None, batch_size, progress, fence_timeout, hook, cleanup)
+        return await self._run(plan, None, batch_size, progress, fence_timeout, hook, cleanup,
+                               parallel)
 
     async def resume(self, *, batch_size: int = 5000, progress: bool | Progress = False,
-                     fence_timeout: float = 10.0, hook: Hook | None = None
+                     fence_timeout: float = 10.0, parallel: int = 2, hook: Hook | None = None
                      ) -> RebalanceReport | None:
         """Continue the unfinished job from the journal; ``None`` when there is none."""
         found = await Journal(await self._pg(self._journal_shard)).unfinished()
@@ -260,16 +262,17 @@ class Rebalancer:
         _job, plan_json, phase = found
         plan = Plan.from_json(plan_json)
         self.tables = dict(plan.tables)
-        return await self._run(plan, phase, batch_size, progress, fence_timeout, hook, True)
+        return await self._run(plan, phase, batch_size, progress, fence_timeout, hook, True,
+                               parallel)
 
     async def _run(self, plan: Plan, phase: str | None, batch_size: int,
                    progress: bool | Progress, fence_timeout: float, hook: Hook | None,
-                   cleanup: bool) -> RebalanceReport:
+                   cleanup: bool, parallel: int) -> RebalanceReport:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         async with self._conn(self._journal_shard) as lock_conn:
             flow = Flow(self, plan, Journal(lock_conn), batch_size, progress, fence_timeout,
-                        hook)
+                        hook, parallel)
             await flow.lock(lock_conn)
             try:
                 async with flow.held():
