@@ -40,9 +40,9 @@ import contextlib
 import secrets
 import threading
 from asyncio import get_running_loop, timeout
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from time import perf_counter
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import Any, Final, TypeVar
 
 import redis.asyncio
 import redis.asyncio.cluster
@@ -62,14 +62,31 @@ from tiercache.tiers._redis_conn import (
     spec_from_client,
     spec_from_url,
 )
-from tiercache.tiers._redis_ops import LOCAL_LEASE_PREFIX, RedisTierBase, scan_cursor
+from tiercache.tiers._redis_ops import LOCAL_LEASE_PREFIX, RedisTierBase
+from tiercache.tiers._redis_plans import (
+    FAILED,
+    Flow,
+    Run,
+    all_primaries,
+    call,
+    deleter,
+    eval_,
+    evals,
+    first_key,
+    flusher,
+    lease_taker,
+    mget,
+    setter,
+    sweeper,
+    tag_of_call,
+    writer,
+)
 from tiercache.tiers.base import MISSING, Missing, RemoteTier
 from tiercache.tiers.keys import (
     RELEASE_LUA,
     TAG_POP_LUA,
     check_user_key,
     check_user_keys,
-    is_reserved,
     key_text,
     lease_key,
     namespace_wide,
@@ -80,42 +97,8 @@ from tiercache.tiers.keys import (
 __all__ = ["CircuitBreaker", "RedisTier", "lease_key", "tag_key"]
 
 T = TypeVar("T")
-FAILED: Final = object()  # a Run's default when the flow must know the call failed
 LARGE: Final = 256 * 1024  # bytes: above this, async decode runs in a thread
 LARGE_ITEMS: Final = 20_000  # container length above which async encode runs in a thread
-Plan = Callable[[Any], Generator[Any, Any, Any]]
-
-
-class Run(NamedTuple):
-    """One guarded call: ``plan(client)`` yields redis-py calls (see the module docstring).
-
-    ``node``: the breaker guarding it (None on the fast path or for cluster-wide calls);
-    ``key``: blamed on failure when ``node`` is None; ``budget``: seconds per step."""
-
-    op: str
-    plan: Plan
-    default: Any
-    node: CircuitBreaker | None
-    budget: float
-    key: str | None = None
-
-
-Flow = Generator[Run, Any, T]
-
-
-def _primaries(client: Any) -> Generator[Any, Any, list[Any]]:
-    """Per-master targets for node-wide commands (SCAN, FLUSHDB); ``[None]`` = plain Redis."""
-    if isinstance(client, redis.asyncio.cluster.RedisCluster):
-        yield client.initialize()
-    if isinstance(client, redis.asyncio.cluster.RedisCluster | redis.cluster.RedisCluster):
-        return list(client.get_primaries())
-    return [None]
-
-
-def _all(client: Any) -> dict[str, Any]:
-    if isinstance(client, redis.asyncio.cluster.RedisCluster | redis.cluster.RedisCluster):
-        return {"target_nodes": redis.cluster.RedisCluster.PRIMARIES}
-    return {}
 
 
 class RedisTier(RedisTierBase):
@@ -468,7 +451,7 @@ class RedisTier(RedisTierBase):
                 wanted = [k for k in wanted if not self._repairs.blocks(k)]
         out = []
         for node, part in self._parts(wanted):
-            raws = yield Run("get_many", _mget(part, bool(self._cluster)), FAILED, node,
+            raws = yield Run("get_many", mget(part, bool(self._cluster)), FAILED, node,
                              self._batch_budget(len(part)))
             if raws is not FAILED:
                 out.append((part, raws))
@@ -527,7 +510,7 @@ class RedisTier(RedisTierBase):
             yield from self._delete_keys("delete", [key])
             return
         budget = self._budget + self.socket_timeout * (len(payload) >> 20)  # per MiB
-        done = yield Run("set", _setter(key, payload, px), FAILED, self._guard(key), budget,
+        done = yield Run("set", setter(key, payload, px), FAILED, self._guard(key), budget,
                          key)
         if done is FAILED:
             self._defer_keys("set", [key])  # the old L2 value must never be served again
@@ -546,8 +529,8 @@ class RedisTier(RedisTierBase):
         self._drive_sync(self._set_many(self._pack_many(mapping, ttl)))
 
     def _set_many(self, batch: list[tuple[str, bytes, int | None]]) -> Flow[None]:
-        for node, part in self._parts(batch, _first):
-            done = yield Run("set_many", _writer(part), FAILED, node,
+        for node, part in self._parts(batch, first_key):
+            done = yield Run("set_many", writer(part), FAILED, node,
                              self._batch_budget(len(part)))
             if done is FAILED:
                 self._defer_keys("set_many", [k for k, _, _ in part])
@@ -582,7 +565,7 @@ class RedisTier(RedisTierBase):
             return 0
         for node, part in self._parts(keys, key_text):
             key = key_text(part[0]) if len(part) == 1 else None
-            n = yield Run(op, _deleter(part), FAILED, node, self._batch_budget(len(part)), key)
+            n = yield Run(op, deleter(part), FAILED, node, self._batch_budget(len(part)), key)
             if n is FAILED:
                 if defer:
                     self._defer_keys(op, [key_text(k) for k in part])
@@ -602,7 +585,7 @@ class RedisTier(RedisTierBase):
         return self._drive_sync(self._delete_pattern(pattern)) or 0
 
     def _delete_pattern(self, pattern: str, defer: bool = True) -> Flow[int | None]:
-        removed = yield Run("delete_pattern", _sweeper(pattern, namespace_wide(pattern)),
+        removed = yield Run("delete_pattern", sweeper(pattern, namespace_wide(pattern)),
                             FAILED, self._wide(), self._batch_budget(1000))
         if removed is FAILED:
             if defer:
@@ -624,8 +607,8 @@ class RedisTier(RedisTierBase):
 
     def _add_tags(self, key: str, tags: Iterable[str], ttl: float | None) -> Flow[None]:
         calls = tag_add_args(key, tags, ttl if ttl is not None else self.ttl)
-        for node, part in self._parts(calls, _tag_of_call):
-            done = yield Run("add_tags", _evals(part), FAILED, node,
+        for node, part in self._parts(calls, tag_of_call):
+            done = yield Run("add_tags", evals(part), FAILED, node,
                              self._batch_budget(len(part)))
             if done is FAILED:  # an entry its tags do not index must not outlive them
                 self._defer_keys("add_tags", [key])
@@ -652,7 +635,7 @@ class RedisTier(RedisTierBase):
         ok = True
         for node, part in self._parts(tags, lambda t: tag_key(t, ns)):
             calls = [(TAG_POP_LUA, 1, tag_key(tag, ns)) for tag in part]
-            replies = yield Run("invalidate_tags", _evals(calls, errors=True), FAILED, node,
+            replies = yield Run("invalidate_tags", evals(calls, errors=True), FAILED, node,
                                 self._batch_budget(len(part)))
             if replies is FAILED:
                 ok = False
@@ -746,7 +729,7 @@ class RedisTier(RedisTierBase):
 
     def _acquire(self, key: str, ttl_ms: int) -> Flow[str | None]:
         token = secrets.token_hex(16)
-        got = yield Run("acquire_lease", _lease_taker(lease_key(key), token, ttl_ms),
+        got = yield Run("acquire_lease", lease_taker(lease_key(key), token, ttl_ms),
                         LOCAL_LEASE_PREFIX + token, self._guard(key), self._budget, key)
         return got  # type: ignore[no-any-return]
 
@@ -760,7 +743,7 @@ class RedisTier(RedisTierBase):
     def _release(self, key: str, token: str) -> Flow[bool]:
         if token.startswith(LOCAL_LEASE_PREFIX):
             return True
-        n = yield Run("release_lease", _eval(RELEASE_LUA, 1, lease_key(key), token), 0,
+        n = yield Run("release_lease", eval_(RELEASE_LUA, 1, lease_key(key), token), 0,
                       self._guard(key), self._budget, key)
         return bool(n)
 
@@ -774,7 +757,7 @@ class RedisTier(RedisTierBase):
         self._drive_sync(self._publish(channel, message))
 
     def _publish(self, channel: str, message: bytes) -> Flow[None]:
-        yield Run("publish", _call("publish", channel, message), 0, self._wide(), self._budget)
+        yield Run("publish", call("publish", channel, message), 0, self._wide(), self._budget)
 
     def pubsub_client(self) -> redis.asyncio.Redis:
         """A fresh async client on one node for SUBSCRIBE (the caller closes it).
@@ -798,7 +781,7 @@ class RedisTier(RedisTierBase):
             async with timeout(self._budget):
                 client = await self._client()
                 start = perf_counter()
-                await client.ping(**_all(client))
+                await client.ping(**all_primaries(client))
                 return perf_counter() - start
         except Exception as exc:
             self._spec.redactor.exception(exc)
@@ -808,7 +791,7 @@ class RedisTier(RedisTierBase):
         try:
             client = self._client_sync()
             start = perf_counter()
-            client.ping(**_all(client))
+            client.ping(**all_primaries(client))
             return perf_counter() - start
         except Exception as exc:
             self._spec.redactor.exception(exc)
@@ -822,7 +805,7 @@ class RedisTier(RedisTierBase):
         self._drive_sync(self._clear(), False)
 
     def _clear(self) -> Flow[None]:
-        done = yield Run("clear", _flusher, FAILED, self._wide(), self._budget)
+        done = yield Run("clear", flusher, FAILED, self._wide(), self._budget)
         if done is FAILED:
             self._defer_pattern("*")
 
@@ -845,93 +828,6 @@ class RedisTier(RedisTierBase):
             client, self._sclient = self._sclient, None
         if client is not None and client is not self._user_sync:
             client.close()
-
-
-# ---------------------------------------------------------------- plans (one per command)
-
-
-def _call(name: str, *args: Any, **kwargs: Any) -> Plan:
-    def plan(client: Any) -> Generator[Any, Any, Any]:
-        return (yield getattr(client, name)(*args, **kwargs))
-    return plan
-
-
-def _eval(script: str, *args: Any) -> Plan:
-    return _call("eval", script, *args)
-
-
-def _setter(key: str, payload: bytes, px: int | None) -> Plan:
-    return _call("set", key, payload, px=px)
-
-
-def _lease_taker(lkey: str, token: str, ttl_ms: int) -> Plan:
-    def plan(client: Any) -> Generator[Any, Any, str | None]:
-        return token if (yield client.set(lkey, token, nx=True, px=ttl_ms)) else None
-    return plan
-
-
-def _deleter(keys: list[Any]) -> Plan:
-    return _call("delete", *keys)
-
-
-def _mget(keys: list[str], cluster: bool) -> Plan:
-    return _call("mget_nonatomic" if cluster else "mget", keys)
-
-
-def _writer(batch: list[tuple[str, bytes, int | None]]) -> Plan:
-    def plan(client: Any) -> Generator[Any, Any, bool]:
-        pipe = client.pipeline(transaction=False)
-        for key, payload, px in batch:
-            if px == 0:
-                pipe.delete(key)
-            else:
-                pipe.set(key, payload, px=px)
-        yield pipe.execute()
-        return True
-    return plan
-
-
-def _evals(calls: list[tuple[Any, ...]], errors: bool = False) -> Plan:
-    """EVALs pipelined; ``errors``: per-call error replies come back as exceptions."""
-    def plan(client: Any) -> Generator[Any, Any, Any]:
-        pipe = client.pipeline(transaction=False)
-        for args in calls:
-            pipe.execute_command("EVAL", *args)
-        return (yield pipe.execute(raise_on_error=not errors))
-    return plan
-
-
-def _sweeper(pattern: str, internals: bool) -> Plan:
-    def plan(client: Any) -> Generator[Any, Any, int]:
-        total = 0
-        for node in (yield from _primaries(client)):
-            target = {} if node is None else {"target_nodes": node}
-            cursor = 0
-            while True:
-                reply = yield client.scan(cursor, match=pattern, count=1000, **target)
-                cursor, found = scan_cursor(reply, node)
-                if found and not internals:
-                    found = [k for k in found if not is_reserved(key_text(k))]
-                if found:
-                    total += int((yield client.unlink(*found)))
-                if cursor == 0:
-                    break
-        return total
-    return plan
-
-
-def _flusher(client: Any) -> Generator[Any, Any, bool]:
-    asynchronous = isinstance(client, redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster)
-    yield client.flushdb(asynchronous=asynchronous, **_all(client))
-    return True
-
-
-def _first(item: tuple[str, bytes, int | None]) -> str:
-    return item[0]
-
-
-def _tag_of_call(call: tuple[Any, ...]) -> str:
-    return str(call[2])
 
 
 async def _closed_with_loop(client: AsyncClient) -> AsyncGenerator[None, None]:
