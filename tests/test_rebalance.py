@@ -326,3 +326,26 @@ async def test_progress_bars_show_rows_rate_and_report(dsns: dict[str, str]) -> 
         assert "done in" in text and "rows/s" in text
     finally:
         await pool.close()
+
+
+async def test_suggest_weights_lightens_the_heavy_shard(dsns: dict[str, str]) -> None:
+    ring = HashRing(["s1", "s2", "s3"])
+    await create_schema(dsns, ["s1", "s2", "s3"])
+    pool = await open_pool(dsns, ring)
+    try:
+        await load(pool, users=3000, orders=0)
+        heavy = [i for i in range(3000) if ring.get_node(i) == "s1"]
+        await pool.execute(  # s1's rows get ~2 kB of incompressible bytes each
+            "UPDATE users SET payload = (SELECT string_agg(decode(md5(random()::text || "
+            "users.id || g), 'hex'), ''::bytea) FROM generate_series(1, 128) g)", shard="s1")
+        await pool.execute("ANALYZE users", shard="s1")
+        rb = Rebalancer(pool, {"users": "id"})
+        loads = await rb.shard_loads()
+        assert loads["s1"]["bytes"] > 3 * loads["s2"]["bytes"] and heavy
+        assert abs(sum(v["load"] for v in loads.values()) - 1.0) < 1e-9
+        plan = await rb.suggest_weights()
+        weights = plan.new_ring["weights"]
+        assert weights["s1"] < weights["s2"] and weights["s1"] < weights["s3"]
+        assert {tm.source for tm in plan.table_moves if tm.rows} >= {"s1"}
+    finally:
+        await pool.close()

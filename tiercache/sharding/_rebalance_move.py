@@ -71,6 +71,8 @@ class TableMover:
         self.pk = _pk_tuple(info.pk)
         self.cols = info.column_list
 
+    quote = staticmethod(qualified)
+
     # -- copy ------------------------------------------------------------------------------
 
     def _pk_params(self, start: int) -> str:

@@ -216,6 +216,49 @@ class Rebalancer:
         plan.table_moves = await self._count(plan)
         return plan
 
+    async def shard_loads(self) -> dict[str, dict[str, float]]:
+        """Per ring shard: bytes of the sharded tables (``pg_total_relation_size``), row
+        operations since the stats reset (scans' rows read + inserts/updates/deletes), and
+        ``load``: the mean of the two shares (0..1, summing to 1 over the shards; a measure
+        that is zero everywhere, such as ops right after a stats reset, is left out)."""
+        raw: dict[str, tuple[int, int]] = {}
+        for shard in self._ring().nodes:
+            async with self._conn(shard) as conn:
+                size = ops = 0
+                for table in self.tables:
+                    row = await conn.fetchrow(
+                        "SELECT pg_total_relation_size(c.oid) AS size, coalesce(s.seq_tup_read, 0)"
+                        " + coalesce(s.idx_tup_fetch, 0) + coalesce(s.n_tup_ins, 0) + "
+                        "coalesce(s.n_tup_upd, 0) + coalesce(s.n_tup_del, 0) AS ops "
+                        "FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid "
+                        "WHERE c.oid = to_regclass($1)", TableMover.quote(table))
+                    if row is not None:
+                        size, ops = size + int(row["size"]), ops + int(row["ops"])
+                raw[shard] = (size, ops)
+        total_size = sum(v[0] for v in raw.values())
+        total_ops = sum(v[1] for v in raw.values())
+        out = {}
+        for shard, (size, ops) in raw.items():
+            shares = [x / t for x, t in ((size, total_size), (ops, total_ops)) if t]
+            load = sum(shares) / len(shares) if shares else 1 / len(raw)
+            out[shard] = {"bytes": float(size), "ops": float(ops), "load": load}
+        return out
+
+    async def suggest_weights(self, *, scale: int = 10) -> Plan:
+        """A plan that reweights the ring so each shard's expected load evens out.
+
+        A shard's load per unit of weight is ``load / weight``; the proposal gives each
+        shard a weight inversely proportional to it, the least loaded-per-weight shard
+        getting ``scale * weight`` (weights are integers, so ``scale`` sets the granularity).
+        Review it with ``plan.summary()`` and ``apply`` it like any plan.
+        """
+        ring = self._ring()
+        loads = await self.shard_loads()
+        per_weight = {n: max(loads[n]["load"], 1e-9) / w for n, w in ring.weights.items()}
+        best = min(per_weight.values())
+        weights = {n: max(1, round(scale * best / per_weight[n])) for n in ring.nodes}
+        return await self.plan(weights=weights)
+
     async def _count(self, plan: Plan) -> list[TableMove]:
         out: list[TableMove] = []
         for source in plan.sources():
