@@ -258,7 +258,13 @@ def unseal(data: bytes | memoryview, signer: Signer | None,
 
 # ---------------------------------------------------------------------------- encoding
 
-_enc = threading.local()  # rows: column names -> schema number; depth: ext nesting
+class _EncodeState(threading.local):
+    depth = 0  # ext nesting
+    rows: dict[tuple[str, ...], int] | None = None  # column names -> schema number
+    count = 0  # schemas numbered so far
+
+
+_enc = _EncodeState()
 
 
 def _pack(obj: Any) -> bytes:
@@ -269,7 +275,7 @@ def _pack(obj: Any) -> bytes:
 def _nested(code: int, obj: Any) -> msgpack.ExtType:
     """An ext whose payload is itself encoded: bounded like decoding, so what we write
     can always be read back."""
-    depth = getattr(_enc, "depth", 0)
+    depth = _enc.depth
     if depth >= MAX_DEPTH:
         raise ValueError(f"value nested deeper than {MAX_DEPTH} levels")
     _enc.depth = depth + 1
@@ -310,7 +316,7 @@ def _row(names: tuple[str, ...], values: Any) -> msgpack.ExtType:
     Numbers are given in the order definitions *finish* (after their values, which may
     hold rows of composite columns), the order the decoder sees them complete.
     """
-    schemas: dict[tuple[str, ...], int] | None = getattr(_enc, "rows", None)
+    schemas = _enc.rows
     ref = None if schemas is None else schemas.get(names)
     if ref is not None:
         return _nested(_ROW, [ref, *values])
@@ -374,7 +380,7 @@ def _default(obj: Any) -> msgpack.ExtType:
 
 def encode(value: Any) -> bytes:
     """Encode a bare value (no envelope). Raises ``TypeError`` naming an unsupported type."""
-    saved = getattr(_enc, "rows", None), getattr(_enc, "count", 0)
+    saved = _enc.rows, _enc.count
     _enc.rows, _enc.count = {}, 0
     try:
         return _pack(value)
@@ -403,25 +409,24 @@ def pack_entry(
 
 # ---------------------------------------------------------------------------- decoding
 
-_dec = threading.local()  # rows: schemas seen; depth: ext nesting; careful, hashables: below
+class _DecodeState(threading.local):
+    depth = 0  # 0: the payload itself, 1..MAX_DEPTH: ext levels
+    rows: list[_Columns] | None = None  # schemas seen in this payload
+    careful = False  # maps built through _pairs (see hash flooding below)
+
+
+_dec = _DecodeState()
 _OPTS: Final[dict[str, Any]] = {"raw": False, "strict_map_key": False, "use_list": True,
                                 "timestamp": 0}
 
 # Hash flooding: an attacker can make many distinct values with one hash (bigints k*(2**61-1),
 # Decimals, crafted tuples...); as keys of one map or members of one set they cost O(n**2)
-# to insert -- 260 KB took 10 s. Native str/bytes/int keys can't collide in numbers (str
-# hashing is seeded; ints below 2**61 hash to themselves), so only ext values can. Sets are
-# ours to build and always checked; maps are built by msgpack in C, so a payload with more
-# than _HASHABLES_FAST ext values is decoded again with a map hook that checks the keys
-# first (2.7x slower on maps, paid only by such payloads).
-_HASHABLE_EXTS: Final = frozenset({_TUPLE, _FROZENSET, _DATETIME, _DATE, _TIME, _TIMEDELTA,
-                                   _DECIMAL, _UUID, _BIGINT, _ROW, _IPADDR})
-_HASHABLES_FAST: Final = 2048
+# to insert -- 260 KB took 10 s. Sets are ours to build and always checked (O(n)). Maps are
+# built by msgpack in C: the fast pass refuses maps over _FAST_MAP_LEN entries (a flood in a
+# smaller map costs ~10 ms at most), and a payload that has one is decoded again with a map
+# hook that checks the keys first (2.7x slower on maps, paid only by such payloads).
+_FAST_MAP_LEN: Final = 1024
 _MAX_COLLISIONS: Final = 64
-
-
-class _Careful(BaseException):
-    """Internal: too many hashable ext values for the fast path; decode again, checked."""
 
 
 def _check_hashes(items: list[Any]) -> list[Any]:
@@ -437,16 +442,17 @@ def _pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
 
 
 _CAREFUL_OPTS: Final[dict[str, Any]] = {**_OPTS, "object_pairs_hook": _pairs}
+_FAST_OPTS: Final[dict[str, Any]] = {**_OPTS, "max_map_len": _FAST_MAP_LEN}
 
 
 def _unpack(data: bytes) -> Any:
     """One nesting level. The first levels take msgpack's fast ``unpackb``, whose C state
     lives on the stack (~45 KB); deeper ones an ``Unpacker``, whose state is on the heap."""
-    depth = getattr(_dec, "depth", 0)  # 0: the payload itself, 1..MAX_DEPTH: ext levels
+    depth = _dec.depth
     if depth > MAX_DEPTH:
         raise CodecError(f"value nested deeper than {MAX_DEPTH} levels")
     _dec.depth = depth + 1
-    opts = _CAREFUL_OPTS if _dec.careful else _OPTS
+    opts = _CAREFUL_OPTS if _dec.careful else _FAST_OPTS
     try:
         if depth < _SHALLOW:
             return msgpack.unpackb(data, ext_hook=_ext_hook, **opts)
@@ -466,7 +472,7 @@ def _decode_row(data: bytes) -> Row:
     if type(fields) is not list or not fields:
         raise CodecError("malformed row")
     head, values = fields[0], tuple(fields[1:])
-    schemas: list[_Columns] | None = getattr(_dec, "rows", None)
+    schemas = _dec.rows
     if type(head) is int:
         if schemas is None or not 0 <= head < len(schemas):
             raise CodecError("row refers to unknown columns")
@@ -483,10 +489,6 @@ def _decode_row(data: bytes) -> Row:
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
-    if code in _HASHABLE_EXTS and not _dec.careful:
-        _dec.hashables += 1
-        if _dec.hashables > _HASHABLES_FAST:
-            raise _Careful
     if code == _TUPLE:
         return tuple(_unpack(data))
     if code == _SET:
@@ -538,14 +540,15 @@ def _short(obj: Any, limit: int = 80) -> str:
 
 def decode(data: bytes | bytearray | memoryview) -> Any:
     """Decode a bare value written by :func:`encode`. Any problem raises ``CodecError``."""
-    saved = (getattr(_dec, "rows", None), getattr(_dec, "careful", False),
-             getattr(_dec, "hashables", 0))
-    _dec.rows, _dec.careful, _dec.hashables = [], False, 0
+    saved = _dec.rows, _dec.careful
+    _dec.rows, _dec.careful = [], False
     try:
         try:
             return _unpack(data)  # type: ignore[arg-type]
-        except _Careful:
-            _dec.rows, _dec.careful = [], True
+        except ValueError as exc:
+            if "max_map_len" not in str(exc):
+                raise
+            _dec.rows, _dec.careful = [], True  # a big map: again, keys checked
             return _unpack(data)  # type: ignore[arg-type]
     except CodecError:
         raise
@@ -553,7 +556,7 @@ def decode(data: bytes | bytearray | memoryview) -> Any:
         raise CodecError(f"corrupt payload: {type(exc).__name__}: {_short(str(exc), 200)}"
                          ) from exc
     finally:
-        _dec.rows, _dec.careful, _dec.hashables = saved
+        _dec.rows, _dec.careful = saved
 
 
 _FLOAT_TYPES: Final = (float, int)
