@@ -349,3 +349,44 @@ async def test_suggest_weights_lightens_the_heavy_shard(dsns: dict[str, str]) ->
         assert {tm.source for tm in plan.table_moves if tm.rows} >= {"s1"}
     finally:
         await pool.close()
+
+
+async def test_text_keys_and_unhashable_columns_move_and_verify(dsns: dict[str, str]) -> None:
+    """A text shard key, and a json column (no hash function: checksums fall back to md5)."""
+    old = HashRing(["s1", "s2", "s3"])
+    for name in ("s1", "s2", "s3"):
+        conn = await asyncpg.connect(dsns[name])
+        await conn.execute("CREATE TABLE docs (key text PRIMARY KEY, body json, at point)")
+        await conn.close()
+    pool = await open_pool(dsns, old)
+    try:
+        keys = [f"doc:{i}:é" for i in range(1500)]
+        for key in keys:
+            await pool.execute("INSERT INTO docs VALUES ($1, $2, point(1, 2))", key,
+                               f'{{"k": "{key}"}}', shard_key=key)
+        rb = Rebalancer(pool, {"docs": "key"})
+        plan = await rb.plan(add=["s4"])
+        new = HashRing(["s1", "s2", "s3", "s4"])
+        expected = [k for k in keys if new.get_node(k) != old.get_node(k)]
+        assert plan.rows_of("docs") == len(expected)
+        victim = expected[0]
+
+        async def corrupt(event: str) -> None:
+            if event == "caught_up":
+                await pool.execute("UPDATE docs SET body = '{}' WHERE key = $1", victim,
+                                   shard="s4")
+
+        with pytest.raises(VerificationError) as err:
+            await rb.apply(plan, hook=corrupt)
+        assert victim in err.value.diffs[0][3].keys
+        await rb.abort()
+        report = await rb.apply(await rb.plan(add=["s4"]))
+        assert report.copied == {"docs": len(expected)} and report.debris == 0
+        for shard in pool.shards:
+            rows = await pool.fetch("SELECT key, body::text FROM docs", shard=shard)
+            assert all(new.get_node(r["key"]) == shard for r in rows)
+            assert all(r["body"] == f'{{"k": "{r["key"]}"}}' for r in rows)
+        assert sum([await pool.fetchval("SELECT count(*) FROM docs", shard=s)
+                    for s in pool.shards]) == 1500
+    finally:
+        await pool.close()

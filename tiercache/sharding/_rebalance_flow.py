@@ -306,10 +306,31 @@ class Flow:
 
     async def diffs(self, name_keys: bool = False) -> list[tuple[int, str, Move, ArcDiff]]:
         """Arcs whose rows differ, per mover index (with every differing key if asked)."""
+        movers = self.movers()
+        gate = asyncio.Semaphore(self.parallel)
+        # each target is scanned once per table for every move into it (not once per move)
+        into: dict[tuple[str, str], list[int]] = {}
+        for i, (table, move, _m) in enumerate(movers):
+            into.setdefault((table, move.target), []).append(i)
+
+        async def sums(shard: str, mover: TableMover) -> dict[int, tuple[int, int]]:
+            async with gate, self.rb._conn(shard) as conn:
+                return await mover.sums_by_lo(conn)
+
+        def combined(table: str, idxs: list[int]) -> TableMover:
+            arcs = sorted(a for i in idxs for a in movers[i][1].arcs)
+            return TableMover(self.infos[table], multirange(arcs), [lo for lo, _ in arcs])
+
+        async with asyncio.TaskGroup() as group:
+            src_tasks = [group.create_task(sums(move.source, mover))
+                         for _t, move, mover in movers]
+            dst_tasks = {k: group.create_task(sums(k[1], combined(k[0], idxs)))
+                         for k, idxs in into.items()}
         out = []
-        for i, (table, move, mover) in enumerate(self.movers()):
+        for i, (table, move, mover) in enumerate(movers):
+            b = dst_tasks[(table, move.target)].result()
             async with self.conn(move.source) as src, self.conn(move.target) as dst:
-                for d in await mover.diff_arcs(src, dst, move.arcs,
+                for d in await mover.diff_arcs(src, dst, move.arcs, src_tasks[i].result(), b,
                                                max_keys=None if name_keys else 20):
                     out.append((i, table, move, d))
         return out

@@ -186,7 +186,12 @@ class TableMover:
     # -- verify -------------------------------------------------------------------------------
 
     def _row_sum(self) -> str:
+        """A row's 64-bit checksum: ``hash_record_extended`` (the type-level hashes hash
+        partitioning relies on being stable, no text output) when every column type has one,
+        else md5 of the row's text form."""
         cols = ", ".join(ident(c) for c, _ in self.info.columns)
+        if self.info.row_hash:
+            return f"hash_record_extended(ROW({cols}), 0)::numeric"
         return ("('x' || substr(md5(ROW(" + cols + ")::text), 1, 16))::bit(64)::bigint::numeric")
 
     async def arc_sums(self, conn: Any) -> dict[int, tuple[int, int]]:
@@ -217,16 +222,19 @@ class TableMover:
         a, b = await asyncio.gather(self.key_sums(src, keys), self.key_sums(dst, keys))
         return [k for k in keys if a.get(k) != b.get(k)]
 
+    async def sums_by_lo(self, conn: Any) -> dict[int, tuple[int, int]]:
+        """:meth:`arc_sums` keyed by each arc's start."""
+        return {self.lows[i]: v for i, v in (await self.arc_sums(conn)).items()}
+
     async def diff_arcs(self, src: Any, dst: Any, arcs: list[tuple[int, int]],
+                        a: dict[int, tuple[int, int]], b: dict[int, tuple[int, int]],
                         max_keys: int | None = 20) -> list[ArcDiff]:
-        """Arcs of the move whose counts or checksums differ, each with its differing keys
-        (all of them with ``max_keys=None``), found in one per-key pass over those arcs."""
-        a, b = await asyncio.gather(self.arc_sums(src), self.arc_sums(dst))
+        """Arcs of the move whose sums (``a`` source, ``b`` target, by arc start) differ,
+        each with its differing keys (all with ``max_keys=None``), in one per-key pass."""
         diffs = []
-        for i in sorted(set(a) | set(b)):
-            if a.get(i, (0, 0)) != b.get(i, (0, 0)):
-                lo, hi = arcs[i]
-                diffs.append(ArcDiff(lo, hi, a.get(i, (0, 0)), b.get(i, (0, 0))))
+        for lo, hi in arcs:
+            if a.get(lo, (0, 0)) != b.get(lo, (0, 0)):
+                diffs.append(ArcDiff(lo, hi, a.get(lo, (0, 0)), b.get(lo, (0, 0))))
         if not diffs:
             return diffs
         subset = multirange([(d.lo, d.hi) for d in diffs])

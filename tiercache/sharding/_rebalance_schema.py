@@ -27,6 +27,7 @@ class TableInfo:
     pk: tuple[str, ...]
     key: str
     key_type: str
+    row_hash: bool = False  # every column type has an extended hash (checksums use it)
 
     @property
     def key_sql_type(self) -> str:
@@ -82,7 +83,19 @@ async def table_info(conn: Any, table: str, key: str, shard: str) -> TableInfo:
     if not pk:
         raise RebalanceError(f"table {table!r} has no primary key on shard {shard!r} "
                              "(batches and verification need one)")
-    return TableInfo(table, columns, pk, key, base[key])
+    return TableInfo(table, columns, pk, key, base[key], await _hashable(conn, columns))
+
+
+async def _hashable(conn: Any, columns: tuple[tuple[str, str], ...]) -> bool:
+    """Whether ``hash_record_extended`` works on these column types (it looks up each type's
+    hash function even for NULL fields, so a row of typed NULLs is a complete probe)."""
+    nulls = ", ".join(f"NULL::{typ}" for _, typ in columns)
+    try:
+        async with conn.transaction():
+            await conn.fetchval(f"SELECT hash_record_extended(ROW({nulls}), 0)")
+    except Exception:  # no hash function for some type (json, point, ...): md5 of the text
+        return False
+    return True
 
 
 async def create_table_ddl(conn: Any, table: str) -> list[str]:
