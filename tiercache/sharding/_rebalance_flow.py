@@ -134,6 +134,10 @@ class Flow:
             self.progress.stop()
             self.progress = None
 
+    def ring_shards(self) -> list[str]:
+        """Every shard of the old or the new ring."""
+        return sorted(set(self.plan.new_ring["weights"]) | set(self.plan.old_ring["weights"]))
+
     async def load_infos(self) -> None:
         source = self.plan.sources()[0] if self.plan.moves else self.rb.pool.shards[0]
         async with self.conn(source) as c:
@@ -211,8 +215,7 @@ class Flow:
 
     async def prepare(self) -> None:
         """Hash functions, target tables, arcs, capture triggers; remove earlier debris."""
-        involved = sorted(set(self.plan.sources()) | set(self.plan.targets()))
-        for shard in involved:
+        for shard in self.ring_shards():  # topology goes to every shard at the flip
             async with self.conn(shard) as c:
                 await c.execute(HASH_FUNCTIONS + JOURNAL_DDL)
         for target in self.plan.targets():
@@ -294,7 +297,8 @@ class Flow:
             consumed = 0
             for _table, move, mover in self.movers():
                 async with self.conn(move.source) as src, self.conn(move.target) as dst:
-                    consumed += await mover.catch_up_once(src, dst, move.target, CATCH_UP_LIMIT)
+                    consumed += (await mover.catch_up_once(src, dst, move.target,
+                                                           CATCH_UP_LIMIT))[0]
             self.report.caught_up += consumed
             backlog = 0
             for _table, move, mover in self.movers():
@@ -363,34 +367,40 @@ class Flow:
         self.report.verify_seconds = time.perf_counter() - t0
         if unexplained:
             raise VerificationError(_describe(unexplained), unexplained)
+        # What was written during the verification is applied now, outside the fence; the
+        # keys are remembered, because the fence must still compare them.
+        applied: list[set[Any]] = []
+        for _table, move, mover in movers:
+            async with self.conn(move.source) as src, self.conn(move.target) as dst:
+                n, keys = await mover.drain(src, dst, move.target, CATCH_UP_LIMIT)
+            self.report.caught_up += n
+            applied.append(keys)
         async with self.fence():
             await self.hook("fenced")
             bad: list[tuple[str, str, str, ArcDiff]] = []
-            for table, move, mover in movers:
+            for i, (table, move, mover) in enumerate(movers):
                 async with self.conn(move.source) as src, self.conn(move.target) as dst:
-                    applied: set[Any] = set()
-                    while keys := await mover.pending_keys(src, move.target):
-                        applied |= keys
-                        self.report.caught_up += await mover.catch_up_once(
-                            src, dst, move.target, CATCH_UP_LIMIT)
-                    wrong = await mover.compare_keys(
-                        src, dst, [k for k in applied if k is not None])
+                    n, keys = await mover.drain(src, dst, move.target, CATCH_UP_LIMIT)
+                    self.report.caught_up += n
+                    wrong = await mover.compare_keys(src, dst, list(applied[i] | keys))
                 if wrong:
                     bad.append((table, move.source, move.target,
                                 ArcDiff(0, 2**32, (0, 0), (0, 0), wrong[:20])))
             if bad:
                 raise VerificationError(_describe(bad), bad)
             await self.journal.set_phase(self.plan.job, "flipping")
-            for source in self.plan.sources():
+
+            async def mark_moved(source: str) -> None:
                 async with self.conn(source) as c:
                     await c.execute(f"UPDATE {SCHEMA}.arcs SET moved = true WHERE job = $1",
                                     self.plan.job)
-            version = 0
-            for shard in sorted(set(self.plan.new_ring["weights"]) |
-                                set(self.plan.old_ring["weights"])):
+
+            async def topology(shard: str) -> int:
                 async with self.conn(shard) as c:
-                    version = max(version, await write_topology(c, self.plan.new_ring,
-                                                                self.plan.job))
+                    return await write_topology(c, self.plan.new_ring, self.plan.job)
+
+            await asyncio.gather(*(mark_moved(s) for s in self.plan.sources()))
+            version = max(await asyncio.gather(*(topology(s) for s in self.ring_shards())))
             self.report.topology_version = version
             await self.journal.set_phase(self.plan.job, "flipped", topology_version=version)
             self.rb.pool.set_ring(ring_from_spec(self.plan.new_ring))
@@ -462,8 +472,7 @@ class Flow:
         report = VerifyReport(ok=True)
         if phase in ("flipped", "done"):
             new = ring_from_spec(self.plan.new_ring)
-            for shard in sorted(set(self.plan.new_ring["weights"]) |
-                                set(self.plan.old_ring["weights"])):
+            for shard in self.ring_shards():
                 foreign = [(lo, hi) for lo, hi, owner in new.arcs() if owner != shard]
                 async with self.conn(shard) as c:
                     for table, info in self.infos.items():

@@ -109,8 +109,8 @@ async def write_progress(conn: Any, job: str, table: str, source: str,
 
 
 async def write_topology(conn: Any, ring_spec: dict[str, Any], job: str) -> int:
-    """Record a new ring version on one shard; returns the version."""
-    await conn.execute(JOURNAL_DDL)
+    """Record a new ring version on one shard (its tables exist: ``prepare`` made them);
+    returns the version."""
     version: int = await conn.fetchval(
         f"INSERT INTO {SCHEMA}.topology (version, ring, job) "
         f"SELECT coalesce(max(version), 0) + 1, $1::jsonb, $2 FROM {SCHEMA}.topology "

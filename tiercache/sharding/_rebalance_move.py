@@ -143,20 +143,30 @@ class TableMover:
 
     # -- catch-up ----------------------------------------------------------------------------
 
-    async def catch_up_once(self, src: Any, dst: Any, target: str, limit: int) -> int:
-        """Re-sync up to ``limit`` captured changes; returns how many capture rows it consumed."""
+    async def catch_up_once(self, src: Any, dst: Any, target: str, limit: int
+                            ) -> tuple[int, set[Any]]:
+        """Re-sync up to ``limit`` captured changes: (capture rows consumed, keys re-synced)."""
         cap = capture_table(self.info.name)
         rows = await src.fetch(
             f"SELECT id, k FROM {cap} WHERE target = $1 ORDER BY id LIMIT $2", target, limit)
         if not rows:
-            return 0
+            return 0, set()
         keys = list({r["k"] for r in rows if r["k"] is not None})
         await self.resync_keys(src, dst, keys)
         async with src.transaction():
             await src.execute(BYPASS)
             await src.execute(f"DELETE FROM {cap} WHERE id = ANY($1::bigint[])",
                               [r["id"] for r in rows])
-        return len(rows)
+        return len(rows), set(keys)
+
+    async def drain(self, src: Any, dst: Any, target: str, limit: int) -> tuple[int, set[Any]]:
+        """Catch up until the capture table has nothing left for ``target``."""
+        total, keys = 0, set[Any]()
+        while True:
+            n, more = await self.catch_up_once(src, dst, target, limit)
+            if not n:
+                return total, keys
+            total, keys = total + n, keys | more
 
     async def resync_keys(self, src: Any, dst: Any, keys: list[Any]) -> None:
         """Make the target's rows of ``keys`` equal to the source's current rows."""
