@@ -45,7 +45,7 @@ from tiercache.sharding._rebalance_sql import (
 )
 
 if TYPE_CHECKING:
-    from tiercache.sharding.rebalance import Hook, Rebalancer, RebalanceReport, VerifyReport
+    from tiercache.sharding.rebalance import Hook, Rebalancer, RebalanceReport
 
 __all__ = ["Flow"]
 
@@ -429,7 +429,7 @@ class Flow:
                         await c.execute("RESET lock_timeout")
                 self.report.fence_ms = (time.perf_counter() - started) * 1000
 
-    # -- clean-up, abort -------------------------------------------------------------------
+    # -- clean-up --------------------------------------------------------------------------
 
     async def cleanup(self) -> None:
         for table, move, mover in self.movers():
@@ -443,62 +443,6 @@ class Flow:
                         await c.execute(stmt)
                 if not self.rb.keep_guard:
                     await c.execute(f"DELETE FROM {SCHEMA}.arcs WHERE job = $1", self.plan.job)
-
-    async def abort(self, phase: str) -> None:
-        if phase in ("flipping", "flipped"):
-            raise RebalanceError("the job has flipped (or is flipping): resume() it instead")
-        await self.load_infos()
-        for source in self.plan.sources():
-            async with self.conn(source) as c:
-                for table in self.plan.tables:
-                    for stmt in drop_capture_ddl(table, keep_guard=False):
-                        await c.execute(stmt)
-                await c.execute(f"DELETE FROM {SCHEMA}.arcs WHERE job = $1", self.plan.job)
-        for _table, move, mover in self.movers():
-            async with self.conn(move.target) as dst:
-                async for _n in mover.delete_in(dst, mover.arcs, 50_000):
-                    pass
-        await self.journal.set_phase(self.plan.job, "aborted")
-
-    # -- standalone verify, status ---------------------------------------------------------
-
-    async def verify_standalone(self) -> VerifyReport:
-        from tiercache.sharding.rebalance import VerifyReport
-
-        await self.load_infos()
-        started = time.perf_counter()
-        latest = await self.journal.latest()
-        phase = latest["phase"] if latest and latest["job"] == self.plan.job else None
-        report = VerifyReport(ok=True)
-        if phase in ("flipped", "done"):
-            new = ring_from_spec(self.plan.new_ring)
-            for shard in self.ring_shards():
-                foreign = [(lo, hi) for lo, hi, owner in new.arcs() if owner != shard]
-                async with self.conn(shard) as c:
-                    for table, info in self.infos.items():
-                        m = TableMover(info, multirange(foreign), [])
-                        n, _ = await m.count_in(c, m.arcs)
-                        report.checked_rows += await c.fetchval(f"SELECT count(*) FROM {m.table}")
-                        if n:
-                            report.misplaced[(table, shard)] = n
-            report.ok = not report.misplaced
-        else:
-            report.diffs = [(t, m.source, m.target, d) for _i, t, m, d in await self.diffs()]
-            report.ok = not report.diffs
-        report.seconds = time.perf_counter() - started
-        return report
-
-    async def copy_progress(self) -> list[dict[str, Any]]:
-        out = []
-        for tm in self.plan.table_moves:
-            async with self.conn(tm.target) as c:
-                exists = await c.fetchval("SELECT to_regclass($1) IS NOT NULL",
-                                          f"{SCHEMA}.progress")
-                _, rows, done = (await read_progress(c, self.plan.job, tm.table, tm.source)
-                                 if exists else (None, 0, False))
-            out.append({"table": tm.table, "source": tm.source, "target": tm.target,
-                        "planned": tm.rows, "copied": rows, "done": done})
-        return out
 
 
 def _recorder(job: str, table: str, source: str, upto: list[str] | None, before: int

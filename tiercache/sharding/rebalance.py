@@ -32,6 +32,7 @@ from typing import Any
 
 import asyncpg
 
+from tiercache.sharding import _rebalance_admin as admin
 from tiercache.sharding._rebalance_flow import Flow
 from tiercache.sharding._rebalance_journal import Journal, read_topology
 from tiercache.sharding._rebalance_move import ArcDiff, TableMover
@@ -337,7 +338,7 @@ class Rebalancer:
             await flow.lock(lock_conn)
             try:
                 async with flow.held():
-                    await flow.abort(phase)
+                    await admin.abort(flow, phase)
             finally:
                 flow.close()
                 await flow.unlock(lock_conn)
@@ -354,7 +355,7 @@ class Rebalancer:
             plan = Plan.from_json(latest["plan"])
         flow = Flow(self, plan, journal, 5000, False, 10.0, None)
         try:
-            return await flow.verify_standalone()
+            return await admin.verify_standalone(flow)
         finally:
             flow.close()
 
@@ -366,7 +367,7 @@ class Rebalancer:
         plan = Plan.from_json(latest["plan"])
         flow = Flow(self, plan, Journal(await self._pg(self._journal_shard)), 5000, False,
                     10.0, None)
-        latest["progress"] = await flow.copy_progress()
+        latest["progress"] = await admin.copy_progress(flow)
         latest["plan"] = plan
         return latest
 
