@@ -9,8 +9,12 @@ from typing import Any
 import pytest
 from redis.cluster import RedisCluster
 
+from tiercache import codec
+from tiercache._bus import parse_message
+from tiercache.cache import TierCache
 from tiercache.codec import pack_entry
 from tiercache.tiers.base import MISSING
+from tiercache.tiers.memory import MemoryTier
 from tiercache.tiers.redis import RedisTier
 
 NEW = b"k2-new-0123456789abc"
@@ -59,3 +63,16 @@ async def test_signed_async_paths(tiers: dict[str, RedisTier]) -> None:
     assert await signed.get_many(["sig:a1", "sig:a2"]) == {"sig:a1": [1, 2]}
     await signed.close()
     await plain.close()
+
+
+
+def test_the_bus_signs_with_the_tiers_key(tiers: dict[str, RedisTier]) -> None:
+    """A signing tier's bus seals its messages; an unsigned publish is refused."""
+    cache = TierCache(l1=MemoryTier(maxsize=10), l2=tiers["signed"], namespace="sigbus")
+    bus = cache.bus
+    assert bus is not None and bus.signer is not None and bus.signer is tiers["signed"].signer
+    message = bus.encode(k=["x"])
+    assert parse_message(message, signer=bus.signer, context=bus.channel)["k"] == ["x"]
+    unsigned = codec.encode({"v": 1, "src": "someone", "k": ["x"]})  # any Redis client
+    with pytest.raises(codec.CodecError):
+        parse_message(unsigned, signer=bus.signer, context=bus.channel)

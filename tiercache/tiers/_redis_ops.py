@@ -135,6 +135,11 @@ class RedisTierBase:
         self._log_last: dict[str, float] = {}
         self._log_suppressed = CounterMap()
 
+    @property
+    def signer(self) -> Signer | None:
+        """The envelope signer (None = unsigned); the invalidation bus signs with it too."""
+        return self._signer
+
     def _histogram(self, op: str) -> Histogram:
         hist = self.latency.get(op)
         if hist is None:
