@@ -86,7 +86,7 @@ async def test_add_shard_while_writers_insert_update_delete(dsns: dict[str, str]
         await pool.close()
 
 
-@pytest.mark.parametrize("event", ["batch", "caught_up", "fenced", "flipped"])
+@pytest.mark.parametrize("event", ["batch", "catch_up", "caught_up", "fenced", "flipped"])
 async def test_crash_then_resume_completes(dsns: dict[str, str], event: str) -> None:
     await create_schema(dsns, OLD)
     pool = await open_pool(dsns, HashRing(OLD))
@@ -147,7 +147,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("event", ["batch", "caught_up", "flipped"])
+@pytest.mark.parametrize("event", ["batch", "catch_up", "flipped"])
 async def test_sigkill_then_resume_completes(dsns: dict[str, str], event: str) -> None:
     await create_schema(dsns, OLD)
     pool = await open_pool(dsns, HashRing(OLD))

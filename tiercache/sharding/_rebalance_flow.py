@@ -300,6 +300,7 @@ class Flow:
                     consumed += (await mover.catch_up_once(src, dst, move.target,
                                                            CATCH_UP_LIMIT))[0]
             self.report.caught_up += consumed
+            await self.hook("catch_up")
             backlog = 0
             for _table, move, mover in self.movers():
                 async with self.conn(move.source) as src:

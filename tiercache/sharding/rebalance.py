@@ -290,8 +290,8 @@ class Rebalancer:
 
         ``parallel`` moves are copied at once (moves from different sources load different
         servers).  ``hook(event)`` is called at each step (``prepared``, ``batch``, ``copied``,
-        ``caught_up``, ``fenced``, ``flipped``, ``cleaned``): for progress UIs and for tests
-        that inject a crash.
+        ``catch_up`` per round, ``caught_up``, ``fenced``, ``flipped``, ``cleaned``): for
+        progress UIs and for tests that inject a crash.
         """
         return await self._run(plan, None, batch_size, progress, fence_timeout, hook, cleanup,
                                parallel)
