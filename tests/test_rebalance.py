@@ -195,6 +195,8 @@ async def test_verification_catches_altered_target_row_and_refuses_flip(
         assert victim in err.value.diffs[0][3].keys and "flip refused" in str(err.value)
         assert pool.ring.nodes == ["s1", "s2", "s3"]  # no flip
         assert (await rb.status() or {})["phase"] == "catching_up"
+        check = await rb.verify()  # standalone, before a flip: source vs target per arc
+        assert not check.ok and any(victim in d.keys for _t, _s, _d, d in check.diffs)
         # the source still takes writes to the key (it was not fenced away)
         await pool.execute("UPDATE users SET n = n + 1 WHERE id = $1", victim, shard_key=victim)
         assert await rb.abort() == plan.job
