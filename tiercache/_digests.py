@@ -3,7 +3,7 @@
 Why not a dict: a ``dict[bytes, key]`` costs a 49-byte ``bytes`` object plus a ~50-byte dict
 slot per entry -- as much as the L1 entry itself. Here a digest is two 64-bit words in two
 ``array('Q')`` columns and the L1 key a reference in a list (the object L1 already holds):
-24 bytes per slot, ~28-39 per entry at the table's load factor (0.62-0.85). Open addressing
+24 bytes per slot, ~27-34 per entry at the table's load factor (0.7-0.9). Open addressing
 with linear probing; deleted slots are tombstones until the next rebuild. Not thread-safe on
 its own: the :class:`~tiercache._l1index.L1Index` lock guards it.
 """
@@ -75,7 +75,7 @@ class DigestTable:
             self._filled += 1
         self._hi[free], self._lo[free], self._vals[free] = hi, lo, held
         self._used += 1
-        if self._filled * 20 > len(self._vals) * 17:  # load > 0.85: grow (or sweep tombstones)
+        if self._filled * 10 > len(self._vals) * 9:  # load > 0.9: grow (or sweep tombstones)
             self._rebuild()
 
     def pop(self, digest: bytes) -> object | None:
@@ -89,7 +89,7 @@ class DigestTable:
 
     def _rebuild(self) -> None:
         live = list(self._live())
-        capacity = max(_MIN, len(live) * 8 // 5)  # load 0.62 after a rebuild, 0.85 before the next
+        capacity = max(_MIN, len(live) * 10 // 7)  # load 0.7 after a rebuild, 0.9 before the next
         self._hi = his = array("Q", bytes(8 * capacity))
         self._lo = los = array("Q", bytes(8 * capacity))
         self._vals = vals = [_EMPTY] * capacity
