@@ -39,7 +39,7 @@ async def dsns(tiercache_stack: Any) -> AsyncIterator[dict[str, str]]:
 
 async def _cli(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tiercache._rebalance_cli", "rebalance", *args,
+        sys.executable, "-m", "tiercache.cli", "rebalance", *args,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
     out, err = await asyncio.wait_for(proc.communicate(), 300)
     assert proc.returncode is not None

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_parser", "main", "run"]
+__all__ = ["add_parser", "main", "main_args", "run"]
 
 COMMANDS = ("plan", "apply", "status", "resume", "verify", "abort")
 
@@ -157,11 +157,15 @@ def _verify_text(check: Any) -> str:
     return "\n".join(lines)
 
 
+def main_args(args: argparse.Namespace) -> int:
+    """Run parsed ``tiercache rebalance ...`` arguments (``tiercache.cli`` calls this)."""
+    return asyncio.run(run(args))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tiercache")
     add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return asyncio.run(run(args))
+    return main_args(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

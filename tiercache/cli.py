@@ -1,4 +1,4 @@
-"""The ``tiercache`` command: ``bench``, ``local up|down``."""
+"""The ``tiercache`` command: ``bench``, ``local up|down``, ``rebalance``."""
 
 from __future__ import annotations
 
@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Postgres servers, named s1..sN (default: 3; 0 = no Postgres)")
     local_commands.add_parser(
         "down", help="stop the stack started by `tiercache local up` (from any shell)")
+    from tiercache._rebalance_cli import add_parser as add_rebalance_parser
+
+    add_rebalance_parser(commands)
     return parser
 
 
@@ -102,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pg_shards=args.pg_shards,
             )
         return local.cli_down()
+    if args.command == "rebalance":
+        from tiercache._rebalance_cli import main_args
+
+        return main_args(args)
     raise AssertionError(args.command)  # argparse enforces the choices
 
 
