@@ -117,11 +117,15 @@ async def _dispatch(args: argparse.Namespace, rb: Any, reb: dict[str, Any], batc
             return 0
         report = await rb.apply(plan, batch_size=batch, progress=progress,
                                 cleanup=not args.no_cleanup)
-        print(report.summary())
+        if not progress:  # the progress display already logged it
+            print(report.summary())
         return 0
     if action == "resume":
         report = await rb.resume(batch_size=batch, progress=progress)
-        print("nothing to resume" if report is None else report.summary())
+        if report is None:
+            print("nothing to resume")
+        elif not progress:
+            print(report.summary())
         return 0
     if action == "abort":
         job = await rb.abort()
