@@ -346,8 +346,9 @@ def test_no_expiry_and_non_positive_ttl(tiercache_stack: Any,
         assert entry is not MISSING and entry.ttl is None
         t.set_sync("e:inf", 1, ttl=float("inf"))
         assert redis_cluster_client.pttl("e:inf") == -1
-        t.set_sync("e:forever", 2, ttl=0)  # "already expired" == absent
-        assert redis_cluster_client.exists("e:forever") == 0
+        with pytest.raises(ValueError, match="ttl"):  # issue 8.3: refused, not a silent no-op
+            t.set_sync("e:forever", 2, ttl=0)
+        assert t.get_sync("e:forever") == 1  # and nothing was written
     finally:
         t.close_sync()
     with pytest.raises(ValueError):

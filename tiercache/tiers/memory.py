@@ -14,6 +14,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from tiercache._impl import load
+from tiercache._validate import ttl_seconds
 from tiercache.tiers.base import MISSING
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ class MemoryTier:
         return self.store.get(key, MISSING)
 
     def set_sync(self, key: Hashable, value: Any, ttl: float | None = None) -> None:
-        self.store.put(key, value, ttl)
+        self.store.put(key, value, ttl_seconds(ttl))
 
     def delete_sync(self, key: Hashable) -> bool:
         return self.store.delete(key)
@@ -69,6 +70,7 @@ class MemoryTier:
         return found
 
     def set_many_sync(self, mapping: Mapping[Any, Any], ttl: float | None = None) -> None:
+        ttl = ttl_seconds(ttl)
         put = self.store.put
         for key, value in mapping.items():
             put(key, value, ttl)
@@ -93,7 +95,7 @@ class MemoryTier:
         return self.store.get(key, MISSING)
 
     async def set(self, key: Hashable, value: Any, ttl: float | None = None) -> None:
-        self.store.put(key, value, ttl)
+        self.store.put(key, value, ttl_seconds(ttl))
 
     async def delete(self, key: Hashable) -> bool:
         return self.store.delete(key)

@@ -48,6 +48,7 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 
+from tiercache._validate import ttl_seconds
 from tiercache.codec import Entry, Signer, signer_from
 from tiercache.tiers._breaker import CLOSED, OPEN, CircuitBreaker
 from tiercache.tiers._redis_conn import (
@@ -496,6 +497,7 @@ class RedisTier(RedisTierBase):
                   load_time: float = 0.0) -> None:
         """Store ``value`` (``TypeError`` if unencodable, raised before any I/O)."""
         check_user_key(key)
+        ttl = ttl_seconds(ttl)
         if isinstance(value, list | dict | tuple | set | frozenset) and len(value) > LARGE_ITEMS:
             payload, px = await asyncio.to_thread(self._pack, key, value, ttl, load_time)
         else:
@@ -505,6 +507,7 @@ class RedisTier(RedisTierBase):
     def set_sync(self, key: str, value: Any, ttl: float | None = None, *,
                  load_time: float = 0.0) -> None:
         check_user_key(key)
+        ttl = ttl_seconds(ttl)
         payload, px = self._pack(key, value, ttl, load_time)
         self._drive_sync(self._set(key, payload, px))
 
@@ -525,11 +528,11 @@ class RedisTier(RedisTierBase):
     async def set_many(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
         """Every value is encoded first (``TypeError`` -> nothing written), then pipelined."""
         check_user_keys(mapping)
-        await self._drive(self._set_many(self._pack_many(mapping, ttl)))
+        await self._drive(self._set_many(self._pack_many(mapping, ttl_seconds(ttl))))
 
     def set_many_sync(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
         check_user_keys(mapping)
-        self._drive_sync(self._set_many(self._pack_many(mapping, ttl)))
+        self._drive_sync(self._set_many(self._pack_many(mapping, ttl_seconds(ttl))))
 
     def _set_many(self, batch: list[tuple[str, bytes, int | None]]) -> Flow[None]:
         for node, part in self._parts(batch, first_key):
