@@ -224,15 +224,21 @@ class RedisTier(RedisTierBase):
 
     # ------------------------------------------------------------ runners
 
+    def _admitted(self, node: Any) -> bool:
+        """Breaker admission for one request (``node=None``: a cluster-wide request, refused
+        only when every node's breaker is open); a refusal is counted as a skip."""
+        if node is None:
+            if not (self.breaker.degraded and self.breaker.all_open()):
+                return True
+        elif node.state is CLOSED or node.allow():
+            return True
+        self._skip()
+        return False
+
     async def _run(self, req: Run) -> Any:
         """Run one request's plan on this loop's client: breaker, timeouts, counting."""
         node = req.node
-        if node is None:
-            if self.breaker.degraded and self.breaker.all_open():
-                self._skip()
-                return req.default
-        elif node.state is not CLOSED and not node.allow():
-            self._skip()
+        if not self._admitted(node):
             return req.default
         start = perf_counter()
         try:
@@ -261,12 +267,7 @@ class RedisTier(RedisTierBase):
     def _run_sync(self, req: Run) -> Any:
         """The same on the sync client: each yielded call already holds its reply."""
         node = req.node
-        if node is None:
-            if self.breaker.degraded and self.breaker.all_open():
-                self._skip()
-                return req.default
-        elif node.state is not CLOSED and not node.allow():
-            self._skip()
+        if not self._admitted(node):
             return req.default
         start = perf_counter()
         try:
