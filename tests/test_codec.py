@@ -388,3 +388,21 @@ def test_unencodable_error_names_the_public_fix_once() -> None:
     assert info.value.type is Unknown
     assert str(info.value).count("tiercache.register_type(cls, encode, decode)") == 1
     assert "tiercache.codec.register" not in str(info.value)
+
+
+def test_decode_reentered_from_a_user_decoder() -> None:
+    """A registered decoder may call codec.decode itself: the outer payload's state (ext
+    depth, row schemas) survives it, and nothing is left behind for the next payload."""
+
+    class Wrapped:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+    codec.register(Wrapped, lambda w: codec.encode(w.inner),
+                   lambda b: Wrapped(codec.decode(b)), name="tests.Wrapped")
+    try:
+        out = codec.decode(codec.encode([Wrapped((1, (2,))), (3,), Wrapped([4])]))
+        assert out[0].inner == (1, (2,)) and out[1] == (3,) and out[2].inner == [4]
+        assert codec._dec.depth == 0 and codec._dec.rows is None and not codec._dec.careful
+    finally:
+        codec.unregister(Wrapped)
