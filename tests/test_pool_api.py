@@ -28,6 +28,7 @@ ROUTING = {"shard_key", "shard"}
 READ_METHODS = {
     "fetch", "fetchval", "fetchrow", "fetchmany", "copy_from_query", "copy_from_table", "acquire",
 }
+CACHED_READS = {"fetch", "fetchval", "fetchrow", "fetchmany"}
 # Methods that act on the whole pool and therefore take no routing at all.
 WHOLE_POOL = {"close", "terminate", "is_closing"}
 ROUTING_REQUIRED = {
@@ -64,6 +65,7 @@ def test_signature_matches_asyncpg(name: str) -> None:
         assert extra == set()
     else:
         allowed = ROUTING | ({"readonly"} if name in READ_METHODS else set())
+        allowed |= {"cache_ttl"} if name in CACHED_READS else set()  # the L3 query cache
         assert ROUTING <= extra <= allowed, f"{name}: unexpected extras {extra}"
         for extra_name in extra:
             assert ours[extra_name].kind is inspect.Parameter.KEYWORD_ONLY

@@ -17,6 +17,7 @@ from tiercache.sharding.rebalance import KeyMovedError, Rebalancer
 from tiercache.sharding.ring import HashRing
 from tiercache.tiers.base import MISSING, SyncTier, Tier
 from tiercache.tiers.memory import MemoryTier
+from tiercache.tiers.query import QueryCache
 from tiercache.tiers.redis import CircuitBreaker, RedisTier
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "HashRing",
     "KeyMovedError",
     "MemoryTier",
+    "QueryCache",
     "Rebalancer",
     "RedisTier",
     "Row",

@@ -22,6 +22,7 @@ from tiercache.sharding._endpoints import Endpoint, Shard, parse_shards
 from tiercache.sharding._fleet import Fleet
 from tiercache.sharding._pool_metrics import SlowQueryLog
 from tiercache.sharding._routing import Ring, check_ring, default_ring
+from tiercache.tiers.query import QueryCache
 
 __all__ = ["ShardedPoolBase"]
 
@@ -36,7 +37,8 @@ class ShardedPoolBase(asyncpg.Pool):  # type: ignore[misc]
     """
 
     __slots__ = (
-        "_default", "_fanout_concurrency", "_fleet", "_name", "_ready", "_ring", "_shard_names",
+        "_default", "_fanout_concurrency", "_fleet", "_name", "_query_cache", "_ready", "_ring",
+        "_shard_names",
         "_shards", "_slowlog", "_starting", "_stopped", "_stopping",
     )
 
@@ -53,8 +55,12 @@ class ShardedPoolBase(asyncpg.Pool):  # type: ignore[misc]
         fanout_concurrency: int,
         replica_retry_after: float,
         replica_selection: str,
+        query_cache: QueryCache | None = None,
     ) -> None:
         self._name = name
+        self._query_cache = query_cache
+        if query_cache is not None and query_cache.metrics_name is None:
+            query_cache.metrics_name = name
         self._shards: dict[str, Shard] = parse_shards(shards, replica_selection, pool_kwargs)
         self._shard_names = tuple(self._shards)
         self._fleet = Fleet(self._shards, pool_kwargs, replica_retry_after)
@@ -189,6 +195,11 @@ class ShardedPoolBase(asyncpg.Pool):  # type: ignore[misc]
             raise asyncpg.InterfaceError(f"{shard}/{ep.role} is not connected")
         return ep.pool
 
+
+    @property
+    def query_cache(self) -> QueryCache | None:
+        """The L3 :class:`~tiercache.tiers.query.QueryCache` (``None`` without one)."""
+        return self._query_cache
 
     @property
     def name(self) -> str:

@@ -53,6 +53,10 @@ from tiercache.sharding._endpoints import CONNECTION_ERRORS, Endpoint, name_endp
 from tiercache.sharding._fanout import ShardFanoutError, fanout, fanout_targets
 from tiercache.sharding._pool_metrics import BOUNDS_NS
 from tiercache.sharding._routing import Ring
+from tiercache.tiers._sql import table_name as table_name_of
+from tiercache.tiers.query import QueryCache
+
+CacheTTL = float | str | bool | None
 
 __all__ = ["ShardAcquireContext", "ShardFanoutError", "ShardedPool", "create_sharded_pool"]
 
@@ -107,7 +111,14 @@ class ShardedPool(ShardedPoolBase):
     ) -> str:
         """:meth:`asyncpg.Pool.execute` on the routed shard's primary."""
         ep = self._route(shard_key, shard, False)
-        result: str = await self._run(ep, "execute", query, (query, *args), {"timeout": timeout})
+        if self._query_cache is None:
+            result: str = await self._run(ep, "execute", query, (query, *args),
+                                          {"timeout": timeout})
+            return result
+        try:
+            result = await self._run(ep, "execute", query, (query, *args), {"timeout": timeout})
+        finally:  # also on error: a lost reply may follow a commit
+            self._query_cache.note_write(ep.shard, query)
         return result
 
     async def executemany(
@@ -117,44 +128,63 @@ class ShardedPool(ShardedPoolBase):
         """:meth:`asyncpg.Pool.executemany` on the routed shard's primary (one batch, one shard:
         split rows by ``pool.shard_for_many`` first when they span shards)."""
         ep = self._route(shard_key, shard, False)
-        await self._run(ep, "executemany", command, (command, args), {"timeout": timeout})
+        try:
+            await self._run(ep, "executemany", command, (command, args), {"timeout": timeout})
+        finally:
+            if self._query_cache is not None:
+                self._query_cache.note_write(ep.shard, command)
 
     async def fetch(
         self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None,
         shard_key: Any = None, shard: str | None = None, readonly: bool = False,
+        cache_ttl: CacheTTL = None,
     ) -> list[Any]:
-        """:meth:`asyncpg.Pool.fetch` on the routed shard (a replica with ``readonly=True``)."""
+        """:meth:`asyncpg.Pool.fetch` on the routed shard (a replica with ``readonly=True``);
+        ``cache_ttl=`` serves it from the L3 query cache (see :meth:`_read`)."""
         ep = self._route(shard_key, shard, readonly)
         kwargs = {"timeout": timeout, "record_class": record_class}
+        if cache_ttl is not None:
+            return await self._read(ep, "fetch", query, args, kwargs, cache_ttl,  # type: ignore[no-any-return]
+                                    record_class)
         result: list[Any] = await self._run(ep, "fetch", query, (query, *args), kwargs)
         return result
 
     async def fetchval(
         self, query: str, *args: Any, column: int = 0, timeout: float | None = None,
         shard_key: Any = None, shard: str | None = None, readonly: bool = False,
+        cache_ttl: CacheTTL = None,
     ) -> Any:
         """:meth:`asyncpg.Pool.fetchval` on the routed shard (a replica with ``readonly=True``)."""
         ep = self._route(shard_key, shard, readonly)
         kwargs = {"column": column, "timeout": timeout}
+        if cache_ttl is not None:
+            return await self._read(ep, "fetchval", query, args, kwargs, cache_ttl, column)
         return await self._run(ep, "fetchval", query, (query, *args), kwargs)
 
     async def fetchrow(
         self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None,
         shard_key: Any = None, shard: str | None = None, readonly: bool = False,
+        cache_ttl: CacheTTL = None,
     ) -> Any:
         """:meth:`asyncpg.Pool.fetchrow` on the routed shard (a replica with ``readonly=True``)."""
         ep = self._route(shard_key, shard, readonly)
         kwargs = {"timeout": timeout, "record_class": record_class}
+        if cache_ttl is not None:
+            return await self._read(ep, "fetchrow", query, args, kwargs, cache_ttl, record_class)
         return await self._run(ep, "fetchrow", query, (query, *args), kwargs)
 
     async def fetchmany(
         self, query: str, args: Iterable[Sequence[Any]], *, timeout: float | None = None,
         record_class: Any = None, shard_key: Any = None, shard: str | None = None,
-        readonly: bool = False,
+        readonly: bool = False, cache_ttl: CacheTTL = None,
     ) -> list[Any]:
         """:meth:`asyncpg.Pool.fetchmany` on the routed shard."""
         ep = self._route(shard_key, shard, readonly)
         kwargs = {"timeout": timeout, "record_class": record_class}
+        if cache_ttl is not None:
+            batch = tuple(tuple(a) for a in args)
+            return await self._read(ep, "fetchmany", query, (batch,), kwargs,  # type: ignore[no-any-return]
+                                    cache_ttl, record_class)
         result: list[Any] = await self._run(ep, "fetchmany", query, (query, args), kwargs)
         return result
 
@@ -216,7 +246,10 @@ class ShardedPool(ShardedPoolBase):
             "force_null": force_null, "encoding": encoding, "where": where,
         }
         text = f"COPY {table_name} FROM STDIN"
-        result: str = await self._run(ep, "copy_to_table", text, (table_name,), kwargs)
+        try:
+            result: str = await self._run(ep, "copy_to_table", text, (table_name,), kwargs)
+        finally:
+            self._note_copy(ep, table_name, schema_name)
         return result
 
     async def copy_records_to_table(
@@ -231,7 +264,11 @@ class ShardedPool(ShardedPoolBase):
             "timeout": timeout, "where": where,
         }
         text = f"COPY {table_name} FROM STDIN"
-        result: str = await self._run(ep, "copy_records_to_table", text, (table_name,), kwargs)
+        try:
+            result: str = await self._run(ep, "copy_records_to_table", text, (table_name,),
+                                          kwargs)
+        finally:
+            self._note_copy(ep, table_name, schema_name)
         return result
 
     # -- acquire, release, transaction -----------------------------------------------------
@@ -286,10 +323,15 @@ class ShardedPool(ShardedPoolBase):
     ) -> AsyncIterator[Any]:
         ep, connection = await self._acquire_on(ep, timeout)
         try:
-            async with connection.transaction(
-                isolation=isolation, readonly=readonly, deferrable=deferrable
-            ):
-                yield connection
+            try:
+                async with connection.transaction(
+                    isolation=isolation, readonly=readonly, deferrable=deferrable
+                ):
+                    yield connection
+            finally:
+                # After COMMIT (or rollback): what ran inside is unknown -> the shard epoch.
+                if self._query_cache is not None and not readonly:
+                    self._query_cache.bump_shard(ep.shard)
         finally:
             await ep.pool.release(connection)
 
@@ -367,6 +409,32 @@ class ShardedPool(ShardedPoolBase):
             name_endpoint(self._fleet.redactor.exception(exc), ep)
             raise
 
+    # -- L3: the query cache ---------------------------------------------------------------
+
+    async def _read(
+        self, ep: Endpoint, method: str, query: str, args: tuple[Any, ...],
+        kwargs: dict[str, Any], cache_ttl: float | str | bool, extra: Any,
+    ) -> Any:
+        """A read through the L3 cache (``cache_ttl`` not ``None``).
+
+        Only primaries' results are stored: a replica may lag a committed write, and caching
+        its answer under the new generation would keep the lag for a whole TTL.
+        """
+        qc = self._query_cache
+        if qc is None:
+            raise TypeError("cache_ttl= needs create_sharded_pool(..., query_cache=QueryCache())")
+        call = (query, *args)
+        if ep.role != "primary":
+            qc.bypass("replica")
+            return await self._run(ep, method, query, call, kwargs)
+        extra_key = getattr(extra, "__qualname__", extra)
+        return await qc.read(ep.shard, ep.redacted, method, query, args, extra_key, cache_ttl,
+                             lambda: self._run(ep, method, query, call, kwargs))
+
+    def _note_copy(self, ep: Endpoint, table_name: str, schema_name: str | None) -> None:
+        if self._query_cache is not None:
+            self._query_cache.bump(ep.shard, [table_name_of(table_name, schema_name)])
+
     # -- pool-wide asyncpg.Pool methods (optional routing; without it: every shard) --------
 
     def get_size(self, *, shard_key: Any = None, shard: str | None = None) -> int:
@@ -441,7 +509,7 @@ class ShardedPool(ShardedPoolBase):
     async def fetch_all(
         self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None,
         shards: Iterable[str] | None = None, readonly: bool = False,
-        concurrency: int | None = None,
+        concurrency: int | None = None, cache_ttl: CacheTTL = None,
     ) -> dict[str, list[Any]]:
         """Run ``fetch`` on every shard (or on ``shards``) concurrently: ``{shard: rows}``.
 
@@ -452,17 +520,17 @@ class ShardedPool(ShardedPoolBase):
         """
         kwargs = {"timeout": timeout, "record_class": record_class}
         return await self._fanout("fetch_all", "fetch", query, args, kwargs, shards, readonly,
-                                  concurrency)
+                                  concurrency, cache_ttl, record_class)
 
     async def fetchval_all(
         self, query: str, *args: Any, column: int = 0, timeout: float | None = None,
         shards: Iterable[str] | None = None, readonly: bool = False,
-        concurrency: int | None = None,
+        concurrency: int | None = None, cache_ttl: CacheTTL = None,
     ) -> dict[str, Any]:
         """Like :meth:`fetch_all` with ``fetchval``: ``{shard: value}`` (e.g. counts)."""
         kwargs = {"column": column, "timeout": timeout}
         return await self._fanout("fetchval_all", "fetchval", query, args, kwargs, shards,
-                                  readonly, concurrency)
+                                  readonly, concurrency, cache_ttl, column)
 
     async def execute_all(
         self, query: str, *args: Any, timeout: float | None = None,
@@ -479,13 +547,19 @@ class ShardedPool(ShardedPoolBase):
     async def _fanout(
         self, operation: str, method: str, query: str, args: tuple[Any, ...],
         kwargs: dict[str, Any], shards: Iterable[str] | None, readonly: bool,
-        concurrency: int | None,
+        concurrency: int | None, cache_ttl: CacheTTL = None, extra: Any = None,
     ) -> dict[str, Any]:
         self._check_init()
         targets = fanout_targets(self._shards, shards, readonly)
         run = self._run
+        qc = self._query_cache
+        if qc is not None and method == "execute":
+            for name in targets:
+                qc.note_write(name, query)
 
         def call(name: str) -> Any:
+            if cache_ttl is not None:
+                return self._read(targets[name], method, query, args, kwargs, cache_ttl, extra)
             return run(targets[name], method, query, (query, *args), kwargs)
 
         return await fanout(
@@ -552,6 +626,7 @@ def create_sharded_pool(
     fanout_concurrency: int = 16,
     replica_retry_after: float = 5.0,
     replica_selection: Literal["round_robin", "least_latency"] = "round_robin",
+    query_cache: QueryCache | None = None,
     **connect_kwargs: Any,
 ) -> ShardedPool:
     """Create a :class:`ShardedPool`: ``pool = await create_sharded_pool({...})``.
@@ -571,7 +646,8 @@ def create_sharded_pool(
     threshold), ``slow_query_log_size``, ``fanout_concurrency`` (default bound of the
     ``*_all`` methods), ``replica_retry_after`` (seconds a failed replica stays out of the
     read rotation) and ``replica_selection`` (``"round_robin"`` or ``"least_latency"`` for
-    ``readonly=True`` calls).
+    ``readonly=True`` calls) and ``query_cache`` (a :class:`~tiercache.QueryCache`: the L3
+    behind ``cache_ttl=`` on the reads).
 
     Like ``asyncpg.create_pool`` the result must be awaited or used with ``async with``.
     """
@@ -587,5 +663,5 @@ def create_sharded_pool(
         shards, name=name, ring=ring, pool_kwargs=pool_kwargs, default_shard=default_shard,
         slow_query_ms=slow_query_ms, slow_query_log_size=slow_query_log_size,
         fanout_concurrency=fanout_concurrency, replica_retry_after=replica_retry_after,
-        replica_selection=replica_selection,
+        replica_selection=replica_selection, query_cache=query_cache,
     )
