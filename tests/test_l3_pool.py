@@ -192,3 +192,45 @@ async def test_metrics_under_tier_l3(pool: ShardedPool, table: str) -> None:
     finally:
         metrics.unregister(qc)
     assert "l3" in text
+
+
+async def test_external_writer_invalidates_via_notify_and_listener_loss_bypasses(
+    pool: ShardedPool, table: str, dsns: dict[str, str]
+) -> None:
+    qc = _qc(pool)
+    await pool.install_invalidation_triggers([table])
+    shard = pool.shard_for(4)
+    sql = f"SELECT v FROM {table} WHERE id = $1"
+    assert await pool.fetchval(sql, 4, shard_key=4, cache_ttl=30) == "v4"
+    assert await pool.fetchval(sql, 4, shard_key=4, cache_ttl=30) == "v4"
+    other = await asyncpg.connect(dsns[shard])  # not the pool: only NOTIFY can tell us
+    try:
+        await other.execute(f"UPDATE {table} SET v = 'outside' WHERE id = 4")
+
+        async def fresh() -> bool:
+            return await pool.fetchval(sql, 4, shard_key=4, cache_ttl=30) == "outside"
+
+        for _ in range(100):
+            if await fresh():
+                break
+            await asyncio.sleep(0.02)
+        assert await fresh()
+        listener = pool._l3_listeners[shard]
+        old_pid = listener.backend_pid
+        await other.execute("SELECT pg_terminate_backend($1)", old_pid)
+        for _ in range(100):
+            if shard in qc.stats()["untrusted_shards"] or listener.backend_pid != old_pid:
+                break
+            await asyncio.sleep(0.01)
+        # Untrusted or already back (with an epoch bump): either way, no stale read.
+        await other.execute(f"UPDATE {table} SET v = 'gap' WHERE id = 4")
+        await asyncio.wait_for(listener.connected.wait(), 10)
+        for _ in range(100):
+            if listener.backend_pid != old_pid and listener.connected.is_set():
+                break
+            await asyncio.sleep(0.02)
+        assert listener.backend_pid != old_pid
+        assert await pool.fetchval(sql, 4, shard_key=4, cache_ttl=30) == "gap"
+        assert qc.stats()["epoch_bumps"] >= 2
+    finally:
+        await other.close()

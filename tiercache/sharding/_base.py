@@ -20,6 +20,7 @@ import asyncpg
 from tiercache.sharding import _pool_ops
 from tiercache.sharding._endpoints import Endpoint, Shard, parse_shards
 from tiercache.sharding._fleet import Fleet
+from tiercache.sharding._l3_listen import Listener, install_triggers
 from tiercache.sharding._pool_metrics import SlowQueryLog
 from tiercache.sharding._routing import Ring, check_ring, default_ring
 from tiercache.tiers.query import QueryCache
@@ -37,8 +38,8 @@ class ShardedPoolBase(asyncpg.Pool):  # type: ignore[misc]
     """
 
     __slots__ = (
-        "_default", "_fanout_concurrency", "_fleet", "_name", "_query_cache", "_ready", "_ring",
-        "_shard_names",
+        "_default", "_fanout_concurrency", "_fleet", "_l3_listeners", "_name", "_query_cache",
+        "_ready", "_ring", "_shard_names",
         "_shards", "_slowlog", "_starting", "_stopped", "_stopping",
     )
 
@@ -59,6 +60,7 @@ class ShardedPoolBase(asyncpg.Pool):  # type: ignore[misc]
     ) -> None:
         self._name = name
         self._query_cache = query_cache
+        self._l3_listeners: dict[str, Listener] = {}
         if query_cache is not None and query_cache.metrics_name is None:
             query_cache.metrics_name = name
         self._shards: dict[str, Shard] = parse_shards(shards, replica_selection, pool_kwargs)
@@ -200,6 +202,32 @@ class ShardedPoolBase(asyncpg.Pool):  # type: ignore[misc]
     def query_cache(self) -> QueryCache | None:
         """The L3 :class:`~tiercache.tiers.query.QueryCache` (``None`` without one)."""
         return self._query_cache
+
+    async def install_invalidation_triggers(self, tables: Iterable[str]) -> dict[str, list[str]]:
+        """Make writes by any client to ``tables`` invalidate L3, on every shard.
+
+        Creates statement-level AFTER INSERT/UPDATE/DELETE and TRUNCATE triggers that
+        ``pg_notify`` the table name, and opens one dedicated LISTEN connection per shard
+        (idempotent).  Returns ``{shard: [resolved table names]}``.
+        """
+        self._check_init()
+        if self._query_cache is None:
+            raise TypeError("install_invalidation_triggers needs a query_cache")
+        names = list(tables)
+        out: dict[str, list[str]] = {}
+        for shard_name, shard in self._shards.items():
+            async with shard.primary.pool.acquire() as conn:
+                out[shard_name] = await install_triggers(conn, names)
+            if shard_name not in self._l3_listeners:
+                listener = Listener(shard.primary, self._query_cache)
+                await listener.start()
+                self._l3_listeners[shard_name] = listener
+        return out
+
+    async def _close_l3(self) -> None:
+        listeners, self._l3_listeners = self._l3_listeners, {}
+        for listener in listeners.values():
+            await listener.close()
 
     @property
     def name(self) -> str:

@@ -486,6 +486,7 @@ class ShardedPool(ShardedPoolBase):
             return
         self._stopping = self._fleet.closing = True
         try:
+            await self._close_l3()
             await asyncio.gather(*(p.close() for p in self._fleet.pools()))
         finally:
             self._stopped = True
