@@ -260,7 +260,7 @@ def test_opentelemetry_observable_instruments(tiercache_stack: Any,
 
 
 def test_histogram_buckets_are_le_inclusive_and_cumulative() -> None:
-    from tiercache._stats import Histogram
+    from tiercache.metrics.counters import Histogram
 
     h = Histogram((0.1, 1.0))
     for v in (0.05, 0.1, 0.5, 1.0, 7.0):
@@ -276,7 +276,7 @@ def test_histogram_buckets_are_le_inclusive_and_cumulative() -> None:
 
 
 def test_merge_snapshots_and_counter_map() -> None:
-    from tiercache._stats import CounterMap, Histogram, hit_ratio, merge_snapshots
+    from tiercache.metrics.counters import CounterMap, Histogram, hit_ratio, merge_snapshots
 
     a, b = Histogram((1.0,)), Histogram((1.0,))
     a.observe(0.5)
@@ -296,7 +296,7 @@ def test_merge_snapshots_and_counter_map() -> None:
 
 def test_breaker_state_of_same_named_sources_is_the_worst_not_the_sum() -> None:
     """Counters of same-named sources add up; a state gauge must stay a state (0/1/2)."""
-    from tiercache._metrics_samples import collect_samples
+    from tiercache.metrics.samples import collect_samples
 
     def l2(state: str) -> dict[str, Any]:
         return {"l2": {"hits": 1, "misses": 0, "breaker": state, "breaker_opened": 1}}

@@ -25,7 +25,7 @@ import asyncpg
 import pytest
 from pglast.parser import fingerprint as pg_fingerprint
 
-from tiercache._stats import merge_snapshots
+from tiercache.metrics.counters import merge_snapshots
 from tiercache.sharding._redact import dsn_password
 from tiercache.sharding.pool import ShardedPool, ShardFanoutError, create_sharded_pool
 from tiercache.sharding.ring import HashRing

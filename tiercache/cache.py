@@ -41,7 +41,7 @@ from tiercache.decorators import (
     warm,
     warm_sync,
 )
-from tiercache.health import LoaderStats
+from tiercache.metrics.snapshot import LoaderStats
 from tiercache.tiers.base import MISSING, RemoteTier
 
 __all__ = ["LoaderStats", "TierCache"]

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal
 
-from tiercache._stats import LATENCY_BUCKETS
+from tiercache.metrics.counters import LATENCY_BUCKETS
 
 __all__ = [
     "LATENCY_BUCKETS_S", "UNPARSEABLE", "EndpointMetrics", "SlowQueryLog", "fingerprint",

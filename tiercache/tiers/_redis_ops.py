@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, Final
 from redis.crc import key_slot
 from redis.exceptions import DataError, MaxConnectionsError, ResponseError
 
-from tiercache._stats import LATENCY_BUCKETS, CounterMap, Histogram, hit_ratio
 from tiercache.codec import (
     FORMAT_VERSION,
     CodecError,
@@ -30,6 +29,7 @@ from tiercache.codec import (
     pack_entry,
     unpack_entry,
 )
+from tiercache.metrics.counters import LATENCY_BUCKETS, CounterMap, Histogram, hit_ratio
 from tiercache.tiers._breaker import CircuitBreaker, NodeBreakers
 from tiercache.tiers._repairs import Repairs
 from tiercache.tiers.base import MISSING, Missing, ValueTooLarge

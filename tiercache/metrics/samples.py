@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, Literal
 
-from tiercache._stats import merge_snapshots
+from tiercache.metrics.counters import merge_snapshots
 
 __all__ = ["FAMILIES", "Samples", "collect_samples"]
 
