@@ -138,12 +138,15 @@ async def test_pool_metrics_from_a_real_sharded_pool(
 class Partial:
     """A source exposing only part of the pool shape (the collector must take what's there)."""
 
+    metrics_kind = "pool"
+
     def stats(self) -> dict[str, Any]:
         return {"name": "partial", "shards": {"s1": {"queries": 3, "healthy": False}}}
 
 
 class Broken:
     name = "broken"
+    metrics_kind = "tier"
 
     def stats(self) -> dict[str, Any]:
         raise RuntimeError("stats exploded")
@@ -301,8 +304,9 @@ def test_breaker_state_of_same_named_sources_is_the_worst_not_the_sum() -> None:
     def l2(state: str) -> dict[str, Any]:
         return {"l2": {"hits": 1, "misses": 0, "breaker": state, "breaker_opened": 1}}
 
-    out = collect_samples([("shop", "l2", l2("open")), ("shop", "l2", l2("open")),
-                           ("shop", "l2", l2("closed"))])
+    out = collect_samples([("cache", "shop", "l2", l2("open")),
+                           ("cache", "shop", "l2", l2("open")),
+                           ("cache", "shop", "l2", l2("closed"))])
     assert out["tiercache_breaker_state"] == {("shop",): 2}
     assert out["tiercache_breaker_opens_total"] == {("shop",): 3}
     assert out["tiercache_requests_total"][("shop", "l2", "hit")] == 3

@@ -14,9 +14,10 @@ Usage::
 A source is anything with ``stats() -> dict``; its name (label ``cache`` or ``pool``) is the
 ``name=`` given to :func:`register`, else ``source.metrics_name``, else ``stats()["name"]``,
 else ``source.name``. Sources are held weakly where possible. Several sources with one name
-are summed. Which metrics a source yields depends on the shape of its ``stats()``: a cache
-(``"l1"``/``"l2"``/``"loader"``), a pool (``"shards"``) or a bare tier (``"hits"``); keys
-that are absent are simply not exported.
+are summed. Which metrics a source yields depends on its *kind*, decided from its type at
+:func:`register` (a TierCache, a ShardedPool, or a bare MemoryTier/RedisTier/QueryCache;
+any other object declares ``metrics_kind = "cache" | "pool" | "tier"``); each kind's samples
+are one function in :mod:`tiercache.metrics.samples`. Absent keys are simply not exported.
 
 =========================================  =========  ===============================
 name                                       type       labels

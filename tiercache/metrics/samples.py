@@ -1,18 +1,19 @@
 """Turn ``stats()`` dicts into labelled samples, exporter-neutral (see :mod:`tiercache.metrics`).
 
 Kept apart from the exporters so Prometheus and OpenTelemetry read the very same numbers,
-and so the shape-sniffing (cache / pool / bare tier) is tolerant in one place: a key that
-is absent from a snapshot produces no sample, never an error.
+and so each source kind (cache / pool / bare tier, decided at register time from its type)
+declares its samples in one function: a key absent from a snapshot yields no sample, never an error.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Literal
 
 from tiercache.metrics.counters import merge_snapshots
 
-__all__ = ["FAMILIES", "Samples", "collect_samples"]
+__all__ = ["FAMILIES", "Samples", "SourceKind", "cache_samples", "collect_samples", "pool_samples",
+           "tier_samples"]
 
 Kind = Literal["counter", "gauge", "histogram"]
 #: metric name -> {label values -> number (counter/gauge) or histogram snapshot}
@@ -84,27 +85,45 @@ class _Acc:
         series[labels] = max(series.get(labels, 0.0), float(value))
 
 
-def collect_samples(snapshots: Iterable[tuple[str, str, dict[str, Any]]]) -> Samples:
-    """``(source name, tier name for bare tiers, stats())`` triples -> samples."""
+#: what a registered source is; each kind declares its own samples (no shape-sniffing)
+SourceKind = Literal["cache", "pool", "tier"]
+
+
+def collect_samples(snapshots: Iterable[tuple[SourceKind, str, str, dict[str, Any]]]) -> Samples:
+    """``(kind, source name, tier name, stats())`` -> samples; a missing key yields nothing."""
     acc = _Acc()
-    for name, tier, stats in snapshots:
-        if "shards" in stats:
-            _pool(acc, name, stats)
-            continue
-        if any(k in stats for k in ("l1", "l2", "loader")):
-            for tier_name in ("l1", "l2", "l3"):
-                tier_stats = stats.get(tier_name)
-                if isinstance(tier_stats, Mapping):
-                    _tier(acc, name, tier_name, tier_stats)
-            if isinstance(stats.get("loader"), Mapping):
-                _loader(acc, name, stats["loader"])
-            if isinstance(stats.get("errors"), Mapping):  # the core's, e.g. "encode": L2 writes
-                _add_errors(acc, "tiercache_errors_total", (name, "l2"), stats["errors"], None)
-            if isinstance(stats.get("bus"), Mapping):
-                _bus(acc, name, stats["bus"])
-        elif "hits" in stats:
-            _tier(acc, name, tier, stats)
+    for kind, name, tier, stats in snapshots:
+        _BY_KIND[kind](acc, name, tier, stats)
     return acc.out
+
+
+def cache_samples(acc: _Acc, name: str, _tier_name: str, stats: Mapping[str, Any]) -> None:
+    """A TierCache: its l1/l2/l3 tiers, the loader, the core's own errors and the bus."""
+    for tier_name in ("l1", "l2", "l3"):
+        tier_stats = stats.get(tier_name)
+        if isinstance(tier_stats, Mapping):
+            _tier(acc, name, tier_name, tier_stats)
+    if isinstance(stats.get("loader"), Mapping):
+        _loader(acc, name, stats["loader"])
+    if isinstance(stats.get("errors"), Mapping):  # the core's, e.g. "encode": L2 writes
+        _add_errors(acc, "tiercache_errors_total", (name, "l2"), stats["errors"], None)
+    if isinstance(stats.get("bus"), Mapping):
+        _bus(acc, name, stats["bus"])
+
+
+def tier_samples(acc: _Acc, name: str, tier_name: str, stats: Mapping[str, Any]) -> None:
+    """A bare tier (MemoryTier, RedisTier, QueryCache) registered on its own."""
+    _tier(acc, name, tier_name, stats)
+
+
+def pool_samples(acc: _Acc, name: str, _tier_name: str, stats: Mapping[str, Any]) -> None:
+    """A ShardedPool: per shard and role endpoint counters."""
+    _pool(acc, name, stats)
+
+
+_BY_KIND: Final[dict[str, Callable[[_Acc, str, str, Mapping[str, Any]], None]]] = {
+    "cache": cache_samples, "pool": pool_samples, "tier": tier_samples,
+}
 
 
 def _tier(acc: _Acc, cache: str, tier: str, s: Mapping[str, Any]) -> None:
