@@ -310,3 +310,15 @@ def test_breaker_state_of_same_named_sources_is_the_worst_not_the_sum() -> None:
     assert out["tiercache_breaker_state"] == {("shop",): 2}
     assert out["tiercache_breaker_opens_total"] == {("shop",): 3}
     assert out["tiercache_requests_total"][("shop", "l2", "hit")] == 3
+
+
+def test_source_of_unknown_kind_is_refused_at_register() -> None:
+    """No shape-sniffing: a duck-typed source must say what it is, or register fails early."""
+
+    class Anonymous:
+        def stats(self) -> dict[str, Any]:
+            return {"hits": 1}
+
+    with pytest.raises(TypeError, match="metrics_kind"):
+        metrics.register(Anonymous())
+    assert not any(isinstance(s, Anonymous) for _, s in metrics.registered())
