@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -278,9 +279,12 @@ def test_cli_up_json_then_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     try:
-        assert up.stdout is not None
+        assert up.stdout is not None and up.stderr is not None
         line = up.stdout.readline()
-        assert line, up.stderr.read() if up.stderr else ""
+        assert line, up.stderr.read()
+        # drain up's stderr meanwhile (a full pipe would block its shutdown), keep it for errors
+        err_lines: list[str] = []
+        threading.Thread(target=lambda: err_lines.extend(up.stderr or ()), daemon=True).start()
         desc = json.loads(line)
         assert set(desc["pg_dsns"]) == {"s1", "s2"} and desc["redis_url"].startswith("redis://")
         state = tmp_path / "tiercache-local.json"
@@ -288,7 +292,8 @@ def test_cli_up_json_then_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         pids = _all_pids(desc)
         assert len(pids) == 5 and all(pid_alive(p) for p in pids)
 
-        assert cli_down() == 0
+        # a loaded CI box can take long to stop five servers; the bound only guards a hang
+        assert cli_down(timeout=90) == 0, "".join(err_lines)
         assert up.wait(timeout=10) == 0
         assert _gone(pids, timeout=0)
         assert not Path(desc["temp_dir"]).exists()
