@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from tiercache._bus import InvalidationBus
     from tiercache.tiers.base import RemoteTier
 
-__all__ = ["DRAIN_TIMEOUT", "OFFLOAD_ENTRIES", "RECENT", "Coherence"]
+__all__ = ["DRAIN_TIMEOUT", "OFFLOAD_ENTRIES", "RECENT", "STALE", "Coherence"]
 
 log = logging.getLogger("tiercache.invalidation")
 
@@ -37,6 +37,8 @@ log = logging.getLogger("tiercache.invalidation")
 DRAIN_TIMEOUT: Final = 2.0
 #: seconds a completed L2 write is remembered, to undo it if a remote invalidation raced it
 RECENT: Final = 5.0
+#: suffix of the L1 segment holding a function's stale copies (see tiercache._refresh)
+STALE: Final = ":~stale"
 #: L1 index size above which a bus message's pattern drops run off the event loop
 OFFLOAD_ENTRIES: Final = 10_000
 
@@ -71,6 +73,18 @@ class Coherence:
             return
         with self.fence:
             if gen != self.gen or l1key in segment:  # stale, or a flight partner filled it
+                return
+            segment.put(l1key, value, ttl)
+            self.index.add(rel, segment, l1key, tags)
+
+    def refill(self, segment: Any, rel: str, l1key: Hashable, value: Any, ttl: float | None,
+               tags: Iterable[str], gen: int) -> None:
+        """Like :meth:`fill`, but replaces what L1 holds: a background reload's new value
+        (still fenced by ``gen``: an invalidation since the reload began wins)."""
+        if segment is None or (ttl is not None and ttl <= 0):
+            return
+        with self.fence:
+            if gen != self.gen:
                 return
             segment.put(l1key, value, ttl)
             self.index.add(rel, segment, l1key, tags)
@@ -170,7 +184,8 @@ class Coherence:
             for matcher in matchers:
                 n += index.drop_matching(matcher)
             segments = list(self.segments.values()) if everything else [
-                s for f in functions if (s := self.segments.get(self.prefix + f))]
+                s for f in functions for name in (self.prefix + f, self.prefix + f + STALE)
+                if (s := self.segments.get(name))]
             if segments:
                 n += sum(len(s) for s in segments)
                 index.drop_segments(segments)

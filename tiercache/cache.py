@@ -8,7 +8,9 @@ The read path of a ``@cached`` call, top to bottom (everything below the L1 hit 
 3. :meth:`_read` builds the relative key, waits (bounded) for the bus to subscribe, and joins
    or leads the single-flight of ``(key, generation)``.
 4. The leader runs :meth:`_fetch`: L2 ``get_entry``; on a miss, optionally a Redis lease, then
-   :meth:`_load` (the user's function) and :meth:`_l2_write` (fenced by the generation).
+   :meth:`call_loader` (the user's function) and :meth:`write_l2` (fenced by the generation).
+   A function with a read policy (refresh-ahead, stale windows) takes the same steps in
+   :mod:`tiercache._refresh`, which also decides when to reload in the background.
 5. Back in :meth:`_read`: fill L1 unless an invalidation overlapped (``Coherence.fill``).
 
 Coherence rule: after an ``invalidate*``/``set``/``delete`` returns, no tier of this process
@@ -22,13 +24,15 @@ import re
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from datetime import timedelta
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from tiercache import health as _health
 from tiercache._bus import InvalidationBus
 from tiercache._flow import BusGate, Call, Flight, Flow, Sleep, TierOp, drive_async, drive_sync
-from tiercache._invalidation import Coherence
-from tiercache._keys import MAX_KEY_LENGTH, definition_site
+from tiercache._invalidation import STALE, Coherence
+from tiercache._keys import MAX_KEY_LENGTH, definition_site, function_name
+from tiercache._l1index import MAX_PATTERN, glob_to_regex
+from tiercache._refresh import Refresher, policy_read, rules_for
 from tiercache._singleflight import SingleFlight
 from tiercache._validate import duration_seconds, ttl_seconds
 from tiercache.decorators import (
@@ -42,6 +46,8 @@ from tiercache.decorators import (
     warm_sync,
 )
 from tiercache.metrics.snapshot import LoaderStats
+from tiercache.policies.read import ReadPolicy
+from tiercache.policies.read import l1_ttl as l1_ttl_rule
 from tiercache.tiers.base import MISSING, RemoteTier
 
 __all__ = ["LoaderStats", "TierCache"]
@@ -98,6 +104,9 @@ class TierCache:
         self.unencodable: dict[str, str] = {}  # function -> type its last L2 write refused
         self.coherence = co = Coherence(l2, namespace)
         self._flights = SingleFlight()
+        self.refresher = Refresher()  # background reloads of read policies
+        self.stores: list[Any] = []  # cache.store(...) objects: their health joins ours
+        self._policies: list[tuple[Any, Any]] = []  # policy_for(pattern, policy)
         self._specs: dict[str, FunctionSpec] = {}
         self._prefix = co.prefix
         if l1 is not None:
@@ -118,6 +127,10 @@ class TierCache:
         *,
         name: str | None = None,
         copy: CopyArg = None,
+        refresh: ReadPolicy | None = None,
+        xfetch: ReadPolicy | None = None,
+        stale_while_revalidate: Seconds = None,
+        stale_if_error: Seconds = None,
     ) -> Callable[[Callable[P, R]], Cached[P, R]]:
         """Cache a sync or async function; see :mod:`tiercache._keys` for its keys.
 
@@ -127,14 +140,28 @@ class TierCache:
         function's identity (L1 segment, L2 key prefix); ``copy`` hands every caller its own
         copy of the value (``True``/``"deep"``, ``"shallow"`` or a callable; see
         :mod:`tiercache.decorators`).
+
+        Read policies (:mod:`tiercache.policies`): ``refresh=RefreshAhead(0.8)`` reloads in
+        the background after 80% of the TTL while reads keep getting the cached value;
+        ``xfetch=XFetch(beta)`` recomputes early with the XFetch probability;
+        ``stale_while_revalidate=s`` serves an expired value up to ``s`` seconds while one
+        reload runs; ``stale_if_error=s`` serves it up to ``s`` seconds when the loader fails.
+        Without them, a policy set with :meth:`policy_for` for the function's name applies.
         """
         if callable(ttl):
             raise TypeError("use @cache.cached() with parentheses (ttl= got a function)")
+        swr = duration_seconds(stale_while_revalidate or 0.0, "stale_while_revalidate")
+        sie = duration_seconds(stale_if_error or 0.0, "stale_if_error")
+        explicit = rules_for(refresh, xfetch, swr, sie)
 
         def decorate(func: Callable[P, R]) -> Cached[P, R]:
+            rules = explicit
+            if rules is None:
+                rules = rules_for(self.policy_matching(name or function_name(func), "read"),
+                                  None, 0.0, 0.0)
             wrapper: Cached[P, R] = make_cached(
                 self, func, ttl=ttl, tags=tags, key=key, lock=lock, cache_none=cache_none,
-                l1_ttl=l1_ttl, name=name, copy=copy)
+                l1_ttl=l1_ttl, name=name, copy=copy, read_rules=rules)
             return wrapper
 
         return decorate
@@ -172,7 +199,36 @@ class TierCache:
         if spec.key is not None or len(prefix) + 32 > MAX_KEY_LENGTH:
             prefix = ""  # custom or shortened keys: no common prefix to rely on
         spec.segment = self._segment(f"{self.namespace}:{spec.name}", prefix)
+        if spec.read_rules is not None:
+            if self.ttl_of(spec) is None:
+                raise ValueError(f"{spec.name}: a read policy needs a TTL (ttl= on @cached or "
+                                 "a default ttl on the RedisTier)")
+            spec.stale_segment = self._segment(f"{self.namespace}:{spec.name}{STALE}", prefix)
         return spec.segment
+
+    # ------------------------------------------------------------------ policies and stores
+
+    def policy_for(self, pattern: str, policy: Any) -> None:
+        """Use ``policy`` for every function or store whose keys match the glob ``pattern``
+        and that was not given one explicitly: ``"session:*"`` covers the store
+        ``"session"``, ``"myapp.users.*"`` every ``@cached`` function of that module.
+
+        Read policies (RefreshAhead, XFetch) apply to ``@cached`` functions and stores'
+        reads; write policies (WriteThrough, WriteBehind) to stores. Call it before
+        decorating: a policy is chosen once, when the function or store is created.
+        """
+        if not isinstance(pattern, str) or not pattern or len(pattern) > MAX_PATTERN:
+            raise ValueError(f"pattern must be a non-empty str of at most {MAX_PATTERN} "
+                             "characters")
+        self._policies.append((glob_to_regex(pattern), policy))
+
+    def policy_matching(self, name: str, kind: Literal["read", "write"]) -> Any:
+        """The first :meth:`policy_for` policy of ``kind`` whose pattern covers ``name``."""
+        for matcher, policy in self._policies:
+            if isinstance(policy, ReadPolicy) == (kind == "read") and (
+                    matcher.fullmatch(name) or matcher.fullmatch(name + ":")):
+                return policy
+        return None
 
     # ------------------------------------------------------------------ read path
 
@@ -187,6 +243,8 @@ class TierCache:
     def _read(self, spec: FunctionSpec, l1key: Hashable | None, args: tuple[Any, ...],
               kwargs: dict[str, Any]) -> Flow[Any]:
         """An L1 miss of a ``@cached`` call: single-flight over L2 and the loader, then L1."""
+        if spec.read_rules is not None:  # refresh-ahead / stale windows: tiercache._refresh
+            return (yield from policy_read(self, spec, l1key, args, kwargs))
         co = self.coherence
         rel = spec.relative_key(args, kwargs)
         tags = spec.tags_for(args, kwargs) if spec.tags is not None else []
@@ -197,7 +255,7 @@ class TierCache:
         value, cacheable, ttl = yield Flight(
             self._flights, (rel, gen), self._fetch(spec, rel, args, kwargs, tags, gen))
         if cacheable and l1key is not None:
-            co.fill(spec.segment, rel, l1key, value, self._l1_ttl(spec.l1_ttl, ttl), tags, gen)
+            co.fill(spec.segment, rel, l1key, value, self.l1_ttl_for(spec.l1_ttl, ttl), tags, gen)
         return value
 
     def _fetch(self, spec: FunctionSpec, rel: str, args: tuple[Any, ...],
@@ -208,6 +266,19 @@ class TierCache:
             entry = yield TierOp(l2.get_entry, l2.get_entry_sync, full)
             if entry is not MISSING:
                 return entry.value, True, _remaining(entry)
+        value, cacheable, ttl, _ = yield from self.load_through(spec, full, args, kwargs, tags,
+                                                                gen)
+        return value, cacheable, ttl
+
+    def load_through(self, spec: FunctionSpec, full: str, args: tuple[Any, ...],
+                     kwargs: dict[str, Any], tags: list[str],
+                     gen: int) -> Flow[tuple[Any, bool, float | None, float | None]]:
+        """An L2 miss: (optionally under a lease) the loader, then the fenced L2 write.
+
+        -> (value, cacheable, ttl, load seconds; None when another process's load was taken
+        from L2 while waiting for its lease).
+        """
+        l2 = self.l2
         token = None
         if spec.lock and l2 is not None and l2.breaker.state != "open":
             token = yield TierOp(l2.acquire_lease, l2.acquire_lease_sync, full,
@@ -220,21 +291,25 @@ class TierCache:
                     delay = min(delay * 2, 0.1)
                     entry = yield TierOp(l2.get_entry, l2.get_entry_sync, full)
                     if entry is not MISSING:
-                        return entry.value, True, _remaining(entry)
+                        return entry.value, True, _remaining(entry), None
         try:
-            value, seconds = yield from self._load(spec.func, args, kwargs)
+            value, seconds = yield from self.call_loader(spec.func, args, kwargs)
             if value is None and not spec.cache_none:
-                return value, False, None
+                return value, False, None, seconds
             if l2 is not None:
-                yield from self._l2_write(spec, full, value, seconds, tags, gen)
-            ttl = spec.ttl if spec.ttl is not None or l2 is None else l2.ttl
-            return value, gen == self.coherence.gen, ttl
+                yield from self.write_l2(spec, full, value, seconds, tags, gen)
+            return value, gen == self.coherence.gen, self.ttl_of(spec), seconds
         finally:
             if token is not None and l2 is not None:
                 yield TierOp(l2.release_lease, l2.release_lease_sync, full, token)
 
-    def _load(self, func: Callable[..., Any], args: tuple[Any, ...],
-              kwargs: dict[str, Any]) -> Flow[tuple[Any, float]]:
+    def ttl_of(self, spec: FunctionSpec) -> float | None:
+        """A function's TTL: its own, else L2's default (None: no expiry)."""
+        return spec.ttl if spec.ttl is not None or self.l2 is None else self.l2.ttl
+
+    def call_loader(self, func: Callable[..., Any], args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> Flow[tuple[Any, float]]:
+        """Call the user's function, timed and counted -> (value, seconds)."""
         began = time.perf_counter()
         try:
             value = yield Call(func, args, kwargs)
@@ -245,8 +320,8 @@ class TierCache:
         self.loader.observe(seconds, False)
         return value, seconds
 
-    def _l2_write(self, spec: FunctionSpec, full: str, value: Any, seconds: float,
-                  tags: list[str], gen: int) -> Flow[None]:
+    def write_l2(self, spec: FunctionSpec, full: str, value: Any, seconds: float,
+                 tags: list[str], gen: int) -> Flow[None]:
         """Write a value loaded in generation ``gen``, unless an invalidation overlapped.
 
         Registered *before* the generation check, so an invalidation either makes us skip
@@ -259,7 +334,9 @@ class TierCache:
             if gen != co.gen:
                 return
             try:
-                yield TierOp(l2.set, l2.set_sync, full, value, spec.ttl, load_time=seconds)
+                rules = spec.read_rules
+                yield TierOp(l2.set, l2.set_sync, full, value, spec.ttl, load_time=seconds,
+                             stale=rules.keep if rules is not None else 0.0)
             except TypeError as exc:  # unencodable: serve it, keep it in L1 only, say so
                 self._unencodable(spec, value, exc)
                 return
@@ -288,12 +365,12 @@ class TierCache:
                 "(%s). Further occurrences are counted in stats()['errors']['encode'].",
                 spec.name, kind, kind.rsplit(".", 1)[-1], exc)
 
-    def _l1_ttl(self, l1_ttl: float | None, ttl: float | None) -> float | None:
-        """min(L1 TTL, the entry's TTL); None = the MemoryTier's default."""
+    def l1_ttl_for(self, l1_ttl: float | None, ttl: float | None) -> float | None:
+        """The L1 lifetime of an entry: the :func:`~tiercache.policies.read.l1_ttl` rule,
+        with None = the MemoryTier's default."""
         if l1_ttl is None and self.l1 is not None:
             l1_ttl = self.l1.store.ttl
-        candidates = [t for t in (l1_ttl, ttl) if t is not None]
-        return min(candidates) if candidates else None
+        return l1_ttl_rule(l1_ttl, ttl)
 
     # ------------------------------------------------------------------ key/value API
 
@@ -318,7 +395,7 @@ class TierCache:
         entry = yield TierOp(l2.get_entry, l2.get_entry_sync, self._prefix + key)
         if entry is MISSING:
             return default
-        co.fill(co.kv, key, key, entry.value, self._l1_ttl(None, _remaining(entry)), (), gen)
+        co.fill(co.kv, key, key, entry.value, self.l1_ttl_for(None, _remaining(entry)), (), gen)
         return entry.value
 
     def _get_many(self, keys: list[str]) -> Flow[dict[str, Any]]:
@@ -339,7 +416,7 @@ class TierCache:
             for full, entry in hits.items():
                 found[full[cut:]] = entry.value
                 co.fill(co.kv, full[cut:], full[cut:], entry.value,
-                        self._l1_ttl(None, _remaining(entry)), (), gen)
+                        self.l1_ttl_for(None, _remaining(entry)), (), gen)
         return found
 
     def _set_many(self, mapping: Mapping[str, Any], ttl: Seconds,
@@ -359,7 +436,7 @@ class TierCache:
                 for key in full:
                     yield TierOp(l2.add_tags, l2.add_tags_sync, key, tags, seconds)
             yield from co.drain_writes(list(full), fence)
-        l1ttl = self._l1_ttl(None, seconds)
+        l1ttl = self.l1_ttl_for(None, seconds)
         with co.fence:
             co.gen += 1  # loads that began before this write must not overwrite it in L1
             co.index.drop_keys(mapping)
@@ -502,12 +579,16 @@ class TierCache:
 
     async def aclose(self) -> None:
         """Stop the bus and close L2 (L1 is left as is: it may be shared)."""
+        await self.refresher.wait(timeout=1.0)
+        self.refresher.close()
         if self.bus is not None:
             await self.bus.astop()
         if self.l2 is not None:
             await self.l2.close()
 
     def close(self) -> None:
+        self.refresher.wait_sync(timeout=1.0)
+        self.refresher.close()
         if self.bus is not None:
             self.bus.stop()
         if self.l2 is not None:

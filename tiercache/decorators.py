@@ -28,6 +28,7 @@ from tiercache._validate import ttl_seconds
 from tiercache.tiers.memory import MemoryTier
 
 if TYPE_CHECKING:
+    from tiercache._refresh import ReadRules
     from tiercache.cache import TierCache
 
 __all__ = ["MAX_KEY_LENGTH", "Cached", "CopyArg", "FunctionSpec", "make_cached", "warm",
@@ -85,6 +86,8 @@ class FunctionSpec:
     signature: inspect.Signature | None = field(default=None, repr=False)
     segment: Any = field(default=None, repr=False)  # the L1 segment, resolved once (register)
     encode_warned: bool = field(default=False, repr=False)  # unencodable result reported
+    read_rules: ReadRules | None = None  # refresh-ahead / stale windows (tiercache._refresh)
+    stale_segment: Any = field(default=None, repr=False)  # envelopes kept for stale reads
 
     def __post_init__(self) -> None:
         try:
@@ -130,6 +133,7 @@ def make_cached(
     l1_ttl: float | timedelta | None,
     name: str | None = None,
     copy: CopyArg = None,
+    read_rules: ReadRules | None = None,
 ) -> Any:
     """Wrap ``func``: the MemoryTier's C hit path in front, the core behind it on a miss.
 
@@ -153,6 +157,7 @@ def make_cached(
         cache_none=cache.cache_none if cache_none is None else cache_none,
         l1_ttl=l1_ttl,
         is_async=is_async,
+        read_rules=read_rules,
     )
     segment = cache.register(spec)
     # the miss handler the C wrapper calls: the core's shell, bound once (no closure frame)

@@ -93,6 +93,11 @@ def check(cache: TierCache) -> Flow[dict[str, Any]]:
         checks["bus"] = {"connected": bus["connected"], "running": bus["running"]}
         if bus["running"] and not bus["connected"]:
             degraded.append("invalidation bus disconnected (L1 may lag other processes)")
+    for store in getattr(cache, "stores", ()):  # write-behind queues, dead letters
+        degraded.extend(store.health_reasons())
+    refresh = stats["loader"].get("refreshes_failed", 0)
+    if refresh:
+        checks["refreshes_failed"] = refresh
     status = "unhealthy" if unhealthy else "degraded" if degraded else "healthy"
     return {"status": status, "reasons": unhealthy + degraded, "checks": checks}
 

@@ -36,6 +36,12 @@ FAMILIES: Final[dict[str, tuple[Kind, str, list[str]]]] = {
         "counter", "Callers that waited for another caller's load", ["cache"]),
     "tiercache_lock_waits_total": (
         "counter", "Waits for a cross-process load lease", ["cache"]),
+    "tiercache_refreshes_total": (
+        "counter", "Background reloads by result (started, succeeded, failed, skipped)",
+        ["cache", "result"]),
+    "tiercache_stale_served_total": (
+        "counter", "Values served past their TTL (stale-while-revalidate, stale-if-error)",
+        ["cache"]),
     "tiercache_breaker_state": (
         "gauge", "L2 circuit breaker: 0 closed, 1 half-open, 2 open", ["cache"]),
     "tiercache_breaker_opens_total": ("counter", "Times the L2 breaker opened", ["cache"]),
@@ -155,6 +161,9 @@ def _loader(acc: _Acc, cache: str, s: Mapping[str, Any]) -> None:
     acc.add("tiercache_loader_duration_seconds", (cache,), s.get("duration"))
     acc.add("tiercache_singleflight_waits_total", (cache,), s.get("singleflight_waits"))
     acc.add("tiercache_lock_waits_total", (cache,), s.get("lock_waits"))
+    for result in ("started", "succeeded", "failed", "skipped"):
+        acc.add("tiercache_refreshes_total", (cache, result), s.get(f"refreshes_{result}"))
+    acc.add("tiercache_stale_served_total", (cache,), s.get("stale_served"))
 
 
 def _bus(acc: _Acc, cache: str, s: Mapping[str, Any]) -> None:

@@ -23,6 +23,9 @@ class LoaderStats:
 
     def __init__(self) -> None:
         self.calls = self.failures = self.lock_waits = self.encode_errors = 0
+        # read policies (tiercache._refresh): background reloads and stale values served
+        self.refreshes_started = self.refreshes_succeeded = self.refreshes_failed = 0
+        self.refreshes_skipped = self.stale_served = 0
         self.duration = Histogram(LOADER_BUCKETS)
 
     def observe(self, seconds: float, failed: bool) -> None:
@@ -35,6 +38,10 @@ class LoaderStats:
             "calls": self.calls, "failures": self.failures,
             "seconds_total": self.duration.sum, "singleflight_waits": singleflight_waits,
             "lock_waits": self.lock_waits, "encode_errors": self.encode_errors,
+            "refreshes_started": self.refreshes_started,
+            "refreshes_succeeded": self.refreshes_succeeded,
+            "refreshes_failed": self.refreshes_failed,
+            "refreshes_skipped": self.refreshes_skipped, "stale_served": self.stale_served,
             "duration": self.duration.snapshot(),
         }
 

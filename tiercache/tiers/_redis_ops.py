@@ -279,10 +279,13 @@ class RedisTierBase:
     # ------------------------------------------------------------ encoding
 
     def _pack(self, key: str, value: Any, ttl: float | None,
-              load_time: float) -> tuple[bytes, int | None]:
+              load_time: float, stale: float = 0.0) -> tuple[bytes, int | None]:
         """(envelope, PX ms); ``TypeError`` for an unencodable value, :class:`ValueTooLarge`
-        above ``max_value_bytes`` (counted, logged; nothing is written)."""
+        above ``max_value_bytes`` (counted, logged; nothing is written). ``stale`` seconds
+        are added to PX only: the envelope's TTL stays the logical one."""
         ttl_s, px = self._expiry(ttl)
+        if stale > 0 and px and ttl_s is not None:
+            px = max(1, int((ttl_s + stale) * 1000))
         payload = pack_entry(value, stored_at=time.time(), ttl=ttl_s, load_time=load_time,
                              signer=self._signer, context=key)
         limit = self.max_value_bytes

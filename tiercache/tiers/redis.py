@@ -495,21 +495,25 @@ class RedisTier(RedisTierBase):
     # ------------------------------------------------------------ writes
 
     async def set(self, key: str, value: Any, ttl: float | None = None, *,
-                  load_time: float = 0.0) -> None:
-        """Store ``value`` (``TypeError`` if unencodable, raised before any I/O)."""
+                  load_time: float = 0.0, stale: float = 0.0) -> None:
+        """Store ``value`` (``TypeError`` if unencodable, raised before any I/O).
+
+        ``stale``: seconds Redis keeps the entry past its TTL (the envelope keeps the TTL),
+        so stale-while-revalidate / stale-if-error can still read it.
+        """
         check_user_key(key)
         ttl = ttl_seconds(ttl)
         if isinstance(value, list | dict | tuple | set | frozenset) and len(value) > LARGE_ITEMS:
-            payload, px = await asyncio.to_thread(self._pack, key, value, ttl, load_time)
+            payload, px = await asyncio.to_thread(self._pack, key, value, ttl, load_time, stale)
         else:
-            payload, px = self._pack(key, value, ttl, load_time)
+            payload, px = self._pack(key, value, ttl, load_time, stale)
         await self._drive(self._set(key, payload, px))
 
     def set_sync(self, key: str, value: Any, ttl: float | None = None, *,
-                 load_time: float = 0.0) -> None:
+                 load_time: float = 0.0, stale: float = 0.0) -> None:
         check_user_key(key)
         ttl = ttl_seconds(ttl)
-        payload, px = self._pack(key, value, ttl, load_time)
+        payload, px = self._pack(key, value, ttl, load_time, stale)
         self._drive_sync(self._set(key, payload, px))
 
     def _set(self, key: str, payload: bytes, px: int | None) -> Flow[None]:
