@@ -335,3 +335,49 @@ def _samples(cache: TierCache) -> dict[str, Any]:
         return metrics.samples()
     finally:
         metrics.unregister(cache)
+
+
+@pytest.mark.parametrize("l2", [True, False], ids=["l1+l2", "l1-only"])
+async def test_invalidation_stays_linearizable_with_refresh_and_stale_windows(
+        cache_factory: Factory, l2: bool) -> None:
+    """Readers keep entries refreshing and going stale (ttl 0.15 s, reload at 50%, stale
+    windows on) while a writer bumps rows and invalidates: once ``invalidate`` returns, no
+    read in this process returns a version older than the one written before it."""
+    cache = cache_factory(l2=l2)
+    rows = dict.fromkeys(range(8), 0)
+    rng = random.Random(99)
+
+    @cache.cached(ttl=0.15, refresh=RefreshAhead(0.5), stale_while_revalidate=5,
+                  stale_if_error=5)
+    async def get(key: int) -> int:
+        seen = rows[key]
+        await asyncio.sleep(rng.random() * 0.01)
+        return seen
+
+    stop = False
+    served = 0
+
+    async def reader() -> None:
+        nonlocal served
+        while not stop:
+            await get(rng.randrange(8))
+            served += 1
+            await asyncio.sleep(0)
+
+    readers = [asyncio.create_task(reader()) for _ in range(10)]
+    try:
+        for _ in range(300):
+            key = rng.randrange(8)
+            rows[key] += 1
+            written = rows[key]
+            await get.invalidate(key)
+            got = await get(key)
+            assert got >= written, f"stale read after invalidate: {got} < {written}"
+            await asyncio.sleep(rng.random() * 0.003)
+    finally:
+        stop = True
+        await asyncio.gather(*readers)
+    await _wait_refreshes(cache)
+    assert served > 300
+    loader = cache.stats()["loader"]
+    assert loader["refreshes_started"] > 0  # the policy really was exercised
