@@ -64,20 +64,43 @@ async def install_triggers(conn: Any, tables: list[str]) -> list[str]:
 class Listener:
     """One dedicated (non-pooled) LISTEN connection for a shard, reconnecting forever."""
 
-    def __init__(self, endpoint: Endpoint, cache: QueryCache, retry: float = 0.2) -> None:
+    def __init__(self, endpoint: Endpoint, cache: QueryCache, retry: float = 0.2,
+                 heartbeat: float = 1.0) -> None:
         self._ep = endpoint
         self._cache = cache
         self._retry = retry
+        self._heartbeat = heartbeat
+        self._beat: asyncio.Task[None] | None = None
         self._conn: Any = None
         self._lost = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self.backend_pid: int | None = None
+        self.heartbeat_failures = 0
 
     async def start(self) -> None:
         """Connect and LISTEN once (errors raise here), then keep it alive in the background."""
         await self._connect()
         self._task = asyncio.ensure_future(self._keep())
+        self._beat = asyncio.ensure_future(self._beats())
+
+    async def _beats(self) -> None:
+        """A half-open TCP connection fires no termination callback: probe it.  A probe
+        that fails or takes longer than the heartbeat interval marks the shard untrusted
+        and drops the connection (the keeper reconnects)."""
+        while True:
+            await asyncio.sleep(self._heartbeat)
+            conn = self._conn
+            if conn is None or conn.is_closed() or not self.connected.is_set():
+                continue
+            try:
+                await asyncio.wait_for(conn.execute("SELECT 1"), max(self._heartbeat, 1.0))
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                self._cache.set_trusted(self._ep.shard, False)
+                self.connected.clear()
+                conn.terminate()
+                self._lost.set()
+                self.heartbeat_failures += 1
 
     async def _connect(self) -> None:
         kwargs = {k: v for k, v in self._ep.connect_kwargs.items() if k in _CONNECT_PARAMS}
@@ -87,7 +110,7 @@ class Listener:
 
         def notified(_c: Any, _pid: int, _channel: str, payload: str) -> None:
             schema, _, rel = payload[:256].partition(".")
-            cache.bump(shard, [table_name(rel, schema)])
+            cache.notified(shard, table_name(rel, schema))
 
         def terminated(_c: Any) -> None:
             cache.set_trusted(shard, False)  # notifications may be lost from now on
@@ -99,7 +122,7 @@ class Listener:
         self._conn = conn
         self.backend_pid = conn.get_server_pid()
         self._lost.clear()
-        cache.bump_shard(shard)  # whatever was missed before LISTEN is now invalid
+        await cache.bump_shard(shard)  # whatever was missed before LISTEN is now invalid
         cache.set_trusted(shard, True)
         self.connected.set()
 
@@ -118,9 +141,10 @@ class Listener:
                     await asyncio.sleep(self._retry)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._beat, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._conn is not None and not self._conn.is_closed():
             await self._conn.close()

@@ -118,7 +118,7 @@ class ShardedPool(ShardedPoolBase):
         try:
             result = await self._run(ep, "execute", query, (query, *args), {"timeout": timeout})
         finally:  # also on error: a lost reply may follow a commit
-            self._query_cache.note_write(ep.shard, query)
+            await self._query_cache.note_write(ep.shard, query, ep.pool)
         return result
 
     async def executemany(
@@ -132,7 +132,7 @@ class ShardedPool(ShardedPoolBase):
             await self._run(ep, "executemany", command, (command, args), {"timeout": timeout})
         finally:
             if self._query_cache is not None:
-                self._query_cache.note_write(ep.shard, command)
+                await self._query_cache.note_write(ep.shard, command, ep.pool)
 
     async def fetch(
         self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None,
@@ -249,7 +249,7 @@ class ShardedPool(ShardedPoolBase):
         try:
             result: str = await self._run(ep, "copy_to_table", text, (table_name,), kwargs)
         finally:
-            self._note_copy(ep, table_name, schema_name)
+            await self._note_copy(ep, table_name, schema_name)
         return result
 
     async def copy_records_to_table(
@@ -268,7 +268,7 @@ class ShardedPool(ShardedPoolBase):
             result: str = await self._run(ep, "copy_records_to_table", text, (table_name,),
                                           kwargs)
         finally:
-            self._note_copy(ep, table_name, schema_name)
+            await self._note_copy(ep, table_name, schema_name)
         return result
 
     # -- acquire, release, transaction -----------------------------------------------------
@@ -331,7 +331,7 @@ class ShardedPool(ShardedPoolBase):
             finally:
                 # After COMMIT (or rollback): what ran inside is unknown -> the shard epoch.
                 if self._query_cache is not None and not readonly:
-                    self._query_cache.bump_shard(ep.shard)
+                    await self._query_cache.bump_shard(ep.shard)
         finally:
             await ep.pool.release(connection)
 
@@ -429,11 +429,11 @@ class ShardedPool(ShardedPoolBase):
             return await self._run(ep, method, query, call, kwargs)
         extra_key = getattr(extra, "__qualname__", extra)
         return await qc.read(ep.shard, ep.redacted, method, query, args, extra_key, cache_ttl,
-                             lambda: self._run(ep, method, query, call, kwargs))
+                             lambda: self._run(ep, method, query, call, kwargs), ep.pool)
 
-    def _note_copy(self, ep: Endpoint, table_name: str, schema_name: str | None) -> None:
+    async def _note_copy(self, ep: Endpoint, table_name: str, schema_name: str | None) -> None:
         if self._query_cache is not None:
-            self._query_cache.bump(ep.shard, [table_name_of(table_name, schema_name)])
+            await self._query_cache.bump(ep.shard, [table_name_of(table_name, schema_name)])
 
     # -- pool-wide asyncpg.Pool methods (optional routing; without it: every shard) --------
 
@@ -554,20 +554,22 @@ class ShardedPool(ShardedPoolBase):
         targets = fanout_targets(self._shards, shards, readonly)
         run = self._run
         qc = self._query_cache
-        if qc is not None and method == "execute":
-            for name in targets:
-                qc.note_write(name, query)
 
         def call(name: str) -> Any:
             if cache_ttl is not None:
                 return self._read(targets[name], method, query, args, kwargs, cache_ttl, extra)
             return run(targets[name], method, query, (query, *args), kwargs)
 
-        return await fanout(
-            operation, tuple(targets), call,
-            concurrency=self._fanout_concurrency if concurrency is None else concurrency,
-            scrub=self._fleet.redactor.exception,
-        )
+        try:
+            return await fanout(
+                operation, tuple(targets), call,
+                concurrency=self._fanout_concurrency if concurrency is None else concurrency,
+                scrub=self._fleet.redactor.exception,
+            )
+        finally:  # after the statements (a bump before them could be refilled with old rows)
+            if qc is not None and method == "execute":
+                for name, ep in targets.items():
+                    await qc.note_write(name, query, ep.pool)
 class ShardAcquireContext(PoolAcquireContext):  # type: ignore[misc]
     """asyncpg's acquire context, aimed at the routed shard and counting the acquire wait.
 

@@ -47,6 +47,7 @@ class Analysis:
     refusal: str | None
     complexity: int
     calls_functions: bool = False
+    relations: tuple[tuple[str | None, str], ...] = ()  # (schema, name) as written
 
 
 def table_name(relname: str, schema: str | None = None) -> str:
@@ -103,6 +104,7 @@ def analyze(sql: str) -> Analysis:
     }
     _walk(stmts, out)
     tables: set[str] = set()
+    relations: set[tuple[str | None, str]] = set()
     temp = system = False
     for rv in out["ranges"]:
         name, schema = rv.get("relname", ""), rv.get("schemaname")
@@ -113,6 +115,7 @@ def analyze(sql: str) -> Analysis:
         if schema in _SYSTEM_SCHEMAS or (schema is None and name.startswith("pg_")):
             system = True
         tables.add(table_name(name, schema))
+        relations.add((schema, name))
     frozen = frozenset(tables)
     complexity = out["complexity"] + len(out["ranges"])
     heads = [next(iter(s), "") for s in stmts]
@@ -133,4 +136,5 @@ def analyze(sql: str) -> Analysis:
         refusal = "system_catalog"
     elif not frozen:
         refusal = "no_table"  # SELECT 1, SELECT $1: nothing to invalidate on, and nothing to save
-    return Analysis("select", frozen, refusal, complexity, bool(out["funcs"]))
+    return Analysis("select", frozen, refusal, complexity, bool(out["funcs"]),
+                    tuple(sorted(relations, key=lambda r: (r[0] or "", r[1]))))

@@ -8,104 +8,159 @@ only if they are unchanged when it returns; a write that commits during the quer
 either bumps first (the reader sees the change and returns its result uncached) or bumps after
 the reader stored (the entry sits under the old generation, unreachable by any later read).
 
-The store is in-process memory bounded by bytes, evicted GreedyDual-Size style: an entry's
-priority is ``clock + cost / size`` where cost is the measured execution time times its hits,
-so a 40 ms aggregate outlives a pile of 50 µs point reads of the same size.
+Why a plan per SQL text: the parse, the catalog resolution of views, the sorted generation keys
+and the key prefix are computed once per (SQL text, shard, identity, method); a memory hit then
+costs a dict lookup of the plan, one ``map`` over the generation counters and a dict lookup of
+``(plan, generations, params)`` -- no hashing of the SQL text, no encoding of simple params.
+
+Stores: ``"memory"`` (per process, bounded by bytes, cost-aware or LRU eviction:
+:mod:`._query_mem`) or Redis (shared by every process, generations too: :mod:`._query_redis`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import heapq
 import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any
 
 from tiercache import codec
+from tiercache.tiers._query_catalog import Catalog
+from tiercache.tiers._query_mem import MemEntry, MemoryStore
 from tiercache.tiers._sql import Analysis, analyze
 
 __all__ = ["QueryCache"]
 
+EPOCH = ""  # the shard epoch's generation key (no table can have an empty name)
+_SIMPLE = frozenset({int, str, type(None)})  # params whose == is exact (no 1 == 1.0 == True)
+_MAX_PLANS = 8192
+_now = time.monotonic
 
-class _Entry:
-    __slots__ = ("cost", "expires", "hits", "priority", "size", "value")
 
-    def __init__(self, value: Any, size: int, cost: float, expires: float) -> None:
-        self.value = value
-        self.size = size
-        self.cost = cost
-        self.expires = expires
-        self.hits = 1
-        self.priority = 0.0
+class Plan:
+    """Everything about one (SQL text, shard, identity, method, extra) that a hit needs."""
+
+    __slots__ = ("analysis", "deps", "fields", "prefix", "refusal", "shard", "zeros")
+
+    def __init__(self, shard: str, analysis: Analysis, tables: Iterable[str],
+                 refusal: str | None, prefix: str) -> None:
+        self.shard = shard
+        self.analysis = analysis
+        self.refusal = refusal
+        self.fields = (EPOCH, *sorted(set(tables)))
+        self.deps: tuple[tuple[str, str], ...] = tuple((shard, t) for t in self.fields)
+        self.zeros = (0,) * len(self.deps)
+        self.prefix = prefix
+
+
+def params_key(args: tuple[Any, ...]) -> Hashable:
+    """``args`` itself when every param compares exactly, else a canonical encoding."""
+    for a in args:
+        if type(a) not in _SIMPLE:
+            break
+    else:
+        return args
+    try:
+        return codec.encode([list(args)])
+    except TypeError:
+        return repr(tuple((type(a).__qualname__, a) for a in args)).encode()
 
 
 class QueryCache:
     """The L3 tier: ``create_sharded_pool(..., query_cache=QueryCache())``.
 
-    ``store`` is ``"memory"`` (per process).  ``default_ttl`` applies to ``cache_ttl=True``;
-    ``"adaptive"`` TTLs and explicit ones are capped at ``max_ttl``.  Results whose encoding
-    exceeds ``max_entry_bytes`` are not stored (bypass ``too_large``); the store holds at most
-    ``max_bytes`` of encoded size.  Reports as tier ``"l3"`` in :mod:`tiercache.metrics`.
+    ``store``: ``"memory"`` (per process), a ``redis://``/``rediss://`` URL or a
+    :class:`~tiercache.RedisTier` (entries *and* generations shared by every process using the
+    same Redis and ``namespace``).  ``default_ttl`` applies to ``cache_ttl=True``;
+    ``"adaptive"`` and explicit TTLs are capped at ``max_ttl``.  Results whose encoding
+    exceeds ``max_entry_bytes`` are not stored (bypass ``too_large``); the memory store holds
+    at most ``max_bytes``, evicting by ``eviction`` (``"cost"``: GreedyDual-Size on measured
+    execution time x hits / size; ``"lru"``).  ``lease_wait``: seconds a process waits for
+    another process's fill of the same key (Redis store).  Reports as tier ``"l3"``.
     """
 
     name = "l3"
 
     def __init__(
-        self, store: str = "memory", *, default_ttl: float = 30, max_ttl: float = 300,
+        self, store: Any = "memory", *, default_ttl: float = 30, max_ttl: float = 300,
         max_entry_bytes: int = 1_000_000, max_bytes: int = 256 << 20,
-        eviction: str = "cost",
+        eviction: str = "cost", namespace: str = "tiercache", lease_wait: float = 2.0,
+        signing_key: Any = None,
     ) -> None:
-        if store != "memory":
-            raise ValueError("QueryCache store must be 'memory' (a Redis store is not built yet)")
-        if eviction not in ("cost", "lru"):
-            raise ValueError("eviction must be 'cost' or 'lru'")
         if not 0 < default_ttl <= max_ttl:
             raise ValueError("need 0 < default_ttl <= max_ttl")
-        self.store = store
+        if max_entry_bytes < 1 or max_bytes < 1:
+            raise ValueError("max_entry_bytes and max_bytes must be >= 1")
         self.default_ttl = float(default_ttl)
         self.max_ttl = float(max_ttl)
         self.max_entry_bytes = int(max_entry_bytes)
         self.max_bytes = int(max_bytes)
         self.eviction = eviction
-        self._entries: dict[bytes, _Entry] = {}
-        self._heap: list[tuple[float, int, bytes]] = []
-        self._seq = 0
-        self._clock = 0.0
-        self._bytes = 0
+        self.lease_wait = float(lease_wait)
+        self._mem = MemoryStore(self.max_bytes, eviction)
+        self._shared: Any = None
+        if isinstance(store, str) and store == "memory":
+            self.store = "memory"
+        else:
+            from tiercache.tiers._query_redis import SharedStore
+
+            self._shared = SharedStore(store, namespace, signing_key)
+            self.store = "redis"
         self._gens: dict[tuple[str, str], int] = {}
-        self._epochs: dict[str, int] = {}
         self._untrusted: set[str] = set()
-        self._flights: dict[bytes, asyncio.Future[Any]] = {}
+        self._plans: dict[tuple[Any, ...], Plan] = {}
+        self._catalog = Catalog()
+        self._flights: dict[Hashable, asyncio.Future[Any]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.metrics_name: str | None = None
+        self.hits = 0
+        self.misses = 0
         self._counts: Counter[str] = Counter()
         self._bypass: Counter[str] = Counter()
-        self.db_time_saved_ns = 0
+        self.db_time_saved_ns = 0.0
 
     # -- generations ---------------------------------------------------------------------
 
     def generations(self, shard: str, tables: Iterable[str]) -> tuple[int, ...]:
-        """The shard epoch then each table's generation (sorted by name): part of the key."""
+        """The shard epoch then each table's generation (sorted by name), in this process."""
         gens = self._gens
-        return (self._epochs.get(shard, 0),
-                *(gens.get((shard, t), 0) for t in sorted(tables)))
+        return (gens.get((shard, EPOCH), 0),
+                *(gens.get((shard, t), 0) for t in sorted(set(tables))))
 
-    def bump(self, shard: str, tables: Iterable[str]) -> None:
-        """A write to ``tables`` on ``shard`` committed: older entries become unreachable."""
-        n = 0
+    def bump_local(self, shard: str, tables: Iterable[str]) -> list[str]:
+        """Bump this process's counters (and free the entries they made unreachable)."""
+        done = []
         for table in tables:
             key = (shard, table)
             self._gens[key] = self._gens.get(key, 0) + 1
-            n += 1
-        self._counts["invalidations"] += n
+            self._mem.drop_dep(key)
+            done.append(table)
+        self._counts["invalidations"] += len(done)
+        if EPOCH in done:
+            self._counts["epoch_bumps"] += 1
+        return done
 
-    def bump_shard(self, shard: str) -> None:
+    async def bump(self, shard: str, tables: Iterable[str]) -> None:
+        """A write to ``tables`` on ``shard`` committed: older entries become unreachable
+        here at once, and in every process once the shared store has the new generations."""
+        names = self.bump_local(shard, tables)
+        if self._shared is not None and names:
+            await self._shared.bump(shard, names)
+
+    async def bump_shard(self, shard: str) -> None:
         """A write of unknown reach (unparsable SQL, DDL, a transaction): the whole shard."""
-        self._epochs[shard] = self._epochs.get(shard, 0) + 1
-        self._counts["invalidations"] += 1
-        self._counts["epoch_bumps"] += 1
+        await self.bump(shard, [EPOCH])
+
+    def notified(self, shard: str, table: str) -> None:
+        """A NOTIFY from the shard (sync callback): bump now, share in the background."""
+        self.bump_local(shard, [table])
+        if self._shared is not None:
+            task = asyncio.ensure_future(self._shared.bump(shard, [table]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def set_trusted(self, shard: str, trusted: bool) -> None:
         """An untrusted shard (its LISTEN connection is down) bypasses the cache."""
@@ -114,28 +169,62 @@ class QueryCache:
         else:
             self._untrusted.add(shard)
 
-    def note_write(self, shard: str, sql: str) -> None:
-        """Bump what ``sql`` writes (the shard epoch if it is not a recognizable write)."""
+    async def note_write(self, shard: str, sql: str, pool: Any = None) -> None:
+        """Bump what ``sql`` writes (the shard epoch if it is not a recognizable write).
+
+        With ``pool`` (the shard's asyncpg pool) the written names are also resolved through
+        the catalog, so ``UPDATE orders`` under another ``search_path`` or through an
+        updatable view bumps the tables a reader's resolved names depend on.
+        """
         a = analyze(sql)
         if a.kind == "select" and a.refusal != "volatile" and not a.calls_functions:
             return
-        if a.kind == "write" and a.tables:
-            self.bump(shard, a.tables)
-        else:
+        if a.kind != "write" or not a.tables:
             # DDL, SET, DO, unparsable -- or a SELECT calling functions that may write.
-            self.bump_shard(shard)
+            if a.kind == "other":
+                self._catalog.forget(shard)
+            await self.bump_shard(shard)
+            return
+        tables = set(a.tables)
+        if pool is not None:
+            try:
+                for schema, name in a.relations:
+                    known = self._catalog.known(shard, schema, name)
+                    if known is None:
+                        known = await self._catalog.resolve(shard, pool, schema, name)
+                    tables |= known.tables
+            except Exception:
+                tables.add(EPOCH)  # could not resolve: the whole shard, to be safe
+        await self.bump(shard, tables)
+
+    # -- plans ---------------------------------------------------------------------------
+
+    async def _plan(self, memo: tuple[Any, ...], shard: str, identity: str, method: str,
+                    sql: str, extra: Any, pool: Any) -> Plan:
+        analysis = analyze(sql)
+        refusal = analysis.refusal
+        if analysis.kind != "select":
+            refusal = "not_select" if refusal in (None, "write") else refusal
+        tables = set(analysis.tables)
+        if refusal is None and pool is not None:
+            for schema, name in analysis.relations:
+                known = self._catalog.known(shard, schema, name)
+                if known is None:
+                    known = await self._catalog.resolve(shard, pool, schema, name)
+                tables |= known.tables
+                refusal = refusal or known.refusal
+        h = hashlib.blake2b(digest_size=16)
+        for part in (shard, identity, method, sql, repr(extra)):
+            data = part.encode()
+            h.update(len(data).to_bytes(4, "little"))
+            h.update(data)
+        plan = Plan(shard, analysis, tables, refusal, h.hexdigest())
+        if len(self._plans) >= _MAX_PLANS:
+            self._plans.clear()
+        self._plans[memo] = plan
+        return plan
 
     # -- the read path -------------------------------------------------------------------
-
-    def refusal(self, shard: str, analysis: Analysis) -> str | None:
-        """Why this read is not cached, or ``None``."""
-        if analysis.kind != "select":
-            return "not_select" if analysis.refusal in (None, "write") else analysis.refusal
-        if analysis.refusal is not None:
-            return analysis.refusal
-        if shard in self._untrusted:
-            return "untrusted"
-        return None
 
     def bypass(self, reason: str) -> None:
         self._bypass[reason] += 1
@@ -154,49 +243,51 @@ class QueryCache:
             raise ValueError("cache_ttl must be > 0")
         return min(float(cache_ttl), self.max_ttl)
 
-    @staticmethod
-    def make_key(shard: str, identity: str, method: str, sql: str, args: tuple[Any, ...],
-                 extra: Any, gens: tuple[int, ...]) -> bytes:
-        """Hash of everything that can change a result; params canonically encoded."""
-        h = hashlib.blake2b(digest_size=20)
-        for part in (shard, identity, method, sql):
-            data = part.encode()
-            h.update(len(data).to_bytes(4, "little"))
-            h.update(data)
-        try:
-            h.update(codec.encode([list(args), extra, list(gens)]))
-        except TypeError:
-            h.update(repr((tuple((type(a).__qualname__, a) for a in args), extra, gens)).encode())
-        return h.digest()
-
     async def read(
         self, shard: str, identity: str, method: str, sql: str, args: tuple[Any, ...],
         extra: Any, cache_ttl: float | str | bool, run: Callable[[], Awaitable[Any]],
+        pool: Any = None,
     ) -> Any:
-        """Serve ``run()``'s result from the cache, or run it and store it if still valid."""
-        analysis = analyze(sql)
-        reason = self.refusal(shard, analysis)
-        if reason is not None:
-            self._bypass[reason] += 1
+        """Serve ``run()``'s result from the cache, or run it and store it if still valid.
+
+        ``pool``: the shard's asyncpg pool, for the one-time catalog lookup of the relations
+        (views -> base tables); without it the names as written are the dependencies.
+        """
+        memo = (sql, shard, identity, method, extra)
+        plan = self._plans.get(memo)
+        if plan is None:
+            try:
+                plan = await self._plan(memo, shard, identity, method, sql, extra, pool)
+            except Exception:
+                self._bypass["catalog_error"] += 1
+                return await run()
+        if plan.refusal is not None:
+            self._bypass[plan.refusal] += 1
             return await run()
-        tables = analysis.tables
-        gens = self.generations(shard, tables)
-        key = self.make_key(shard, identity, method, sql, args, extra, gens)
-        entry = self._entries.get(key)
-        now = time.monotonic()
+        if self._untrusted and shard in self._untrusted:
+            self._bypass["untrusted"] += 1
+            return await run()
+        if self._shared is not None:
+            return await self._shared.read(self, plan, args, cache_ttl, run)
+        gens = tuple(map(self._gens.get, plan.deps, plan.zeros))
+        key = (plan, gens, params_key(args))
+        entry = self._mem.entries.get(key)
         if entry is not None:
-            if entry.expires > now:
-                self._counts["hits"] += 1
+            if entry.expires > _now():
+                self.hits += 1
                 entry.hits += 1
-                self.db_time_saved_ns += int(entry.cost)
-                self._touch(key, entry)
-                return _copy(entry.value)
-            self._drop(key)
+                self.db_time_saved_ns += entry.cost
+                if self._mem.lru:
+                    self._mem.seq += 1
+                    entry.last = self._mem.seq
+                value = entry.value
+                return list(value) if type(value) is list else value
+            self._mem.drop(key)
         flight = self._flights.get(key)
         if flight is not None:
             self._counts["singleflight_waits"] += 1
             return _copy(await asyncio.shield(flight))
-        self._counts["misses"] += 1
+        self.misses += 1
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._flights[key] = fut
         try:
@@ -210,15 +301,14 @@ class QueryCache:
             raise
         self._flights.pop(key, None)
         fut.set_result(result)
-        if self.generations(shard, tables) != gens or shard in self._untrusted:
+        if tuple(map(self._gens.get, plan.deps, plan.zeros)) != gens or shard in self._untrusted:
             self._counts["race_skips"] += 1  # a write committed meanwhile: don't store
             return result
-        self._store(key, result, elapsed, self.ttl_for(cache_ttl, elapsed, analysis))
+        self._store(key, plan, result, elapsed, self.ttl_for(cache_ttl, elapsed, plan.analysis))
         return _copy(result)
 
-    # -- the store -----------------------------------------------------------------------
-
-    def _store(self, key: bytes, result: Any, elapsed_ns: int, ttl: float) -> None:
+    def _store(self, key: Hashable, plan: Plan, result: Any, elapsed_ns: int,
+               ttl: float) -> None:
         try:
             size = len(codec.encode(result)) + 96
         except TypeError:
@@ -227,68 +317,48 @@ class QueryCache:
         if size > self.max_entry_bytes or size > self.max_bytes:
             self._bypass["too_large"] += 1
             return
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self._bytes -= old.size
-        entry = _Entry(result, size, float(max(elapsed_ns, 1)), time.monotonic() + ttl)
-        self._entries[key] = entry
-        self._bytes += size
-        self._touch(key, entry)
+        entry = MemEntry(result, size, float(max(elapsed_ns, 1)), _now() + ttl, plan.deps)
+        self._mem.put(key, entry)
         self._counts["fills"] += 1
-        keep: list[tuple[float, int, bytes]] = []
-        while self._bytes > self.max_bytes and self._heap:
-            item = heapq.heappop(self._heap)
-            cur = self._entries.get(item[2])
-            if cur is None or cur.priority != item[0]:
-                continue  # a superseded heap slot
-            if item[2] == key:
-                keep.append(item)  # never evict what we are storing
-                continue
-            self._clock = item[0]  # GreedyDual: the clock rises to the evicted priority
-            self._drop(item[2])
-            self._counts["evictions"] += 1
-        for item in keep:
-            heapq.heappush(self._heap, item)
 
-    def _touch(self, key: bytes, entry: _Entry) -> None:
-        self._seq += 1
-        if self.eviction == "lru":
-            entry.priority = float(self._seq)
-        else:
-            entry.priority = self._clock + entry.cost * entry.hits / entry.size
-        heapq.heappush(self._heap, (entry.priority, self._seq, key))
-        if len(self._heap) > 4 * len(self._entries) + 64:  # superseded slots: rebuild
-            self._heap = [(e.priority, i, k) for i, (k, e) in enumerate(self._entries.items())]
-            heapq.heapify(self._heap)
+    def count(self, name: str, n: int = 1) -> None:
+        self._counts[name] += n
 
-    def _drop(self, key: bytes) -> None:
-        entry = self._entries.pop(key, None)
-        if entry is not None:
-            self._bytes -= entry.size
+    # -- the Tier surface ----------------------------------------------------------------
 
-    def clear(self) -> None:
-        """Drop every entry (generations are kept: they only ever increase)."""
-        self._entries.clear()
-        self._heap.clear()
-        self._bytes = 0
+    async def clear(self) -> None:
+        """Drop every entry of this process (generations are kept: they only ever increase)."""
+        self._mem.clear()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            await asyncio.gather(task, return_exceptions=True)
+        if self._shared is not None:
+            await self._shared.close()
 
     def stats(self) -> dict[str, Any]:
         """Counters for ``pool.query_cache.stats()`` and the metrics exporter (tier ``l3``)."""
         c = self._counts
-        return {
+        out = {
             "name": self.metrics_name or "l3", "tier": "l3", "store": self.store,
-            "hits": c["hits"], "misses": c["misses"], "sets": c["fills"],
+            "hits": self.hits, "misses": self.misses, "sets": c["fills"],
             "bypass": dict(self._bypass), "bypass_total": sum(self._bypass.values()),
             "race_skips": c["race_skips"], "singleflight_waits": c["singleflight_waits"],
-            "invalidations": c["invalidations"], "epoch_bumps": c["epoch_bumps"],
-            "evictions": c["evictions"], "entries": len(self._entries), "bytes": self._bytes,
-            "max_bytes": self.max_bytes, "untrusted_shards": sorted(self._untrusted),
+            "lease_waits": c["lease_waits"], "invalidations": c["invalidations"],
+            "epoch_bumps": c["epoch_bumps"], "evictions": self._mem.evictions,
+            "dropped_by_writes": self._mem.dropped, "entries": len(self._mem.entries),
+            "bytes": self._mem.nbytes, "max_bytes": self.max_bytes,
+            "untrusted_shards": sorted(self._untrusted), "plans": len(self._plans),
+            "catalog_lookups": self._catalog.lookups,
             "db_time_saved_ms": self.db_time_saved_ns / 1e6,
         }
+        if self._shared is not None:
+            out.update(self._shared.stats())
+        return out
 
     def __repr__(self) -> str:
-        return (f"<tiercache.QueryCache store={self.store!r} entries={len(self._entries)} "
-                f"bytes={self._bytes}/{self.max_bytes}>")
+        return (f"<tiercache.QueryCache store={self.store!r} entries={len(self._mem.entries)} "
+                f"bytes={self._mem.nbytes}/{self.max_bytes}>")
 
 
 def _copy(value: Any) -> Any:

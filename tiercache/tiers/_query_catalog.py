@@ -1,0 +1,97 @@
+"""What a relation named in a cached SELECT really reads: views resolved to their base tables.
+
+Why the catalog: pglast sees ``SELECT * FROM order_totals``, not that ``order_totals`` is a
+view over ``orders``; keyed on the view's name alone, a write to ``orders`` would leave the
+entry reachable -- a stale read.  Each (shard, relation) is looked up once through
+``pg_rewrite``/``pg_depend`` (recursively: views over views) and remembered for
+:data:`RESOLVE_TTL` seconds (DDL through the pool forgets a shard's resolutions at once).
+The same lookup refuses what the parse cannot see: temporary tables (another session's
+relation, or ``relpersistence = 't'``), foreign tables (their data changes elsewhere) and
+names that do not resolve.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Final
+
+from tiercache.tiers._sql import table_name
+
+__all__ = ["RESOLVE_TTL", "Catalog", "Resolved"]
+
+RESOLVE_TTL: Final = 300.0
+_MAX_DEPTH: Final = 16
+
+# The relation, then everything its rewrite rules (a view's definition) depend on, recursively.
+_RESOLVE_SQL: Final = """
+WITH RECURSIVE rel(oid, depth) AS (
+    SELECT to_regclass($1)::oid, 0
+  UNION
+    SELECT d.refobjid, rel.depth + 1
+    FROM rel
+    JOIN pg_rewrite r ON r.ev_class = rel.oid
+    JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+                    AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> rel.oid
+    WHERE rel.depth < $2
+)
+SELECT DISTINCT n.nspname, c.relname, c.relkind::text, c.relpersistence::text
+FROM rel JOIN pg_class c ON c.oid = rel.oid JOIN pg_namespace n ON n.oid = c.relnamespace
+"""
+_SYSTEM: Final = frozenset({"pg_catalog", "information_schema", "pg_toast"})
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class Resolved:
+    """The tables a relation reads (itself, or a view's base tables), or why not cacheable."""
+
+    __slots__ = ("at", "refusal", "tables")
+
+    def __init__(self, tables: frozenset[str], refusal: str | None) -> None:
+        self.tables = tables
+        self.refusal = refusal
+        self.at = time.monotonic()
+
+
+class Catalog:
+    """Per-shard memo of :class:`Resolved` relations."""
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple[str, str | None, str], Resolved] = {}
+        self.lookups = 0
+
+    def known(self, shard: str, schema: str | None, name: str) -> Resolved | None:
+        found = self._memo.get((shard, schema, name))
+        if found is not None and time.monotonic() - found.at > RESOLVE_TTL:
+            return None
+        return found
+
+    def forget(self, shard: str) -> None:
+        """DDL ran on ``shard``: view definitions may have changed."""
+        for key in [k for k in self._memo if k[0] == shard]:
+            del self._memo[key]
+
+    async def resolve(self, shard: str, pool: Any, schema: str | None, name: str) -> Resolved:
+        """Look ``schema.name`` up on ``shard`` (an asyncpg pool of that shard)."""
+        text = quote_ident(name) if schema is None else f"{quote_ident(schema)}.{quote_ident(name)}"
+        rows = await pool.fetch(_RESOLVE_SQL, text, _MAX_DEPTH)
+        self.lookups += 1
+        tables: set[str] = set()
+        refusal: str | None = None
+        if not rows:
+            refusal = "temp_table"  # not visible to a pooled connection: another session's
+        for nsp, rel, kind, persistence in rows:
+            if persistence == "t" or nsp.startswith("pg_temp"):
+                refusal = "temp_table"
+            elif kind == "f":
+                refusal = refusal or "foreign_table"
+            elif nsp in _SYSTEM:
+                refusal = refusal or "system_catalog"
+            tables.add(table_name(rel, nsp))
+        if len(self._memo) > 65536:
+            self._memo.clear()
+        resolved = Resolved(frozenset(tables), refusal)
+        self._memo[(shard, schema, name)] = resolved
+        return resolved

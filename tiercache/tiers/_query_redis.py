@@ -1,0 +1,281 @@
+"""The shared L3 store: entries and generations in Redis, for every process of an application.
+
+Layout (the reserved space of :mod:`tiercache.tiers.keys`, so no user key can collide)::
+
+    {ns}:~tc:l3:gen:{<shard>}            HASH  table -> generation, "" -> shard epoch,
+                                               "\\0inc" -> incarnation (random, see below)
+    {ns}:~tc:l3:e:<plan>:<params>        STRING  codec envelope of [generations, result]
+    {ns}:~tc:lease:{...}                 the fill lease of an entry key (RedisTier leases)
+
+Why generations *inside* the entry instead of in its key: a read fetches the shard's
+generations (one EVAL on the hash) and the entry (one GET) concurrently -- one round trip --
+and a hit is an entry whose stored generations equal the ones just read.  A write bumps the
+hash (HINCRBY) *before* returning to its caller, so a read that starts afterwards, in any
+process, reads the new generations and cannot accept the old entry.  A fill stores only if
+the generations read after the query equal those read before it (the race rule of
+:mod:`tiercache.tiers.query`).  Entries are overwritten in place, not orphaned per
+generation, so Redis holds about one entry per (query, params).
+
+Why an incarnation: generations must never go back.  If the hash is lost (FLUSHDB,
+``allkeys-*`` eviction, a failover to a replica that missed it), a reader recreates it with a
+fresh random incarnation, which is part of every entry's generations: entries written before
+can never match again.  Each process also mirrors the highest generations it has seen; a
+lower value under the same incarnation (a failover that lost increments) makes that read
+bypass and raises the counters above the mirror.
+
+Redis failure is not the caller's failure: a failed read of the generations is a bypass
+(``store_error``); a failed bump is remembered, and until it has been applied every read of
+that shard in this process bypasses the cache (``store_pending``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from tiercache import codec
+from tiercache.tiers._redis_plans import FAILED, Run, eval_
+from tiercache.tiers.base import MISSING, ValueTooLarge
+from tiercache.tiers.keys import internal_prefix
+from tiercache.tiers.redis import RedisTier
+
+if TYPE_CHECKING:
+    from tiercache.tiers.query import Plan, QueryCache
+
+__all__ = ["SharedStore"]
+
+INC: Final = "\x00inc"  # no table name contains NUL
+_RETRY_PENDING: Final = 0.1
+
+# Read (creating the incarnation if the hash is new or was lost) in one atomic step.
+GENS_LUA: Final = """
+local inc = redis.call('HGET', KEYS[1], ARGV[1])
+if not inc then
+  inc = ARGV[2]
+  redis.call('HSET', KEYS[1], ARGV[1], inc)
+end
+local vals = redis.call('HMGET', KEYS[1], unpack(ARGV, 3))
+table.insert(vals, 1, inc)
+return vals
+"""
+BUMP_LUA: Final = """
+for i = 1, #ARGV do redis.call('HINCRBY', KEYS[1], ARGV[i], 1) end
+return 1
+"""
+# Raise fields to at least a value (repair after a regression); ARGV: field, value, ...
+RAISE_LUA: Final = """
+for i = 1, #ARGV, 2 do
+  local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+  if cur < tonumber(ARGV[i + 1]) then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+return 1
+"""
+
+
+def params_digest(args: tuple[Any, ...]) -> str:
+    """Canonical, type-exact params (1, 1.0, True and Decimal('1.0') all differ)."""
+    try:
+        data = codec.encode([list(args)])
+    except TypeError:
+        data = repr(tuple((type(a).__qualname__, a) for a in args)).encode()
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+class SharedStore:
+    """L3 entries and generations in Redis (``store=`` a URL or a :class:`RedisTier`)."""
+
+    def __init__(self, store: Any, namespace: str, signing_key: Any = None) -> None:
+        if not namespace or ":" in namespace:
+            raise ValueError("namespace must be non-empty and contain no ':'")
+        if isinstance(store, RedisTier):
+            self.tier, self._owned = store, False
+        elif isinstance(store, str) and store.startswith(("redis://", "rediss://", "unix://")):
+            self.tier = RedisTier(store, ttl=None, ttl_jitter=0.0, signing_key=signing_key)
+            self._owned = True
+        else:
+            raise ValueError("QueryCache store must be 'memory', a redis:// URL or a RedisTier")
+        self._prefix = internal_prefix(namespace) + "l3:"
+        self._mirror: dict[str, tuple[str, dict[str, int]]] = {}
+        self._pending: dict[str, set[str]] = {}
+        self._pending_at = 0.0
+        self.errors = 0
+        self.regressions = 0
+
+    def gens_key(self, shard: str) -> str:
+        return f"{self._prefix}gen:{{{shard}}}"
+
+    def entry_key(self, plan: Plan, args: tuple[Any, ...]) -> str:
+        return f"{self._prefix}e:{plan.prefix}:{params_digest(args)}"
+
+    async def _eval(self, op: str, script: str, key: str, *args: Any) -> Any:
+        tier = self.tier
+        reply = await tier._run(Run(op, eval_(script, 1, key, *args), FAILED,
+                                    tier._guard(key), tier._budget, key))
+        if reply is FAILED:
+            self.errors += 1
+        return reply
+
+    # -- generations ---------------------------------------------------------------------
+
+    async def gens(self, plan: Plan) -> list[Any] | None:
+        """``[incarnation, epoch, *tables]`` now, or ``None`` (Redis unusable, regression)."""
+        shard = plan.shard
+        hkey = self.gens_key(shard)
+        reply = await self._eval("l3_gens", GENS_LUA, hkey, INC, secrets.token_hex(8),
+                                 *plan.fields)
+        if reply is FAILED or not isinstance(reply, list) or len(reply) != len(plan.fields) + 1:
+            return None
+        try:
+            inc = _text(reply[0])
+            values = [int(v) if v is not None else 0 for v in reply[1:]]
+        except (TypeError, ValueError):
+            return None  # a foreign writer's hash: not ours to trust
+        seen = self._mirror.get(shard)
+        if seen is None or seen[0] != inc:
+            seen = (inc, {})
+            self._mirror[shard] = seen
+        highest = seen[1]
+        regressed: list[Any] = []
+        for name, value in zip(plan.fields, values, strict=True):
+            top = highest.get(name, 0)
+            if value < top:
+                regressed.extend((name, top + 1))
+            elif value > top:
+                highest[name] = value
+        if regressed:
+            self.regressions += 1
+            await self._eval("l3_raise", RAISE_LUA, hkey, *regressed)
+            return None
+        return [inc, *values]
+
+    async def bump(self, shard: str, names: list[str]) -> bool:
+        """HINCRBY each name; on failure remember it (reads of ``shard`` bypass until done)."""
+        reply = await self._eval("l3_bump", BUMP_LUA, self.gens_key(shard), *names)
+        if reply is FAILED:
+            self._pending.setdefault(shard, set()).update(names)
+            return False
+        return True
+
+    async def _settled(self, shard: str) -> bool:
+        """No bump owed for ``shard`` (retrying owed ones at most every 100 ms)."""
+        owed = self._pending.get(shard)
+        if not owed:
+            return True
+        now = time.monotonic()
+        if now - self._pending_at < _RETRY_PENDING:
+            return False
+        self._pending_at = now
+        names = sorted(owed)
+        reply = await self._eval("l3_bump", BUMP_LUA, self.gens_key(shard), *names)
+        if reply is FAILED:
+            return False
+        owed.difference_update(names)
+        if not owed:
+            del self._pending[shard]
+        return not owed
+
+    # -- entries -------------------------------------------------------------------------
+
+    def _valid(self, entry: Any, gens: list[Any]) -> bool:
+        if entry is MISSING:
+            return False
+        value = entry.value
+        return type(value) is list and len(value) == 2 and value[0] == gens
+
+    async def read(self, qc: QueryCache, plan: Plan, args: tuple[Any, ...],
+                   cache_ttl: float | str | bool, run: Callable[[], Awaitable[Any]]) -> Any:
+        """The shared read path: one round trip for a hit; lease, run, check, store on a miss."""
+        if self._pending and not await self._settled(plan.shard):
+            qc.bypass("store_pending")
+            return await run()
+        key = self.entry_key(plan, args)
+        gens, entry = await asyncio.gather(self.gens(plan), self.tier.get_entry(key))
+        if gens is None:
+            qc.bypass("store_error")
+            return await run()
+        if self._valid(entry, gens):
+            qc.hits += 1
+            qc.db_time_saved_ns += entry.load_time * 1e9
+            return entry.value[1]
+        flights = qc._flights
+        fkey = (key, *gens)
+        flight = flights.get(fkey)
+        if flight is not None:
+            qc.count("singleflight_waits")
+            return await asyncio.shield(flight)
+        qc.misses += 1
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        flights[fkey] = fut
+        try:
+            result = await self._fill(qc, plan, key, gens, cache_ttl, run)
+        except BaseException as exc:
+            flights.pop(fkey, None)
+            fut.set_exception(exc)
+            fut.exception()
+            raise
+        flights.pop(fkey, None)
+        fut.set_result(result)
+        return result
+
+    async def _fill(self, qc: QueryCache, plan: Plan, key: str, gens: list[Any],
+                    cache_ttl: float | str | bool, run: Callable[[], Awaitable[Any]]) -> Any:
+        tier = self.tier
+        lease_ms = max(100, int(qc.lease_wait * 1000))
+        token = await tier.acquire_lease(key, lease_ms)
+        if token is None:  # another process is filling: wait for its entry (or its lease)
+            deadline = time.monotonic() + qc.lease_wait
+            delay = 0.001
+            while token is None and time.monotonic() < deadline:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.02)
+                entry = await tier.get_entry(key)
+                if self._valid(entry, gens):
+                    qc.count("lease_waits")
+                    return entry.value[1]
+                token = await tier.acquire_lease(key, lease_ms)  # the holder gave up?
+        try:
+            t0 = time.perf_counter_ns()
+            result = await run()
+            elapsed = time.perf_counter_ns() - t0
+            if await self.gens(plan) != gens or plan.shard in qc._untrusted:
+                qc.count("race_skips")  # a write committed meanwhile: don't store
+                return result
+            ttl = qc.ttl_for(cache_ttl, elapsed, plan.analysis)
+            try:
+                payload, px = tier._pack(key, [gens, result], ttl, elapsed / 1e9)
+            except ValueTooLarge:
+                qc.bypass("too_large")
+                return result
+            except TypeError:
+                qc.bypass("unencodable")
+                return result
+            if len(payload) > qc.max_entry_bytes:
+                qc.bypass("too_large")
+                return result
+            await tier._drive(tier._set(key, payload, px))
+            qc.count("fills")
+            return result
+        finally:
+            if token is not None:
+                await tier.release_lease(key, token)
+
+    def stats(self) -> dict[str, Any]:
+        t = self.tier.stats()
+        return {
+            "store_errors": self.errors + int(t.get("errors", 0)),
+            "pending_bumps": sum(len(v) for v in self._pending.values()),
+            "regressions": self.regressions,
+            "redis_breaker": t.get("breaker"),
+        }
+
+    async def close(self) -> None:
+        if self._owned:
+            await self.tier.close()
+
+
+def _text(raw: Any) -> str:
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
