@@ -234,3 +234,35 @@ async def test_external_writer_invalidates_via_notify_and_listener_loss_bypasses
         assert qc.stats()["epoch_bumps"] >= 2
     finally:
         await other.close()
+
+
+async def test_listener_heartbeat_catches_an_unresponsive_backend(
+    pool: ShardedPool, table: str
+) -> None:
+    """A LISTEN backend that stops answering (SIGSTOP: the TCP connection stays up, so no
+    termination callback fires) is caught by the heartbeat: untrusted, then replaced."""
+    import os
+    import signal
+
+    qc = _qc(pool)
+    await pool.install_invalidation_triggers([table])
+    shard = pool.shard_for(6)
+    listener = pool._l3_listeners[shard]
+    pid = listener.backend_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for _ in range(200):
+            if shard in qc.stats()["untrusted_shards"] or listener.heartbeat_failures:
+                break
+            await asyncio.sleep(0.02)
+        assert listener.heartbeat_failures >= 1
+        sql = f"SELECT v FROM {table} WHERE id = $1"
+        await pool.fetchval(sql, 6, shard_key=6, cache_ttl=30)
+        for _ in range(250):
+            if listener.backend_pid != pid and listener.connected.is_set():
+                break
+            await asyncio.sleep(0.02)
+        assert listener.backend_pid != pid and shard not in qc.stats()["untrusted_shards"]
+    finally:
+        os.kill(pid, signal.SIGCONT)

@@ -117,10 +117,11 @@ def analyze(sql: str) -> Analysis:
         tables.add(table_name(name, schema))
         relations.add((schema, name))
     frozen = frozenset(tables)
+    rels = tuple(sorted(relations, key=lambda r: (r[0] or "", r[1])))
     complexity = out["complexity"] + len(out["ranges"])
     heads = [next(iter(s), "") for s in stmts]
     if out["write"] or any(h in ("TruncateStmt", "CopyStmt") for h in heads):
-        return Analysis("write", frozen, "write", complexity)
+        return Analysis("write", frozen, "write", complexity, relations=rels)
     if len(heads) != 1 or heads[0] != "SelectStmt":
         kind = "other" if any(h != "SelectStmt" for h in heads) else "select"
         reason = "transaction" if any(h == "TransactionStmt" for h in heads) else "not_select"
@@ -136,5 +137,4 @@ def analyze(sql: str) -> Analysis:
         refusal = "system_catalog"
     elif not frozen:
         refusal = "no_table"  # SELECT 1, SELECT $1: nothing to invalidate on, and nothing to save
-    return Analysis("select", frozen, refusal, complexity, bool(out["funcs"]),
-                    tuple(sorted(relations, key=lambda r: (r[0] or "", r[1]))))
+    return Analysis("select", frozen, refusal, complexity, bool(out["funcs"]), rels)

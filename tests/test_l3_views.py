@@ -1,0 +1,123 @@
+"""L3 and the catalog: views resolved to base tables, temp tables refused, search_path writes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tiercache import QueryCache, create_sharded_pool
+from tiercache.sharding.pool import ShardedPool
+
+
+@pytest.fixture
+async def pool(tiercache_stack: Any) -> AsyncIterator[ShardedPool]:
+    qc = QueryCache()
+    async with create_sharded_pool(dict(tiercache_stack.pg_dsns), min_size=1, max_size=4,
+                                   query_cache=qc) as p:
+        yield p
+
+
+@pytest.fixture
+async def names(pool: ShardedPool) -> AsyncIterator[dict[str, str]]:
+    tag = uuid.uuid4().hex[:8]
+    n = {"t": f"vt_{tag}", "v": f"vv_{tag}", "vv": f"vvv_{tag}", "s": f"vs_{tag}"}
+    await pool.execute_all(f"CREATE TABLE {n['t']} (id int PRIMARY KEY, v text)")
+    await pool.execute_all(f"INSERT INTO {n['t']} VALUES (1, 'a'), (2, 'b')")
+    await pool.execute_all(f"CREATE VIEW {n['v']} AS SELECT id, upper(v) AS v FROM {n['t']}")
+    await pool.execute_all(f"CREATE VIEW {n['vv']} AS SELECT * FROM {n['v']} WHERE id > 0")
+    await pool.execute_all(f"CREATE SCHEMA {n['s']}")
+    await pool.execute_all(f"CREATE TABLE {n['s']}.items (id int PRIMARY KEY, v text)")
+    await pool.execute_all(f"INSERT INTO {n['s']}.items VALUES (1, 'x')")
+    yield n
+    await pool.execute_all(f"DROP VIEW IF EXISTS {n['vv']}, {n['v']}")
+    await pool.execute_all(f"DROP TABLE IF EXISTS {n['t']}")
+    await pool.execute_all(f"DROP SCHEMA IF EXISTS {n['s']} CASCADE")
+
+
+async def test_view_invalidated_by_a_write_to_its_base_table(
+    pool: ShardedPool, names: dict[str, str]
+) -> None:
+    shard = pool.shards[0]
+    for view in (names["v"], names["vv"]):  # a view, and a view over that view
+        sql = f"SELECT v FROM {view} WHERE id = 1"
+        first = await pool.fetchval(sql, shard=shard, cache_ttl=30)
+        assert await pool.fetchval(sql, shard=shard, cache_ttl=30) == first
+    hits = pool.query_cache.stats()["hits"]  # type: ignore[union-attr]
+    assert hits == 2
+    await pool.execute(f"UPDATE {names['t']} SET v = 'z' WHERE id = 1", shard=shard)
+    for view in (names["v"], names["vv"]):
+        assert await pool.fetchval(f"SELECT v FROM {view} WHERE id = 1", shard=shard,
+                                   cache_ttl=30) == "Z"
+
+
+async def test_view_invalidated_by_an_external_write_to_its_base(
+    pool: ShardedPool, names: dict[str, str], tiercache_stack: Any
+) -> None:
+    shard = pool.shards[0]
+    await pool.install_invalidation_triggers([names["t"]])
+    sql = f"SELECT v FROM {names['vv']} WHERE id = 2"
+    assert await pool.fetchval(sql, shard=shard, cache_ttl=30) == "B"
+    conn = await asyncpg.connect(tiercache_stack.pg_dsns[shard])
+    try:
+        await conn.execute(f"UPDATE {names['t']} SET v = 'q' WHERE id = 2")
+    finally:
+        await conn.close()
+    for _ in range(200):
+        if await pool.fetchval(sql, shard=shard, cache_ttl=30) == "Q":
+            break
+        await asyncio.sleep(0.02)
+    assert await pool.fetchval(sql, shard=shard, cache_ttl=30) == "Q"
+
+
+async def test_write_through_an_updatable_view_invalidates_the_table(
+    pool: ShardedPool, names: dict[str, str]
+) -> None:
+    shard = pool.shards[0]
+    await pool.execute(f"CREATE VIEW {names['v']}_raw AS SELECT * FROM {names['t']}",
+                       shard=shard)
+    try:
+        sql = f"SELECT v FROM {names['t']} WHERE id = 2"
+        assert await pool.fetchval(sql, shard=shard, cache_ttl=30) == "b"
+        await pool.execute(f"UPDATE {names['v']}_raw SET v = 'w' WHERE id = 2", shard=shard)
+        assert await pool.fetchval(sql, shard=shard, cache_ttl=30) == "w"
+    finally:
+        await pool.execute(f"DROP VIEW {names['v']}_raw", shard=shard)
+
+
+async def test_schema_qualified_write_and_search_path_read(
+    tiercache_stack: Any, names: dict[str, str]
+) -> None:
+    """The reader's ``items`` is ``<schema>.items`` through search_path; a write naming it
+    qualified must reach it (and the other way round)."""
+    qc = QueryCache()
+    dsns = dict(tiercache_stack.pg_dsns)
+    s = names["s"]
+    async with create_sharded_pool(dsns, min_size=1, max_size=2, query_cache=qc,
+                                   server_settings={"search_path": f"{s},public"}) as p:
+        shard = p.shards[0]
+        sql = "SELECT v FROM items WHERE id = 1"
+        assert await p.fetchval(sql, shard=shard, cache_ttl=30) == "x"
+        await p.execute(f"UPDATE {s}.items SET v = 'y' WHERE id = 1", shard=shard)
+        assert await p.fetchval(sql, shard=shard, cache_ttl=30) == "y"
+        qualified = f"SELECT v FROM {s}.items WHERE id = 1"
+        assert await p.fetchval(qualified, shard=shard, cache_ttl=30) == "y"
+        await p.execute("UPDATE items SET v = 'w' WHERE id = 1", shard=shard)
+        assert await p.fetchval(qualified, shard=shard, cache_ttl=30) == "w"
+        assert await p.fetchval(sql, shard=shard, cache_ttl=30) == "w"
+
+
+async def test_temp_table_is_refused(pool: ShardedPool, names: dict[str, str]) -> None:
+    shard = pool.shards[0]
+    async with pool.acquire(shard=shard) as conn:
+        await conn.execute("CREATE TEMP TABLE IF NOT EXISTS scratch_l3 (id int)")
+    # The temp table lives on one pooled connection only: never cacheable.
+    with contextlib.suppress(asyncpg.UndefinedTableError):  # another pooled connection
+        await pool.fetch("SELECT * FROM scratch_l3", shard=shard, cache_ttl=30)
+    assert pool.query_cache.stats()["bypass"].get("temp_table", 0) >= 1  # type: ignore[union-attr]
+    assert pool.query_cache.stats()["entries"] == 0  # type: ignore[union-attr]
