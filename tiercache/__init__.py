@@ -11,10 +11,12 @@ from tiercache._impl import implementation
 from tiercache.cache import TierCache
 from tiercache.codec import CodecError
 from tiercache.codec import register as register_type
+from tiercache.policies.write import Retry, WriteBehind, WriteThrough
 from tiercache.row import Row
 from tiercache.sharding.pool import ShardedPool, ShardFanoutError, create_sharded_pool
 from tiercache.sharding.rebalance import KeyMovedError, Rebalancer
 from tiercache.sharding.ring import HashRing
+from tiercache.store import JournalUnavailable, Store
 from tiercache.tiers.base import MISSING, SyncTier, Tier
 from tiercache.tiers.memory import MemoryTier
 from tiercache.tiers.query import QueryCache
@@ -25,17 +27,22 @@ __all__ = [
     "CircuitBreaker",
     "CodecError",
     "HashRing",
+    "JournalUnavailable",
     "KeyMovedError",
     "MemoryTier",
     "QueryCache",
     "Rebalancer",
     "RedisTier",
+    "Retry",
     "Row",
     "ShardFanoutError",
     "ShardedPool",
+    "Store",
     "SyncTier",
     "Tier",
     "TierCache",
+    "WriteBehind",
+    "WriteThrough",
     "create_sharded_pool",
     "implementation",
     "register_type",

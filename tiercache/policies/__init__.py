@@ -5,5 +5,7 @@
 from __future__ import annotations
 
 from tiercache.policies.read import Expiry, ReadPolicy, RefreshAhead, XFetch
+from tiercache.policies.write import Retry, WriteBehind, WriteThrough
 
-__all__ = ["Expiry", "ReadPolicy", "RefreshAhead", "XFetch"]
+__all__ = ["Expiry", "ReadPolicy", "RefreshAhead", "Retry", "WriteBehind", "WriteThrough",
+           "XFetch"]

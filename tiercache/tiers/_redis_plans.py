@@ -21,7 +21,7 @@ import redis.cluster
 
 from tiercache.tiers._breaker import CircuitBreaker
 from tiercache.tiers._redis_ops import scan_cursor
-from tiercache.tiers.keys import is_reserved, key_text
+from tiercache.tiers.keys import is_durable, is_reserved, key_text
 
 __all__ = ["FAILED", "Flow", "Plan", "Run", "all_primaries", "call", "deleter", "eval_", "evals",
            "first_key", "flusher", "lease_taker", "mget", "setter", "sweeper", "tag_of_call",
@@ -126,6 +126,8 @@ def sweeper(pattern: str, internals: bool) -> Plan:
                 cursor, found = scan_cursor(reply, node)
                 if found and not internals:
                     found = [k for k in found if not is_reserved(key_text(k))]
+                elif found:  # a store's journal holds acknowledged writes: never swept
+                    found = [k for k in found if not is_durable(key_text(k))]
                 if found:
                     total += int((yield client.unlink(*found)))
                 if cursor == 0:

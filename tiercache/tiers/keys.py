@@ -18,6 +18,11 @@ Documented in one place because every process and version sharing a Redis must a
     key itself when it has no braces, or a short string hashing to the key's slot: the
     lease lives in the entry's slot (it dies and fails over with it). A namespace that
     itself contains ``{`` gives the lease another slot; correctness does not depend on it.
+  - store (:mod:`tiercache.store`): ``{ns}:~tc:store:{<ns>:<store>}:<part>``, all of one
+    store in one slot (its hash tag): ``journal`` (the write-behind Redis Stream), ``dead``
+    (the dead-letter list), ``hb:<consumer>`` (a flusher's heartbeat). These hold
+    acknowledged writes, so namespace-wide sweeps (``cache.clear()``) leave them alone
+    (:func:`is_durable`); only ``FLUSHDB`` (``RedisTier.clear()``) drops them.
 
 * **why collisions cannot happen**: namespaces are non-empty and contain no ``":"``, so a
   key of namespace B never starts with ``"A:"``; a namespace called ``tc`` (the old
@@ -44,11 +49,13 @@ __all__ = [
     "check_user_key",
     "decode_members",
     "internal_prefix",
+    "is_durable",
     "is_reserved",
     "key_text",
     "lease_key",
     "namespace_of",
     "namespace_wide",
+    "store_key",
     "tag_add_args",
     "tag_key",
 ]
@@ -65,6 +72,16 @@ def namespace_of(key: str) -> str:
 def is_reserved(key: str) -> bool:
     """Does ``key`` fall into some namespace's reserved space?"""
     return key.startswith(RESERVED, key.find(":") + 1)
+
+
+def is_durable(key: str) -> bool:
+    """Does ``key`` hold acknowledged writes (a store's journal, dead letters)?"""
+    return key.startswith(RESERVED + "store:", key.find(":") + 1)
+
+
+def store_key(namespace: str, store: str, part: str) -> str:
+    """A store's internal key; every part of one store shares the hash tag (one slot)."""
+    return f"{internal_prefix(namespace)}store:{{{namespace}:{store}}}:{part}"
 
 
 def key_text(key: bytes | str) -> str:

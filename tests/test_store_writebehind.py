@@ -1,0 +1,119 @@
+"""Write-behind stores on a real Redis Cluster with a real Postgres shard as the system of
+record: tiers at once, coalescing, backpressure, retries, dead letters and their replay."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests._store_helpers import Writer, make_table, new_cache, rows
+from tiercache import Retry, Store, WriteBehind
+
+
+@pytest.fixture
+async def pg(pg_pools: dict[str, Any]) -> Any:
+    return next(iter(pg_pools.values()))
+
+
+async def test_put_serves_at_once_and_flush_writes_every_row(tiercache_stack: Any,
+                                                             pg: Any) -> None:
+    table = await make_table(pg)
+    writer = Writer(pg, table)
+    cache = new_cache(tiercache_stack.redis_url)
+    users = Store(cache, "users", loader=writer.load, writer=writer, deleter=writer.delete,
+                  policy=WriteBehind(max_delay=0.05, batch_size=100))
+    for i in range(250):
+        await users.put(i, i * 10)
+    assert [await users.get(i) for i in (0, 1, 249)] == [0, 10, 2490]  # before any flush
+    assert await users.flush(timeout=30)
+    assert await rows(pg, table) == {i: i * 10 for i in range(250)}
+    assert sum(writer.calls) == 250 and max(writer.calls) <= 100
+    other = new_cache(tiercache_stack.redis_url, cache.namespace)  # another cache: via L2
+    reader = Store(other, "users", loader=writer.load, writer=writer,
+                   policy=WriteBehind(journal=False))
+    assert await reader.get(7) == 70
+    stats = users.stats()
+    assert stats["flushed"] == 250 and stats["queue_depth"] == 0 and stats["dead_letters"] == 0
+    assert stats["journal_appends"] == 250 and users.health_reasons() == []
+    await users.delete(3)
+    await users.flush(timeout=30)
+    assert 3 not in await rows(pg, table) and await users.get(3) is None
+    await users.aclose()
+    await reader.aclose()
+    await cache.aclose()
+    await other.aclose()
+
+
+async def test_1000_puts_to_10_keys_in_one_window_write_at_most_10_rows(
+        tiercache_stack: Any, pg: Any) -> None:
+    table = await make_table(pg)
+    writer = Writer(pg, table)
+    cache = new_cache(tiercache_stack.redis_url)
+    store = Store(cache, "hot", loader=writer.load, writer=writer,
+                  policy=WriteBehind(max_delay=30, batch_size=1000))
+    await asyncio.gather(*(store.put(i % 10, i) for i in range(1000)))
+    assert await store.flush(timeout=30)
+    assert writer.calls and all(n <= 10 for n in writer.calls), writer.calls
+    assert await rows(pg, table) == {k: 990 + k for k in range(10)}  # the last write wins
+    assert store.stats()["coalesced"] == 990
+    assert [await store.get(k) for k in range(10)] == [990 + k for k in range(10)]
+    await store.aclose()
+    await cache.aclose()
+
+
+async def test_a_full_queue_makes_the_next_distinct_key_wait_and_drops_nothing(
+        tiercache_stack: Any, pg: Any) -> None:
+    table = await make_table(pg)
+    writer = Writer(pg, table)
+    writer.gate = asyncio.Event()  # the writer stalls
+    cache = new_cache(tiercache_stack.redis_url)
+    store = Store(cache, "bp", loader=writer.load, writer=writer,
+                  policy=WriteBehind(max_delay=0.0, batch_size=1000, max_queue=100))
+    for i in range(100):
+        await store.put(i, i)
+    await store.put(5, 555)  # a queued key is coalesced: never waits
+    late = asyncio.ensure_future(store.put(100, 100))
+    await asyncio.sleep(0.5)
+    assert not late.done(), "the 101st distinct key must wait for room"
+    assert store.stats()["backpressure_waits"] >= 1
+    writer.gate.set()
+    await asyncio.wait_for(late, 30)
+    assert await store.flush(timeout=30)
+    expected = {i: i for i in range(101)} | {5: 555}
+    assert await rows(pg, table) == expected
+    await store.aclose()
+    await cache.aclose()
+
+
+async def test_a_writer_failing_half_the_time_loses_nothing_dead_letters_replay(
+        tiercache_stack: Any, pg: Any) -> None:
+    table = await make_table(pg)
+    writer = Writer(pg, table, fail_rate=0.5, seed=3)
+    cache = new_cache(tiercache_stack.redis_url)
+    store = Store(cache, "flaky", loader=writer.load, writer=writer,
+                  policy=WriteBehind(max_delay=0.0, batch_size=10,
+                                     retry=Retry(attempts=2, backoff=0.001)))
+    for i in range(300):
+        await store.put(i, i + 1)
+    assert await store.flush(timeout=60)
+    stats = store.stats()
+    assert stats["retries"] > 0 and stats["dead_lettered"] > 0, stats
+    letters = await store.dead_letters()
+    assert letters and all("injected writer failure" in d["error"] for d in letters)
+    assert all(w["op"] == "put" and w["value"] == w["key"] + 1 for d in letters
+               for w in d["writes"])
+    assert any("dead-lettered" in r for r in store.health_reasons())
+    for _ in range(40):  # replay until the flaky writer took everything
+        if not await store.dead_letters():
+            break
+        assert await store.replay_dead_letters() > 0
+        assert await store.flush(timeout=60)
+    assert await store.dead_letters() == []
+    assert await rows(pg, table) == {i: i + 1 for i in range(300)}
+    assert store.stats()["replayed"] >= stats["dead_lettered"]
+    await store.health()
+    assert store.health_reasons() == []
+    await store.aclose()
+    await cache.aclose()

@@ -1,0 +1,566 @@
+"""The write-behind engine of a store: the put path, the flusher, retries, dead letters.
+
+Why it looks like this:
+
+* **put**: admission (backpressure: a full queue makes the caller wait, nothing is
+  dropped), then the journal (group-committed, :mod:`tiercache._journal`), then the queue,
+  then the tiers -- in that order, so a put the journal refused leaves no trace, and the
+  tiers always end with the write the queue will flush (see :meth:`_tiers`).
+* **flusher**: one flow, driven as a task in the event loop of the first put (a thread
+  where there is none); it writes the oldest ``batch_size`` keys when that many are
+  queued or the oldest waited ``max_delay``, retries per :class:`~tiercache.policies.Retry`,
+  dead-letters what still fails, then acknowledges the batch's journal entries.
+* **journal upkeep** (every ``claim_after / 3`` s and on ``flush()``): heartbeat, take over
+  the pending entries of flushers whose heartbeat expired, pick up undelivered entries
+  (dead letters replayed by the CLI), refresh the pending / dead-letter gauges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from tiercache._flow import Flow, Op, Sleep, drive_async, drive_sync
+from tiercache._journal import BadEntry, GroupCommit, Journal, JournalUnavailable
+from tiercache._store_queue import DELETE, PUT, Item, Wait, WriteQueue, order_of
+
+if TYPE_CHECKING:
+    from tiercache.policies.write import WriteBehind
+    from tiercache.store import Store
+
+__all__ = ["WriteBehindEngine"]
+
+log = logging.getLogger("tiercache.store")
+
+FULL: Final = 0.9  # queue fill ratio that degrades health when it lasts
+
+
+class RedisOp(Op):
+    """A journal plan run on the tier's sync or async client (errors reach the flow)."""
+
+    __slots__ = ("journal", "plan")
+
+    def __init__(self, journal: Journal, plan: Any) -> None:
+        self.journal, self.plan = journal, plan
+
+    def run_sync(self) -> Any:
+        return self.journal.run_sync(self.plan)
+
+    def run_async(self) -> Awaitable[Any]:
+        return self.journal.run_async(self.plan)
+
+
+class Append(Op):
+    __slots__ = ("gc", "payloads")
+
+    def __init__(self, gc: GroupCommit, payloads: list[bytes]) -> None:
+        self.gc, self.payloads = gc, payloads
+
+    def run_sync(self) -> list[str]:
+        return self.gc.append_sync(self.payloads)
+
+    def run_async(self) -> Awaitable[list[str]]:
+        return self.gc.append_async(self.payloads)
+
+
+class UserBatch(Op):
+    """A writer/deleter call; a sync one runs in a worker thread under an event loop (a
+    batch write must not stall the loop's other tasks)."""
+
+    __slots__ = ("arg", "fn")
+
+    def __init__(self, fn: Callable[[Any], Any], arg: Any) -> None:
+        self.fn, self.arg = fn, arg
+
+    def run_sync(self) -> Any:
+        result = self.fn(self.arg)
+        if inspect.isawaitable(result):
+            return asyncio.run(_awaited(result))
+        return result
+
+    async def run_async(self) -> Any:
+        fn = self.fn
+        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+                type(fn).__call__):
+            return await fn(self.arg)
+        result = await asyncio.to_thread(fn, self.arg)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+
+async def _awaited(result: Awaitable[Any]) -> Any:
+    return await result
+
+
+class WriteBehindEngine:
+    """Queue + journal + flusher of one store (see the module docstring)."""
+
+    def __init__(self, store: Store, policy: WriteBehind) -> None:
+        l2 = store.cache.l2
+        if l2 is None or not hasattr(l2, "_client_sync"):
+            raise ValueError("WriteBehind needs the cache's L2 to be a RedisTier: the journal "
+                             "and the dead-letter list live in Redis")
+        self.store, self.policy = store, policy
+        self.queue = WriteQueue()
+        self.consumer = f"{socket.gethostname()[:32]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.journal = Journal(l2, store.cache.namespace, store.name, self.consumer,
+                               getattr(l2, "signer", None))
+        self.gc = GroupCommit(self.journal, self._taken_over, self._orphaned)
+        self.c: dict[str, int] = dict.fromkeys(
+            ("flushed", "batches", "retries", "failures", "dead_lettered", "replayed",
+             "recovered", "bad_entries", "journal_errors", "backpressure_waits",
+             "beat_errors"), 0)
+        self.journal_pending = 0
+        self.dead_letters = 0
+        self._unacked: list[str] = []
+        self._bad: list[tuple[str, Any, str]] = []
+        self._lock = threading.Lock()
+        self._force = 0
+        self._beat_asked = False
+        self.beats = 0
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
+        self._full_since: float | None = None
+        self._journal_failed_at = 0.0
+
+    # ------------------------------------------------------------------ put path
+
+    def write(self, op: str, pairs: list[tuple[Any, Any]], rels: list[str]) -> Flow[None]:
+        journal, queue, policy = self.journal, self.queue, self.policy
+        payloads = [journal.encode(op, k, v) for k, v in pairs]  # TypeError before any I/O
+        self.ensure_running()
+        seqs: list[int] = []
+        try:
+            for rel in rels:
+                seq = queue.begin(rel, policy.max_queue)
+                while seq is None:  # backpressure: wait for the flusher to make room
+                    self.c["backpressure_waits"] += 1
+                    yield Wait(queue.progress, _room(queue, rel, policy.max_queue), 1.0)
+                    seq = queue.begin(rel, policy.max_queue)
+                seqs.append(seq)
+            ids: list[str] = []
+            if policy.journaled:
+                try:
+                    ids = yield Append(self.gc, payloads)
+                except Exception as exc:
+                    self.c["journal_errors"] += 1
+                    self._journal_failed_at = time.monotonic()
+                    text = journal.redact(exc)
+                    if policy.journal is True:
+                        raise JournalUnavailable(
+                            f"store {self.store.name!r}: the write could not be journaled "
+                            f"({text}); it was not applied") from None
+                    log.warning("tiercache: store %s: journal unavailable (%s); write queued "
+                                "in memory only (journal='best_effort')", self.store.name, text)
+        except BaseException:
+            for seq in seqs:
+                queue.abort(seq)
+            raise
+        items = []
+        for i, ((key, value), rel, seq) in enumerate(zip(pairs, rels, seqs, strict=True)):
+            entry_id = ids[i] if ids else None
+            items.append(Item(rel, key, op, value, order_of(entry_id, seq, True),
+                              [entry_id] if entry_id else []))
+        for item in items:
+            queue.add(item)
+        yield from self._tiers(items)
+
+    def _tiers(self, items: list[Item]) -> Flow[None]:
+        """Make the tiers show each key's winning queued write. Re-checked after the I/O: a
+        newer put of the same key may have updated the tiers before us."""
+        cache, queue = self.store.cache, self.queue
+        pending = items
+        for _ in range(5):
+            sets = {it.rel: it.value for it in pending if it.op == PUT}
+            dels = [it.rel for it in pending if it.op == DELETE]
+            seen = {it.rel: it.order for it in pending}
+            if sets:
+                yield from cache._set_many(sets, self.store.ttl, [])
+            if dels:
+                yield from cache.coherence.invalidate(keys=dels)
+            pending = []
+            for rel, order in seen.items():
+                now = queue.peek(rel)
+                if now is not None and now.order != order:
+                    pending.append(now)
+            if not pending:
+                return
+        yield from cache.coherence.invalidate(keys=[it.rel for it in pending])
+
+    # ------------------------------------------------------------------ taken-over entries
+
+    def _taken_over(self, entries: list[tuple[str, Any]], counter: str = "replayed") -> None:
+        """Queue journal entries this process did not write (claimed or undelivered)."""
+        queue = self.queue
+        for entry_id, raw in entries:
+            try:
+                op, key, value, _ = self.journal.decode(raw)
+                rel = self.store.rel(key)
+            except (BadEntry, TypeError, ValueError) as exc:
+                self.c["bad_entries"] += 1
+                with self._lock:
+                    self._bad.append((entry_id, raw, str(exc)))
+                continue
+            seq = queue.begin(None, 0)
+            assert seq is not None
+            queue.add(Item(rel, key, op, value, order_of(entry_id, seq, False), [entry_id]))
+            self.c[counter] += 1
+
+    def _orphaned(self, ids: list[str]) -> None:
+        """Entries appended for puts that were cancelled: they never happened."""
+        with self._lock:
+            self._unacked.extend(ids)
+
+    # ------------------------------------------------------------------ the flusher
+
+    def ensure_running(self) -> None:
+        """Start the flusher: a task in the running loop, else a thread."""
+        task, thread = self._task, self._thread
+        if (task is not None and not task.done() and not task.get_loop().is_closed()) or (
+                thread is not None and thread.is_alive()):
+            return
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                if self._task is None or self._task.done() or self._task.get_loop().is_closed():
+                    self._task = loop.create_task(drive_async(self._run()),
+                                                  name=f"tiercache-store-{self.store.name}")
+                return
+            self._thread = threading.Thread(target=self._thread_main, daemon=True,
+                                            name=f"tiercache-store-{self.store.name}")
+            self._thread.start()
+
+    def _thread_main(self) -> None:
+        store = self.store
+        try:
+            if any(inspect.iscoroutinefunction(f) for f in (store.writer, store.deleter)):
+                asyncio.run(drive_async(self._run()))
+            else:
+                drive_sync(self._run())
+        except Exception:
+            log.exception("tiercache: store %s: flusher thread failed", store.name)
+
+    def _due(self) -> bool:
+        p = self.policy
+        return (self._beat_asked or bool(self._unacked) or bool(self._bad)
+                or self.queue.ready(p.batch_size, p.max_delay, self._force > 0 or self._closing))
+
+    def _run(self) -> Flow[None]:
+        p, queue = self.policy, self.queue
+        every = p.claim_after / 3
+        next_beat = 0.0
+        while True:
+            now = time.monotonic()
+            if self._beat_asked or now >= next_beat:
+                self._beat_asked = False
+                yield from self._beat()
+                next_beat = time.monotonic() + every
+            if self._bad:
+                yield from self._letter_bad()
+            if queue.ready(p.batch_size, p.max_delay, self._force > 0 or self._closing):
+                yield from self._flush_batch(queue.take(p.batch_size))
+                continue
+            if self._unacked:
+                yield from self._ack([])
+            if self._closing and not queue.items and not queue.inflight and not queue.entering:
+                return
+            waits = [next_beat - time.monotonic(), 1.0]
+            due = queue.wait_time(p.max_delay)
+            if due is not None:
+                waits.append(due)
+            yield Wait(queue.signal, self._due, max(0.0, min(waits)))
+
+    def _flush_batch(self, batch: list[Item]) -> Flow[None]:
+        store, retry = self.store, self.policy.retry
+        parts: list[tuple[Any, list[Item]]] = []
+        puts = [it for it in batch if it.op == PUT]
+        dels = [it for it in batch if it.op == DELETE]
+        if puts:
+            parts.append((store.writer, puts))
+        if dels:
+            parts.append((store.deleter, dels))
+        acked: list[str] = []
+        requeue: list[Item] = []
+        for fn, items in parts:
+            arg: Any = ({it.key: it.value for it in items} if fn is store.writer
+                        else [it.key for it in items])
+            attempt = 0
+            while True:
+                try:
+                    if fn is None:
+                        raise TypeError("a delete was queued but the store has no deleter")
+                    yield UserBatch(fn, arg)
+                except Exception as exc:
+                    attempt += 1
+                    self.c["failures"] += 1
+                    if attempt < retry.attempts:
+                        self.c["retries"] += 1
+                        yield Sleep(retry.delay(attempt - 1))
+                        continue
+                    if (yield from self._dead_letter(items, exc, attempt)):
+                        acked += [i for it in items for i in it.ids]
+                    else:
+                        requeue += items
+                    break
+                else:
+                    self.c["flushed"] += len(items)
+                    acked += [i for it in items for i in it.ids]
+                    break
+        self.c["batches"] += 1
+        if acked:
+            yield from self._ack(acked)
+        queue = self.queue
+        queue.finish(batch, requeue)
+        if requeue:
+            yield Sleep(1.0)  # Redis is down too: keep them, try again later
+        self._track_fill()
+
+    def _dead_letter(self, items: list[Item], exc: BaseException, attempts: int) -> Flow[bool]:
+        journal, name = self.journal, self.store.name
+        error = journal.redact(exc)
+        letter = journal.letter(error, attempts,
+                                [journal.encode(it.op, it.key, it.value) for it in items])
+        try:
+            yield RedisOp(journal, journal.push_letter_plan(letter))
+        except Exception as push_exc:
+            log.error("tiercache: store %s: %d writes failed (%s) and the dead-letter list is "
+                      "unreachable (%s): kept in memory, retried later", name, len(items),
+                      error, journal.redact(push_exc))
+            return False
+        self.c["dead_lettered"] += len(items)
+        self.dead_letters += 1
+        log.error("tiercache: store %s: %d writes failed %d times (%s): dead-lettered; see "
+                  "store.dead_letters() / `tiercache store dead-letters`", name, len(items),
+                  attempts, error)
+        return True
+
+    def _letter_bad(self) -> Flow[None]:
+        with self._lock:
+            bad, self._bad = self._bad, []
+        journal = self.journal
+        for entry_id, raw, error in bad:
+            raw_bytes = raw if isinstance(raw, bytes) else b""
+            letter = journal.letter(f"unreadable journal entry {entry_id}: {error}", 0,
+                                    [raw_bytes])
+            try:
+                yield RedisOp(journal, journal.push_letter_plan(letter))
+            except Exception:
+                with self._lock:
+                    self._bad.append((entry_id, raw, error))
+                return
+            self.dead_letters += 1
+            yield from self._ack([entry_id])
+
+    def _ack(self, ids: list[str]) -> Flow[None]:
+        with self._lock:
+            ids, self._unacked = ids + self._unacked, []
+        if not ids:
+            return
+        try:
+            yield RedisOp(self.journal, self.journal.ack_plan(ids))
+        except Exception as exc:
+            log.warning("tiercache: store %s: journal ack failed (%s); retried later",
+                        self.store.name, self.journal.redact(exc))
+            with self._lock:
+                self._unacked.extend(ids)
+
+    def _beat(self) -> Flow[None]:
+        """Heartbeat, take over dead flushers' entries, pick up undelivered ones."""
+        journal = self.journal
+        try:
+            info = yield RedisOp(journal, journal.beat_plan(int(self.policy.claim_after * 1000)))
+            self.journal_pending, self.dead_letters = info["pending"], info["dead"]
+            others = [n for n, _ in info["consumers"] if n != self.consumer]
+            if others and self.policy.journaled:
+                alive = yield RedisOp(journal, journal.alive_plan(others))
+                for name, ok in zip(others, alive, strict=True):
+                    while not ok:
+                        claimed = yield RedisOp(journal, journal.claim_plan(name))
+                        if not claimed:
+                            break
+                        self._taken_over(claimed, "recovered")
+            if self.policy.journaled:
+                while True:
+                    fresh = yield RedisOp(journal, journal.undelivered_plan())
+                    if not fresh:
+                        break
+                    self._taken_over(fresh)
+        except Exception as exc:
+            self.c["beat_errors"] += 1
+            log.debug("tiercache: store %s: journal upkeep failed: %s", self.store.name,
+                      journal.redact(exc))
+        finally:
+            self.beats += 1
+            self.queue.progress.notify()
+
+    # ------------------------------------------------------------------ flush, close
+
+    def flush_flow(self, timeout: float | None) -> Flow[bool]:
+        queue = self.queue
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._force += 1
+        try:
+            if self.policy.journaled:  # take over dead flushers' entries first
+                asked = self.beats
+                self._beat_asked = True
+                queue.signal.notify()
+                if not (yield Wait(queue.progress, lambda: self.beats > asked,
+                                   _left(deadline))):
+                    return False
+            target = queue.seq
+            queue.signal.notify()
+            return bool((yield Wait(queue.progress, lambda: queue.drained_through(target),
+                                    _left(deadline))))
+        finally:
+            with self._lock:
+                self._force -= 1
+
+    async def aclose(self) -> None:
+        await drive_async(self.flush_flow(None))
+        self._closing = True
+        self.queue.signal.notify()
+        task = self._task
+        if task is not None and task.get_loop() is asyncio.get_running_loop():
+            with contextlib.suppress(Exception):
+                await task
+        elif self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 30)
+
+    def close(self) -> None:
+        drive_sync(self.flush_flow(None))
+        self._closing = True
+        self.queue.signal.notify()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(30)
+
+    # ------------------------------------------------------------------ dead letters
+
+    def letters_flow(self, limit: int) -> Flow[list[dict[str, Any]]]:
+        journal = self.journal
+        raws = yield RedisOp(journal, journal.letters_plan(limit))
+        return [describe(journal, raw) for raw in raws]
+
+    def replay_flow(self, limit: int | None) -> Flow[int]:
+        journal, queued = self.journal, 0
+        raws = yield RedisOp(journal, journal.letters_plan(limit or 10_000))
+        for raw in raws:
+            try:
+                letter = journal.read_letter(raw)
+            except BadEntry as exc:
+                log.warning("tiercache: store %s: unreadable dead letter left in place: %s",
+                            self.store.name, exc)
+                continue
+            entries = []
+            for payload in letter["entries"]:
+                try:
+                    entries.append(journal.decode(payload))
+                except BadEntry:
+                    self.c["bad_entries"] += 1
+            if self.policy.journaled:
+                ids = yield Append(self.gc, [journal.encode(op, k, v) for op, k, v, _ in entries])
+            else:
+                ids = [None] * len(entries)
+            for (op, key, value, _), entry_id in zip(entries, ids, strict=True):
+                seq = self.queue.begin(None, 0)
+                assert seq is not None
+                self.queue.add(Item(self.store.rel(key), key, op, value,
+                                    order_of(entry_id, seq, False),
+                                    [entry_id] if entry_id else []))
+            yield RedisOp(journal, journal.remove_letter_plan(raw))
+            self.dead_letters = max(0, self.dead_letters - 1)
+            queued += len(entries)
+            self.c["replayed"] += len(entries)
+        return queued
+
+    # ------------------------------------------------------------------ figures
+
+    def refresh_flow(self) -> Flow[None]:
+        try:
+            info = yield RedisOp(self.journal, _gauges(self.journal))
+        except Exception:
+            return
+        self.journal_pending, self.dead_letters = info
+
+    def _track_fill(self) -> None:
+        if self.queue.distinct() >= FULL * self.policy.max_queue:
+            if self._full_since is None:
+                self._full_since = time.monotonic()
+        else:
+            self._full_since = None
+
+    def snapshot(self) -> dict[str, Any]:
+        q = self.queue
+        self._track_fill()
+        return {**self.c, "queued": q.queued, "coalesced": q.coalesced,
+                "queue_depth": len(q.items), "inflight": len(q.inflight),
+                "journal_pending": self.journal_pending, "dead_letters": self.dead_letters,
+                "journal_batches": self.gc.batches, "journal_appends": self.gc.appended,
+                "max_queue": self.policy.max_queue}
+
+    def health_reasons(self) -> list[str]:
+        name, reasons = self.store.name, []
+        if self.dead_letters:
+            reasons.append(f"store {name}: {self.dead_letters} dead-lettered batches")
+        self._track_fill()
+        lasting = max(1.0, 2 * self.policy.max_delay)
+        if self._full_since is not None and time.monotonic() - self._full_since >= lasting:
+            reasons.append(f"store {name}: queue above 90% full "
+                           f"({self.queue.distinct()}/{self.policy.max_queue} keys)")
+        if self._journal_failed_at and time.monotonic() - self._journal_failed_at < 30:
+            reasons.append(f"store {name}: journal unavailable (last failure "
+                           f"{time.monotonic() - self._journal_failed_at:.0f} s ago)")
+        return reasons
+
+
+def _gauges(journal: Journal) -> Any:
+    def plan(client: Any) -> Any:
+        pipe = client.pipeline(transaction=False)
+        pipe.xpending(journal.stream, "flushers")
+        pipe.llen(journal.dead)
+        pending, dead = yield pipe.execute(raise_on_error=False)
+        count = int(pending.get("pending") or 0) if isinstance(pending, dict) else 0
+        return count, dead if isinstance(dead, int) else 0
+    return plan
+
+
+def describe(journal: Journal, raw: Any) -> dict[str, Any]:
+    """A dead letter for people: its writes decoded (unreadable ones say why)."""
+    try:
+        letter = journal.read_letter(raw)
+    except BadEntry as exc:
+        return {"error": f"unreadable dead letter: {exc}", "writes": [], "raw": raw}
+    writes = []
+    for payload in letter.pop("entries"):
+        try:
+            op, key, value, at = journal.decode(payload)
+            writes.append({"op": "put" if op == PUT else "delete", "key": key, "value": value,
+                           "at": at})
+        except BadEntry as exc:
+            writes.append({"op": "unreadable", "error": str(exc)})
+    letter["writes"] = writes
+    return letter
+
+
+def _room(queue: WriteQueue, rel: str, max_queue: int) -> Callable[[], bool]:
+    return lambda: rel in queue.items or queue.distinct() + len(queue.entering) < max_queue
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
