@@ -57,8 +57,10 @@ async def test_refresh_ahead_serves_cached_value_and_reloads_once_under_100_read
     assert await get(7) == "7:v1"
     source.version, source.delay = 2, 0.3  # the reload is slow: nobody may wait for it
     await asyncio.sleep(0.5)  # past 0.4 * ttl, before the ttl
+    l2_reads = _l2_reads(cache)
     results = await asyncio.gather(*(get(7) for _ in range(100)))
     assert results == ["7:v1"] * 100  # all served the cached value, none waited for v2
+    assert _l2_reads(cache) == l2_reads  # served from this process's copy: no round trip
     await _wait_refreshes(cache)
     assert source.calls == 2  # exactly one background reload
     assert await get(7) == "7:v2"  # the reload replaced the L1 copy
@@ -207,7 +209,7 @@ async def test_lock_true_makes_one_process_reload(cache_factory: Factory) -> Non
 
     get_a, get_b = define(a), define(b)
     assert await get_a(9) == "9:v1" and await get_b(9) == "9:v1"
-    source.delay = 0.3
+    source.version, source.delay = 2, 0.3
     await asyncio.sleep(0.5)
     assert await asyncio.gather(get_a(9), get_b(9)) == ["9:v1", "9:v1"]
     await _wait_refreshes(a)
@@ -215,6 +217,11 @@ async def test_lock_true_makes_one_process_reload(cache_factory: Factory) -> Non
     assert source.calls == 2  # one reload for both processes
     skipped = a.stats()["loader"]["refreshes_skipped"] + b.stats()["loader"]["refreshes_skipped"]
     assert skipped == 1
+    # the process that skipped took the other's value from L2 once it landed
+    assert await get_a(9) == "9:v2" and await get_b(9) == "9:v2"
+    await asyncio.sleep(0.15)  # past any back-off: still no further load
+    assert await get_a(9) == "9:v2" and await get_b(9) == "9:v2"
+    assert source.calls == 2
 
 
 async def test_invalidation_during_a_reload_wins(cache_factory: Factory) -> None:
@@ -327,6 +334,11 @@ async def test_policy_for_chooses_the_policy_by_name(cache_factory: Factory) -> 
     assert await covered(1) == 1
     with pytest.raises(ValueError):
         cache.policy_for("", policy)
+
+
+def _l2_reads(cache: TierCache) -> int:
+    l2 = cache.stats()["l2"]
+    return 0 if l2 is None else int(l2["hits"] + l2["misses"])
 
 
 def _samples(cache: TierCache) -> dict[str, Any]:

@@ -2,17 +2,18 @@
 stale-while-revalidate, stale-if-error), and the background reloads it starts.
 
 Why it fits the C hit path: the L1 copy of such an entry is kept only until its *refresh
-point* (``policy.refresh_in``). The first read after it misses L1, comes here, finds the
-entry (in L2, or in the function's stale segment when there is no L2 or L2 is down), returns
-it at once and starts **one** reload in the background; meanwhile the value goes back into
-L1 for a short back-off, so every other read stays an L1 hit. The reload writes L2 and
-replaces the L1 copies, fenced by the generation like any load (an invalidation since it
-began wins).
+point* (``policy.refresh_in``). The first read after it misses L1 and comes here. This
+process's own copy of the envelope (value, stored_at, ttl, load_time) sits in the function's
+*stale segment* (``<function>:~stale`` in L1, kept until ``ttl`` plus the stale windows): if
+that copy is due for a reload (or stale but servable), it is returned at once with no round
+trip, one reload starts in the background, and the value goes back into L1 for a short
+back-off -- all without yielding, so every other reader stays an L1 hit. A copy that is
+still fresh (its L1 copy was evicted, or ``l1_ttl`` is shorter) is checked against L2 first,
+which may hold a newer value; L2 also serves processes that never loaded the key.
 
-The stale segment (``<function>:~stale`` in L1) holds each key's envelope
-(:class:`~tiercache.codec.Entry`: value, stored_at, ttl, load_time) until ``ttl`` plus the
-stale windows, and L2 keeps the entry that long too (``RedisTier.set(stale=)``). Both are
-dropped by every invalidation, like the L1 copy.
+The reload writes L2 (which keeps the entry for the stale windows too: ``RedisTier.set(
+stale=)``) and replaces both L1 copies, fenced by the generation like any load: an
+invalidation since it began wins. Every invalidation drops the stale segment's copies too.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tiercache._flow import BusGate, Flight, Flow, TierOp, drive_async, drive_sync
+from tiercache._flow import BusGate, Flight, Flow, Sleep, TierOp, drive_async, drive_sync
 from tiercache.codec import Entry
 from tiercache.policies.read import Expiry, ReadPolicy, draw
 from tiercache.tiers.base import MISSING
@@ -168,30 +169,39 @@ def _fetch(cache: TierCache, spec: FunctionSpec, rel: str, l1key: Hashable | Non
     """-> (value, L1 TTL or None to skip L1, envelope for the stale segment or None)."""
     rules = _rules(spec)
     l2, stats = cache.l2, cache.loader
-    entry: Any = MISSING
-    if l2 is not None:
-        entry = yield TierOp(l2.get_entry, l2.get_entry_sync, cache.full_key(rel))
-    if entry is MISSING and l1key is not None and spec.stale_segment is not None:
-        entry = spec.stale_segment.get(l1key, MISSING)  # no L2, or L2 down / lost it
+    kept: Any = MISSING  # this process's own copy, from the stale segment
+    if l1key is not None and spec.stale_segment is not None:
+        kept = spec.stale_segment.get(l1key, MISSING)
+    verdict = _judge(rules, kept) if kept is not MISSING else FRESH
+    entry: Any = kept
+    if verdict == FRESH:
+        # our copy is fresh but its L1 copy is gone (evicted, or l1_ttl): ask L2, which may
+        # hold a newer value; a copy due for reload is served as is, with no round trip
+        entry = MISSING
+        if l2 is not None:
+            entry = yield TierOp(l2.get_entry, l2.get_entry_sync, cache.full_key(rel))
+        if entry is MISSING:
+            entry = kept  # no L2, or L2 down / lost it
+        if entry is not MISSING:
+            verdict = _judge(rules, entry)
     stale = None
     if entry is not MISSING:
         ttl = entry.ttl
         if ttl is None:  # never expires: nothing to refresh
             return entry.value, cache.l1_ttl_for(spec.l1_ttl, None), None
-        age = time.time() - entry.stored_at
-        remaining = ttl - age
-        if remaining > 0:
-            if rules.policy.due(age, ttl, entry.load_time, draw()):
-                start_refresh(cache, spec, rel, l1key, args, kwargs, tags)
-                return entry.value, rules.backoff(ttl, remaining), None
-            until = rules.policy.refresh_in(ttl, entry.load_time, draw()) - age
+        remaining = ttl - (time.time() - entry.stored_at)
+        if verdict == FRESH:
+            until = rules.policy.refresh_in(ttl, entry.load_time, draw()) - (ttl - remaining)
             return entry.value, cache.l1_ttl_for(
                 spec.l1_ttl, max(MIN_BACKOFF, min(until, remaining))), None
-        if -remaining < rules.stale_while_revalidate:
+        if verdict == DUE:
+            start_refresh(cache, spec, rel, l1key, args, kwargs, tags, entry.stored_at)
+            return entry.value, rules.backoff(ttl, remaining), None
+        if verdict == STALE:
             stats.stale_served += 1
-            start_refresh(cache, spec, rel, l1key, args, kwargs, tags)
+            start_refresh(cache, spec, rel, l1key, args, kwargs, tags, entry.stored_at)
             return entry.value, rules.backoff(ttl, rules.stale_while_revalidate + remaining), None
-        if -remaining < rules.stale_if_error:
+        if verdict == ERROR_WINDOW:
             stale = entry
     try:
         value, cacheable, ttl, seconds = yield from cache.load_through(
@@ -214,22 +224,43 @@ def _fetch(cache: TierCache, spec: FunctionSpec, rel: str, l1key: Hashable | Non
             Entry(value, time.time(), ttl, seconds))
 
 
+FRESH, DUE, STALE, ERROR_WINDOW, EXPIRED = range(5)
+
+
+def _judge(rules: ReadRules, entry: Entry) -> int:
+    """Where an entry stands: fresh, due for a background reload, expired but servable
+    while one runs (stale-while-revalidate), servable only if the load fails
+    (stale-if-error), or gone."""
+    if entry.ttl is None:
+        return FRESH
+    age = time.time() - entry.stored_at
+    if age < entry.ttl:
+        return DUE if rules.policy.due(age, entry.ttl, entry.load_time, draw()) else FRESH
+    late = age - entry.ttl
+    if late < rules.stale_while_revalidate:
+        return STALE
+    return ERROR_WINDOW if late < rules.stale_if_error else EXPIRED
+
+
 def start_refresh(cache: TierCache, spec: FunctionSpec, rel: str, l1key: Hashable | None,
-                  args: tuple[Any, ...], kwargs: dict[str, Any], tags: list[str]) -> None:
-    flow = _reload(cache, spec, rel, l1key, args, kwargs, tags, cache.coherence.gen)
+                  args: tuple[Any, ...], kwargs: dict[str, Any], tags: list[str],
+                  stored_at: float) -> None:
+    flow = _reload(cache, spec, rel, l1key, args, kwargs, tags, cache.coherence.gen,
+                   stored_at)
     if cache.refresher.start((spec.name, rel), flow, spec.is_async):
         cache.loader.refreshes_started += 1
 
 
 def _reload(cache: TierCache, spec: FunctionSpec, rel: str, l1key: Hashable | None,
             args: tuple[Any, ...], kwargs: dict[str, Any], tags: list[str],
-            gen: int) -> Flow[None]:
+            gen: int, stored_at: float) -> Flow[None]:
     """The background reload: load, write L2 (fenced), replace the L1 copies (fenced).
 
     A failure keeps the old value (logged, counted); with ``lock=True`` a process that does
-    not get the Redis lease leaves the reload to the one that did.
+    not get the Redis lease leaves the reload to the one that did, and takes its result
+    from L2 once it is there (newer than the copy it had, ``stored_at``).
     """
-    co, l2, stats = cache.coherence, cache.l2, cache.loader
+    l2, stats = cache.l2, cache.loader
     full = cache.full_key(rel)
     token = None
     rules = _rules(spec)
@@ -238,6 +269,7 @@ def _reload(cache: TierCache, spec: FunctionSpec, rel: str, l1key: Hashable | No
                              int(cache.lease_ttl * 1000))
         if token is None:
             stats.refreshes_skipped += 1
+            yield from _adopt(cache, spec, rel, l1key, tags, gen, stored_at)
             return
     try:
         try:
@@ -254,15 +286,41 @@ def _reload(cache: TierCache, spec: FunctionSpec, rel: str, l1key: Hashable | No
             yield from cache.write_l2(spec, full, value, seconds, tags, gen)
         ttl = cache.ttl_of(spec)
         if l1key is not None and ttl is not None:
-            stamp = Entry(value, time.time(), ttl, seconds)
-            until = rules.policy.refresh_in(ttl, seconds, draw())
-            co.refill(spec.segment, rel, l1key, value,
-                      cache.l1_ttl_for(spec.l1_ttl, max(MIN_BACKOFF, until)), tags, gen)
-            co.refill(spec.stale_segment, rel, l1key, stamp, _stale_ttl(spec, stamp), tags, gen)
+            _replace(cache, spec, rel, l1key, Entry(value, time.time(), ttl, seconds), tags,
+                     gen)
         stats.refreshes_succeeded += 1
     finally:
         if token is not None and l2 is not None:
             yield TierOp(l2.release_lease, l2.release_lease_sync, full, token)
+
+
+def _adopt(cache: TierCache, spec: FunctionSpec, rel: str, l1key: Hashable | None,
+           tags: list[str], gen: int, stored_at: float) -> Flow[None]:
+    """Another process holds the reload lease: wait (bounded) for its value in L2."""
+    l2 = cache.l2
+    if l2 is None or l1key is None:
+        return
+    deadline, delay = time.monotonic() + cache.lock_wait, 0.005
+    while time.monotonic() < deadline:
+        yield Sleep(delay)
+        delay = min(delay * 2, 0.1)
+        entry = yield TierOp(l2.get_entry, l2.get_entry_sync, cache.full_key(rel))
+        if entry is not MISSING and entry.stored_at > stored_at and entry.ttl is not None:
+            _replace(cache, spec, rel, l1key, entry, tags, gen)
+            return
+
+
+def _replace(cache: TierCache, spec: FunctionSpec, rel: str, l1key: Hashable, stamp: Entry,
+             tags: list[str], gen: int) -> None:
+    """Put a reloaded value into L1 and the stale segment, replacing the old copies."""
+    assert stamp.ttl is not None
+    policy = _rules(spec).policy
+    age = time.time() - stamp.stored_at
+    until = policy.refresh_in(stamp.ttl, stamp.load_time, draw()) - age
+    co = cache.coherence
+    co.refill(spec.segment, rel, l1key, stamp.value,
+              cache.l1_ttl_for(spec.l1_ttl, max(MIN_BACKOFF, until)), tags, gen)
+    co.refill(spec.stale_segment, rel, l1key, stamp, _stale_ttl(spec, stamp), tags, gen)
 
 
 def _stale_ttl(spec: FunctionSpec, stamp: Entry) -> float | None:

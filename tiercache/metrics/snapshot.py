@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tiercache._invalidation import STALE
 from tiercache.metrics.counters import LOADER_BUCKETS, Histogram
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ def _l1_stats(cache: TierCache) -> dict[str, Any]:
     for name, segment in cache.segments.items():
         seg = segment.stats()
         functions[name] = seg
+        if name.endswith(STALE):  # read policies' own copies: not requests of the caller
+            continue
         for counter in _L1_COUNTERS:
             total[counter] += seg[counter]
     gets = total["hits"] + total["misses"]
