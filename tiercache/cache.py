@@ -24,7 +24,7 @@ import re
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from datetime import timedelta
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 from tiercache import health as _health
 from tiercache._bus import InvalidationBus
@@ -51,6 +51,9 @@ from tiercache.policies.read import l1_ttl as l1_ttl_rule
 from tiercache.tiers.base import MISSING, RemoteTier
 
 __all__ = ["LoaderStats", "TierCache"]
+
+if TYPE_CHECKING:
+    from tiercache.store import Store
 
 log = logging.getLogger("tiercache")
 P = ParamSpec("P")
@@ -229,6 +232,23 @@ class TierCache:
                     matcher.fullmatch(name) or matcher.fullmatch(name + ":")):
                 return policy
         return None
+
+    def store(self, name: str, *, loader: Callable[..., Any], writer: Any = None,
+              deleter: Any = None, policy: Any = None, read: Any = None,
+              **options: Any) -> Store:
+        """A keyed store over this cache with a write policy (see :mod:`tiercache.store`):
+        ``get`` loads through ``loader`` on a miss, ``put``/``delete`` go to ``writer``/
+        ``deleter`` as the policy says (``WriteThrough()``, ``WriteBehind(...)``)."""
+        from tiercache.store import Store  # the store imports the cache's module
+
+        if policy is None:
+            policy = self.policy_matching(name, "write")
+        if read is None:
+            read = self.policy_matching(name, "read")
+        store = Store(self, name, loader=loader, writer=writer, deleter=deleter,
+                      policy=policy, read=read, **options)
+        self.stores.append(store)
+        return store
 
     # ------------------------------------------------------------------ read path
 
