@@ -77,6 +77,7 @@ class Refresher:
         self._lock = threading.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pool: ThreadPoolExecutor | None = None
+        self.warned: dict[str, float] = {}  # function -> when one of its failures was logged
 
     def start(self, key: Hashable, flow: Flow[Any], is_async: bool) -> bool:
         """Run ``flow`` in the background unless a reload of ``key`` is running already."""
@@ -206,13 +207,13 @@ def _fetch(cache: TierCache, spec: FunctionSpec, rel: str, l1key: Hashable | Non
     try:
         value, cacheable, ttl, seconds = yield from cache.load_through(
             spec, cache.full_key(rel), args, kwargs, tags, gen)
-    except Exception:
+    except Exception as exc:
         if stale is None:
             raise
         stats.stale_served += 1
-        log.warning("tiercache: %s failed to load; serving the value stored %.1f s ago "
-                    "(stale_if_error)", spec.name, time.time() - stale.stored_at,
-                    exc_info=True)
+        _warn(cache, spec.name, "tiercache: %s failed to load (%s: %s); serving the value "
+              "stored %.1f s ago (stale_if_error; further ones within a minute are only counted)",
+              spec.name, type(exc).__name__, exc, time.time() - stale.stored_at)
         window = rules.stale_if_error - (time.time() - stale.stored_at - (stale.ttl or 0.0))
         return stale.value, rules.backoff(stale.ttl or 1.0, window), None
     if not cacheable:
@@ -225,6 +226,14 @@ def _fetch(cache: TierCache, spec: FunctionSpec, rel: str, l1key: Hashable | Non
 
 
 FRESH, DUE, STALE, ERROR_WINDOW, EXPIRED = range(5)
+
+def _warn(cache: TierCache, name: str, message: str, *args: Any) -> None:
+    """At most one WARNING a minute per function: a database that is down for an hour must
+    not flood the log from every read (each one is counted anyway)."""
+    now, warned = time.monotonic(), cache.refresher.warned
+    if now - warned.get(name, -60.0) >= 60.0:
+        warned[name] = now
+        log.warning(message, *args)
 
 
 def _judge(rules: ReadRules, entry: Entry) -> int:
@@ -276,8 +285,9 @@ def _reload(cache: TierCache, spec: FunctionSpec, rel: str, l1key: Hashable | No
             value, seconds = yield from cache.call_loader(spec.func, args, kwargs)
         except Exception as exc:
             stats.refreshes_failed += 1
-            log.warning("tiercache: background reload of %s failed (%s: %s); the cached value "
-                        "is kept", spec.name, type(exc).__name__, exc)
+            _warn(cache, spec.name, "tiercache: background reload of %s failed (%s: %s); the "
+                  "cached value is kept (further failures within a minute are only counted)",
+                  spec.name, type(exc).__name__, exc)
             return
         if value is None and not spec.cache_none:
             stats.refreshes_succeeded += 1
