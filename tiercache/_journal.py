@@ -37,6 +37,7 @@ GROUP: Final = "flushers"
 MAX_CLAIM: Final = 500  # entries claimed or read per call
 ACK_CHUNK: Final = 1000
 ENVELOPE: Final = 4096  # bytes a journal entry may add around its value
+JOURNAL_TIMEOUT: Final = 5.0  # seconds a journal call may take at least
 
 # Create the group on first use (a flushed Redis too), append, deliver to ourselves.
 # Returns {ids, {foreign id, payload, ...}}: foreign = undelivered entries of others.
@@ -100,6 +101,11 @@ class Journal:
         self.hb_prefix = store_key(namespace, store, "hb:")
         limit = getattr(tier, "max_value_bytes", None)
         self.max_entry = (limit or 64 * 1024 * 1024) + ENVELOPE
+        # Durability over latency: the tier's timeouts are tuned for cache reads (a miss is
+        # cheap); a journal append that times out fails a put, so it gets more time.
+        self.timeout = max(JOURNAL_TIMEOUT, 4 * (tier.connect_timeout + tier.socket_timeout))
+        self._sync: Any = None
+        self._sync_lock = threading.Lock()
 
     # ------------------------------------------------------------------ encoding
 
@@ -254,11 +260,9 @@ class Journal:
 
     # ------------------------------------------------------------------ runners
 
-    async def run_async(self, plan: Any, budget: float | None = None) -> Any:
-        tier = self.tier
-        limit = budget or (tier.connect_timeout + tier.socket_timeout) * 4
-        async with asyncio.timeout(limit):
-            client = await tier._client()
+    async def run_async(self, plan: Any) -> Any:
+        async with asyncio.timeout(self.timeout):
+            client = await self.tier._client()
             steps = plan(client)
             value: Any = None
             while True:
@@ -268,8 +272,29 @@ class Journal:
                     return stop.value
                 value = await step
 
-    def run_sync(self, plan: Any, budget: float | None = None) -> Any:
-        steps = plan(self.tier._client_sync())
+    def _client_sync(self) -> Any:
+        """Our own sync client on the tier's connection spec, with the journal's timeout
+        (the tier's sync client carries its short per-socket timeout)."""
+        if self._sync is None:
+            with self._sync_lock:
+                if self._sync is None:
+                    from tiercache.tiers._redis_conn import make_sync_client
+
+                    tier = self.tier
+                    tier._client_sync()  # detects cluster vs single server once
+                    self._sync = make_sync_client(
+                        tier._spec, bool(tier.cluster), self.timeout,
+                        max(tier.connect_timeout, 1.0), 16)
+        return self._sync
+
+    def close(self) -> None:
+        with self._sync_lock:
+            client, self._sync = self._sync, None
+        if client is not None:
+            client.close()
+
+    def run_sync(self, plan: Any) -> Any:
+        steps = plan(self._client_sync())
         value: Any = None
         while True:
             try:

@@ -442,6 +442,7 @@ class WriteBehindEngine:
                 await task
         elif self._thread is not None:
             await asyncio.to_thread(self._thread.join, 30)
+        self.journal.close()
 
     def close(self) -> None:
         drive_sync(self.flush_flow(None))
@@ -449,6 +450,7 @@ class WriteBehindEngine:
         self.queue.signal.notify()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(30)
+        self.journal.close()
 
     # ------------------------------------------------------------------ dead letters
 

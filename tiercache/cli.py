@@ -1,4 +1,4 @@
-"""The ``tiercache`` command: ``bench``, ``local up|down``, ``rebalance``."""
+"""The ``tiercache`` command: ``bench``, ``local up|down``, ``rebalance``, ``store``."""
 
 from __future__ import annotations
 
@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tiercache._rebalance_cli import add_parser as add_rebalance_parser
 
     add_rebalance_parser(commands)
+    from tiercache._store_cli import add_parser as add_store_parser
+
+    add_store_parser(commands)
     return parser
 
 
@@ -109,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tiercache._rebalance_cli import main_args
 
         return main_args(args)
+    if args.command == "store":
+        from tiercache._store_cli import main_args as store_main
+
+        return store_main(args)
     raise AssertionError(args.command)  # argparse enforces the choices
 
 
