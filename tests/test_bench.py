@@ -15,7 +15,7 @@ from tiercache.cli import main
 
 def test_discover_finds_every_suite() -> None:
     suites = discover()
-    assert {"ring", "stack", "pool", "cache"} <= set(suites)
+    assert {"ring", "stack", "pool", "l1", "l2"} <= set(suites)
     assert suites["ring"].needs == frozenset()
     assert suites["stack"].needs == {"redis", "pg"}
 

@@ -50,6 +50,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="exit 1 when a measurement misses its target")
     bench.add_argument("--pg-dsn", action="append", metavar="NAME=DSN",
                        help="use these Postgres shards instead of a LocalStack (repeatable)")
+    bench.add_argument("--out", metavar="DIR",
+                       help="write DIR/results.json and the PNG charts to DIR "
+                            "(make bench: bench-results/)")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=False,
+                                          metavar="{compare,plot}")
+    compare = bench_commands.add_parser(
+        "compare", help="per-row change between two --json runs, regressions first",
+        description="Compare two `tiercache bench --json` files row by row (matched by suite "
+                    "and measurement). A change within the noise band (the larger of --noise "
+                    "and the spread between rounds) is 'same'; regressions are listed first.")
+    compare.add_argument("a", metavar="A.json", help="the earlier run (the baseline)")
+    compare.add_argument("b", metavar="B.json", help="the later run")
+    compare.add_argument("--noise", type=float, default=5.0, metavar="PCT",
+                         help="smallest change reported as a change, in %% (default: 5)")
+    compare.add_argument("--strict", action="store_true", help="exit 1 when a row regressed")
+    plot = bench_commands.add_parser("plot", help="redraw the PNG charts of a --json file")
+    plot.add_argument("results", metavar="RESULTS.json")
+    plot.add_argument("directory", metavar="DIR")
 
     local = commands.add_parser("local", help="local Redis Cluster + Postgres shards")
     local_commands = local.add_subparsers(dest="local_command", required=True)

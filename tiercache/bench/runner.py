@@ -1,47 +1,36 @@
 """``tiercache bench``: pick suites, provide servers, show progress, print and save results.
 
 With no ``--redis-url`` / ``--pg-dsn`` the runner starts a :class:`~tiercache.local.LocalStack`
-for the suites that need servers, and stops it at the end. Exit status: 0 when every
-suite ran (a missed target is reported, not fatal, unless ``--strict``), 1 with ``--strict``
-and a missed target, 2 when a suite failed (wrong results, servers unusable).
+for the suites that need servers, and stops it at the end. It prints one table per suite and
+a closing SUMMARY (always). ``--out DIR`` writes ``DIR/results.json`` and the PNG charts
+(``make bench`` uses ``bench-results/``). Exit status: 0 when every suite ran (a missed target
+is reported, not fatal, unless ``--strict``), 1 with ``--strict`` and a missed target, 2 when
+a suite failed (wrong results, servers unusable).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tiercache._impl import implementation
 from tiercache.bench import base
-from tiercache.bench.plots import strip_samples
-from tiercache.bench.registry import Suite, discover
+from tiercache.bench.machine import LoadSampler, git_revision, machine_info, versions
+from tiercache.bench.registry import Suite, discover, select
+from tiercache.bench.report import build_payload, print_tables, summarize_run, summary_panel
 
-__all__ = ["run_cli", "run_suites"]
-
-
-def _select(names: list[str] | None, suites: dict[str, Suite]) -> list[Suite]:
-    if not names:
-        return list(suites.values())
-    unknown = [n for n in names if n not in suites]
-    if unknown:
-        raise SystemExit(
-            f"tiercache bench: unknown suite(s) {', '.join(unknown)}; "
-            f"available: {', '.join(suites)}"
-        )
-    return [suites[n] for n in names]
+__all__ = ["RunResult", "run_cli", "run_suites"]
 
 
 def _parse_dsns(items: list[str] | None) -> dict[str, str]:
@@ -82,27 +71,29 @@ def _servers(ctx: base.BenchContext, needs: set[str], console: Console) -> Itera
         stack.stop()
 
 
-def _machine() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "implementation": implementation(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
+class RunResult:
+    """Rows, charts, failures and durations of each suite that ran."""
+
+    def __init__(self) -> None:
+        self.results: dict[str, list[base.Row]] = {}
+        self.charts: dict[str, list[dict[str, Any]]] = {}
+        self.failures: dict[str, str] = {}
+        self.durations: dict[str, float] = {}
+
+    # ``results, failures = run_suites(...)`` keeps working
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.results, self.failures))
 
 
-def run_suites(
-    suites: list[Suite], ctx: base.BenchContext, console: Console
-) -> tuple[dict[str, list[base.Row]], dict[str, str]]:
+def run_suites(suites: list[Suite], ctx: base.BenchContext, console: Console) -> RunResult:
     """Run each suite in its own event loop; a failing suite does not stop the others."""
-    results: dict[str, list[base.Row]] = {}
-    failures: dict[str, str] = {}
+    out = RunResult()
     columns = (
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=True) as progress:
+        overall = progress.add_task("[bold]bench", total=len(suites))
 
         def new_progress(description: str, total: float) -> base.Progress:
             task = progress.add_task(description, total=total)
@@ -110,70 +101,103 @@ def run_suites(
 
         ctx.new_progress = new_progress
         for suite in suites:
+            progress.update(overall, description=f"[bold]bench: {suite.name}")
             started = time.perf_counter()
+            ctx.take_charts()
             try:
-                results[suite.name] = asyncio.run(suite.run(ctx))
+                out.results[suite.name] = asyncio.run(suite.run(ctx))
             except Exception as exc:  # a suite's failure is reported, the run goes on
-                failures[suite.name] = f"{type(exc).__name__}: {exc}"
-                console.log(f"[red]suite {suite.name} failed:[/] {failures[suite.name]}")
+                out.failures[suite.name] = f"{type(exc).__name__}: {exc}"
+                console.log(f"[red]suite {suite.name} failed:[/] {out.failures[suite.name]}")
             else:
                 console.log(f"suite {suite.name} done in {time.perf_counter() - started:.1f} s")
-    return results, failures
+            out.charts[suite.name] = ctx.take_charts()
+            out.durations[suite.name] = round(time.perf_counter() - started, 2)
+            progress.advance(overall)
+    return out
 
 
-def _table(results: dict[str, list[base.Row]]) -> Table:
-    table = Table(title="tiercache bench", show_lines=False)
-    for column in ("suite", "measurement", "result", "target", ""):
-        table.add_column(column, overflow="fold")
-    for suite, rows in results.items():
-        for row in rows:
-            ok = row.get("ok")
-            mark = "[green]OK[/]" if ok else "[red]MISS[/]" if ok is False else "[dim]info[/]"
-            table.add_row(suite, row["name"], row["summary"], row.get("target") or "", mark)
-    return table
+def _list(console: Console) -> int:
+    table = Table(title="benchmark suites")
+    for column in ("suite", "needs", "default", "what it measures"):
+        table.add_column(column)
+    for suite in discover().values():
+        table.add_row(suite.name, ", ".join(sorted(suite.needs)) or "-",
+                      "yes" if suite.default else "no", suite.description)
+    for name in select(None).not_built:
+        table.add_row(f"[dim]{name}[/]", "", "", "[dim]not built yet[/]")
+    console.print(table)
+    return 0
+
+
+def _outputs(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    json_path, plot_dir = args.json, getattr(args, "plot", None)
+    out = getattr(args, "out", None)
+    if out:
+        json_path = json_path or str(Path(out) / "results.json")
+        plot_dir = plot_dir or out
+    return json_path, plot_dir
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    console = Console(stderr=False)
-    suites = discover()
-    if args.list:
-        table = Table(title="benchmark suites")
-        for column in ("suite", "needs", "what it measures"):
-            table.add_column(column)
-        for suite in suites.values():
-            table.add_row(suite.name, ", ".join(sorted(suite.needs)) or "-", suite.description)
-        console.print(table)
+    command = getattr(args, "bench_command", None)
+    if command == "compare":
+        from tiercache.bench.compare import main as compare_main
+
+        return compare_main(args.a, args.b, noise=args.noise / 100, strict=args.strict)
+    console = Console(stderr=False, width=None if sys.stdout.isatty() else 150)
+    if command == "plot":
+        from tiercache.bench.plots import plot_payload
+
+        payload = json.loads(Path(args.results).read_text(encoding="utf-8"))
+        for path in plot_payload(payload, args.directory):
+            console.print(f"plot written to {path}")
         return 0
-    selected = _select(args.suite, suites)
+    if args.list:
+        return _list(console)
+    selection = select(args.suite)
     ctx = base.BenchContext(
         quick=args.quick, redis_url=args.redis_url, pg_dsns=_parse_dsns(args.pg_dsn)
     )
-    console.log(f"tiercache bench: {', '.join(s.name for s in selected)} "
-                f"({implementation()} implementation{', quick' if args.quick else ''})")
-    needs = set().union(*(s.needs for s in selected))
-    with _servers(ctx, needs, console):
-        results, failures = run_suites(selected, ctx, console)
-    console.print(_table(results))
-    for name, message in failures.items():
-        console.print(f"[red]suite {name} FAILED[/]: {message}")
-    if getattr(args, "plot", None):
+    json_path, plot_dir = _outputs(args)
+    names = ", ".join(s.name for s in selection.suites) or "nothing"
+    console.log(f"tiercache bench: {names} ({implementation()} implementation"
+                f"{', quick' if args.quick else ''})")
+    needs = set().union(*(s.needs for s in selection.suites))
+    machine = machine_info()
+    started = time.time()
+    with LoadSampler() as load, _servers(ctx, needs, console):
+        run = run_suites(selection.suites, ctx, console)
+    print_tables(console, run.results)
+    summary = summarize_run(run.results, run.failures, selection.not_built, load.report())
+    written: list[str] = []
+    if plot_dir:
         try:
-            from tiercache.bench.plots import plot_results
+            from tiercache.bench.plots import plot_charts
 
-            for path in plot_results(results, args.plot):
-                console.log(f"plot written to {path}")
+            written += [str(p) for p in plot_charts(run.results, run.charts, plot_dir)]
         except ImportError:
             console.print("[yellow]--plot needs matplotlib: pip install 'tiercache[plots]'[/]")
-    if args.json:
-        payload = {"machine": _machine(), "results": strip_samples(results),
-                   "failures": failures}
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, default=str)
-        console.log(f"results written to {args.json}")
-    if failures:
+    if json_path:
+        payload = build_payload(
+            machine=machine, versions=versions(), git=git_revision(),
+            run={"suites": [s.name for s in selection.suites], "quick": args.quick,
+                 "argv": sys.argv[1:], "started": started,
+                 "duration_s": round(time.time() - started, 1), "load": load.report()},
+            results=run.results, charts=run.charts, failures=run.failures,
+            durations=run.durations, summary=summary)
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
+        written.insert(0, json_path)
+    console.print(summary_panel(summary))
+    if json_path:
+        console.print(f"results: {json_path}")
+    if plot_dir:
+        console.print(f"charts: {len(written) - bool(json_path)} PNG file(s) in {plot_dir}/")
+    console.print(f"bench took {time.time() - started:.0f} s")
+    if run.failures:
         return 2
-    missed = [r for rows in results.values() for r in rows if r.get("ok") is False]
-    return 1 if missed and getattr(args, "strict", False) else 0
+    return 1 if summary["totals"]["missed"] and getattr(args, "strict", False) else 0
 
 
 if __name__ == "__main__":  # python -m tiercache.bench.runner == tiercache bench

@@ -1,4 +1,4 @@
-"""L2 figures of the ``cache`` suite: RedisTier vs raw redis-py on the same server.
+"""Paired rounds for the ``l2`` suite: RedisTier vs raw redis-py on the same server.
 
 Fairness: both sides read the *same keys holding the same bytes* (the tier's envelopes), on
 the same cluster, with hiredis and pooled connections. The raw side is redis-py as a user
@@ -12,37 +12,30 @@ the median over rounds of the per-round ratio of mean call times.
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import redis
-import redis.asyncio
-import redis.asyncio.cluster
-import redis.cluster
+from tiercache.bench.base import Row
 
-from tiercache.bench.base import Row, SuiteError
-from tiercache.codec import unpack_entry
-from tiercache.tiers.base import MISSING
-from tiercache.tiers.redis import RedisTier
-
-__all__ = ["GET_MANY_MAX_RATIO", "GET_MAX_RATIO", "measure_l2"]
+__all__ = ["GET_MANY_MAX_RATIO", "GET_MAX_RATIO", "PREFIX", "paired_row", "rounds_async",
+           "rounds_sync", "value"]
 
 GET_MAX_RATIO = 1.2
 GET_MANY_MAX_RATIO = 1.3
 PREFIX = "tcbench:l2:"
 
 
-def _value(i: int) -> dict[str, Any]:
+def value(i: int) -> dict[str, Any]:
     """A typical cached row: a user record of ~100 bytes."""
     return {"id": i, "name": f"user-{i}", "email": f"user{i}@example.com", "active": True,
             "score": i * 1.5}
 
 
-def _row(name: str, baseline: str, ours: list[float], raw: list[float], max_ratio: float,
-         batch: int) -> Row:
+def paired_row(name: str, baseline: str, ours: list[float], raw: list[float], max_ratio: float,
+               batch: int) -> Row:
+    """Judged on the median of per-round ratios; rounds (seconds per call) kept in ns."""
     paired = statistics.median(a / b for a, b in zip(ours, raw, strict=True))
     ours_us, raw_us = statistics.median(ours) * 1e6, statistics.median(raw) * 1e6
     return {
@@ -51,16 +44,21 @@ def _row(name: str, baseline: str, ours: list[float], raw: list[float], max_rati
                    f"(median of {len(ours)} paired rounds)",
         "target": f"<= {max_ratio:g}x {baseline}",
         "ok": paired <= max_ratio,
+        "value": paired, "unit": "x", "better": "lower",
+        "rounds": {"tiercache": [a * 1e9 for a in ours], baseline: [b * 1e9 for b in raw]},
         "data": {"ratio": paired, "ours_median_us": ours_us, "raw_median_us": raw_us,
+                 "ours_ns": ours_us * 1e3, "theirs_ns": raw_us * 1e3,
                  "ratio_of_minima": min(ours) / min(raw), "rounds": len(ours),
                  "calls_per_round": batch},
     }
 
 
-async def _rounds_async(ours: Callable[[], Awaitable[Any]], raw: Callable[[], Awaitable[Any]],
-                        rounds: int, pairs: int) -> tuple[list[float], list[float]]:
+async def rounds_async(ours: Callable[[], Awaitable[Any]], raw: Callable[[], Awaitable[Any]],
+                        rounds: int, pairs: int, calls: dict[str, list[float]] | None = None
+                        ) -> tuple[list[float], list[float]]:
     """Per round: ``pairs`` calls of each, alternating call by call (AB, BA, AB, ...) so both
-    sides see the same background load; returns per-round mean seconds per call."""
+    sides see the same background load; returns per-round mean seconds per call. ``calls``
+    (optional) receives every call's seconds under ``"ours"`` / ``"raw"`` (for CDFs)."""
     for _ in range(pairs):  # warm both connection pools
         await ours()
         await raw()
@@ -76,20 +74,21 @@ async def _rounds_async(ours: Callable[[], Awaitable[Any]], raw: Callable[[], Aw
             t1 = clock()
             await second()
             t2 = clock()
-            if first is ours:
-                ta += t1 - t0
-                tb += t2 - t1
-            else:
-                tb += t1 - t0
-                ta += t2 - t1
+            da, db = (t1 - t0, t2 - t1) if first is ours else (t2 - t1, t1 - t0)
+            ta += da
+            tb += db
+            if calls is not None:
+                calls["ours"].append(da)
+                calls["raw"].append(db)
         a.append(ta / pairs)
         b.append(tb / pairs)
     return a, b
 
 
-def _rounds_sync(ours: Callable[[], Any], raw: Callable[[], Any], rounds: int,
-                 pairs: int) -> tuple[list[float], list[float]]:
-    """The blocking twin of :func:`_rounds_async`."""
+def rounds_sync(ours: Callable[[], Any], raw: Callable[[], Any], rounds: int,
+                 pairs: int, calls: dict[str, list[float]] | None = None
+                 ) -> tuple[list[float], list[float]]:
+    """The blocking twin of :func:`rounds_async`."""
     for _ in range(pairs):
         ours()
         raw()
@@ -105,69 +104,12 @@ def _rounds_sync(ours: Callable[[], Any], raw: Callable[[], Any], rounds: int,
             t1 = clock()
             second()
             t2 = clock()
-            if first is ours:
-                ta += t1 - t0
-                tb += t2 - t1
-            else:
-                tb += t1 - t0
-                ta += t2 - t1
+            da, db = (t1 - t0, t2 - t1) if first is ours else (t2 - t1, t1 - t0)
+            ta += da
+            tb += db
+            if calls is not None:
+                calls["ours"].append(da)
+                calls["raw"].append(db)
         a.append(ta / pairs)
         b.append(tb / pairs)
     return a, b
-
-
-async def measure_l2(url: str, *, quick: bool = False) -> list[Row]:
-    """Rows for L2 get and get_many(100), async and sync, against raw redis-py."""
-    tier = RedisTier(url, ttl=600)
-    await tier.ping()  # connects and detects cluster vs single server
-    cluster = bool(tier.cluster)
-    raw_a: Any = (redis.asyncio.cluster.RedisCluster if cluster else redis.asyncio.Redis
-                  ).from_url(url)
-    raw_s: Any = (redis.cluster.RedisCluster if cluster else redis.Redis).from_url(url)
-    key = PREFIX + "get"
-    many = [f"{PREFIX}many:{i}" for i in range(100)]
-    mget_raw_a = raw_a.mget_nonatomic if cluster else raw_a.mget
-    mget_raw_s = raw_s.mget_nonatomic if cluster else raw_s.mget
-    base = "RedisCluster" if cluster else "Redis"
-    rounds, batch, batch_many = (15, 40, 6) if quick else (60, 100, 10)
-    try:
-        await tier.set(key, _value(7))
-        await tier.set_many({k: _value(i) for i, k in enumerate(many)})
-        expected = {k: _value(i) for i, k in enumerate(many)}
-        if await tier.get(key) != _value(7) or await tier.get_many(many) != expected:
-            raise SuiteError("RedisTier read back wrong values")
-        raw_one = await raw_a.get(key)
-        raw_many = await mget_raw_a(many)
-        if unpack_entry(raw_one).value != _value(7) or any(r is None for r in raw_many):
-            raise SuiteError("raw redis-py read back wrong bytes")
-        if tier.get_sync(key) == MISSING or len(tier.get_many_sync(many)) != 100:
-            raise SuiteError("RedisTier sync twins read back wrong values")
-        if tier.stats()["errors"]:
-            raise SuiteError(f"RedisTier reported errors: {tier.stats()['errors_by_op']}")
-
-        rows = []
-        a, b = await _rounds_async(lambda: tier.get(key), lambda: raw_a.get(key), rounds, batch)
-        rows.append(_row("L2 get vs raw redis-py (async)", f"{base}.get", a, b,
-                         GET_MAX_RATIO, batch))
-        a, b = await _rounds_async(lambda: tier.get_many(many), lambda: mget_raw_a(many),
-                                   rounds, batch_many)
-        rows.append(_row("L2 get_many(100) vs raw redis-py (async)",
-                         f"{base}.{'mget_nonatomic' if cluster else 'mget'}", a, b,
-                         GET_MANY_MAX_RATIO, batch_many))
-        a, b = await asyncio.to_thread(_rounds_sync, lambda: tier.get_sync(key),
-                                       lambda: raw_s.get(key), rounds, batch)
-        rows.append(_row("L2 get vs raw redis-py (sync)", f"{base}.get", a, b,
-                         GET_MAX_RATIO, batch))
-        a, b = await asyncio.to_thread(_rounds_sync, lambda: tier.get_many_sync(many),
-                                       lambda: mget_raw_s(many), rounds, batch_many)
-        rows.append(_row("L2 get_many(100) vs raw redis-py (sync)",
-                         f"{base}.{'mget_nonatomic' if cluster else 'mget'}", a, b,
-                         GET_MANY_MAX_RATIO, batch_many))
-        if tier.stats()["errors"]:
-            raise SuiteError(f"RedisTier errors while timing: {tier.stats()['errors_by_op']}")
-        return rows
-    finally:
-        await tier.delete_pattern(PREFIX + "*")
-        await tier.close()
-        await raw_a.aclose()
-        raw_s.close()
