@@ -13,7 +13,7 @@ from tiercache.sharding._rebalance_journal import read_progress
 from tiercache.sharding._rebalance_move import TableMover
 from tiercache.sharding._rebalance_plan import ring_from_spec
 from tiercache.sharding._rebalance_schema import RebalanceError
-from tiercache.sharding._rebalance_sql import SCHEMA, drop_capture_ddl, multirange
+from tiercache.sharding._rebalance_sql import SCHEMA, drop_capture_ddl
 
 if TYPE_CHECKING:
     from tiercache.sharding._rebalance_flow import Flow
@@ -33,6 +33,7 @@ async def abort(flow: Flow, phase: str) -> None:
                 for stmt in drop_capture_ddl(table, keep_guard=False):
                     await c.execute(stmt)
             await c.execute(f"DELETE FROM {SCHEMA}.arcs WHERE job = $1", flow.plan.job)
+    await flow.drop_indexes()
     for _table, move, mover in flow.movers():
         async with flow.conn(move.target) as dst:
             async for _n in mover.delete_in(dst, mover.arcs, 50_000):
@@ -55,7 +56,7 @@ async def verify_standalone(flow: Flow) -> VerifyReport:
             foreign = [(lo, hi) for lo, hi, owner in new.arcs() if owner != shard]
             async with flow.conn(shard) as c:
                 for table, info in flow.infos.items():
-                    m = TableMover(info, multirange(foreign), [])
+                    m = TableMover(info, foreign)
                     n, _ = await m.count_in(c, m.arcs)
                     report.checked_rows += await c.fetchval(f"SELECT count(*) FROM {m.table}")
                     if n:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from tiercache.sharding._rebalance_journal import (
@@ -23,7 +23,13 @@ from tiercache.sharding._rebalance_journal import (
     write_progress,
     write_topology,
 )
-from tiercache.sharding._rebalance_move import ArcDiff, TableMover
+from tiercache.sharding._rebalance_move import (
+    RING,
+    SESSION_TEXT,
+    ArcDiff,
+    TableMover,
+    arc_batches,
+)
 from tiercache.sharding._rebalance_plan import Move, Plan, ring_from_spec
 from tiercache.sharding._rebalance_progress import Progress, make_progress
 from tiercache.sharding._rebalance_schema import (
@@ -41,6 +47,8 @@ from tiercache.sharding._rebalance_sql import (
     capture_ddl,
     drop_capture_ddl,
     fence_lock_key,
+    hash_index,
+    hash_index_ddl,
     multirange,
 )
 
@@ -70,6 +78,8 @@ class Flow:
         self.infos: dict[str, TableInfo] = {}
         self._held: dict[str, Any] = {}
         self._fence: dict[str, Any] = {}
+        self._pair: dict[tuple[str, str], Any] = {}  # (source, target) -> a target connection
+        self._movers: tuple[dict[str, TableInfo], list[tuple[str, Move, TableMover]]] | None = None
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -91,28 +101,41 @@ class Flow:
 
         Writers to moving keys wait inside their transactions during the fence, holding
         their pool connections; a rebalancer that then asked the same pools for one more
-        connection could wait for ever.  So it never asks mid-job: one connection per
-        involved shard, plus one per source for the fence lock.
+        connection could wait for ever.  So it never asks mid-fence: one connection per
+        involved shard, one per source for the fence lock, and one per move on its target
+        (the sources settle their moves in parallel).  They are the rebalancer's sessions:
+        its writes pass the capture triggers, and text forms are fixed for checksums
+        (asyncpg resets session settings when a connection goes back to its pool).
         """
         async with contextlib.AsyncExitStack() as stack:
-            for shard in sorted(set(self.plan.sources()) | set(self.plan.targets())):
-                self._held[shard] = await stack.enter_async_context(self.rb._conn(shard))
-            for source in self.plan.sources():
-                self._fence[source] = await stack.enter_async_context(self.rb._conn(source))
+
+            async def take(shard: str) -> Any:
+                conn = await stack.enter_async_context(self.rb._conn(shard))
+                await conn.execute(f"SET tiercache.rebalancer = 'on'; {SESSION_TEXT}")
+                return conn
+
+            sources = self.plan.sources()
+            for source in sources:
+                self._held[source] = await take(source)
+                self._fence[source] = await take(source)
+            for move in self.plan.moves:
+                conn = self._pair[(move.source, move.target)] = await take(move.target)
+                if move.target not in sources:  # a pure target: its first pair conn serves
+                    self._held.setdefault(move.target, conn)
             try:
                 yield
             finally:
                 self._held.clear()
                 self._fence.clear()
+                self._pair.clear()
 
     def movers(self) -> list[tuple[str, Move, TableMover]]:
-        out = []
-        for table in self.plan.tables:
-            for move in self.plan.moves:
-                lows = [lo for lo, _ in move.arcs]
-                out.append((table, move, TableMover(self.infos[table], multirange(move.arcs),
-                                                    lows)))
-        return out
+        """(table, move, its mover) for every table and move; built once per table info."""
+        if self._movers is None or self._movers[0] is not self.infos:
+            self._movers = (self.infos, [
+                (table, move, TableMover(self.infos[table], move.arcs))
+                for table in self.plan.tables for move in self.plan.moves])
+        return self._movers[1]
 
     async def lock(self, conn: Any) -> None:
         """The one-rebalance-at-a-time lock.  Waits a little: the session of a process that
@@ -161,6 +184,8 @@ class Flow:
         if phase == "preparing":
             await self.prepare()
             phase = await self.advance("copying", "prepared")
+        if phase in ("copying", "catching_up", "flipping", "flipped"):
+            await self.ensure_indexes()  # built in prepare; rebuilt if a crash broke one
         if phase == "copying":
             await self.copy_all()
             phase = await self.advance("catching_up", "copied")
@@ -246,26 +271,66 @@ class Flow:
                                             info.key_type, source):
                         await c.execute(stmt)
 
+    async def ensure_indexes(self) -> None:
+        """The hash-expression index on every source table (see ``_rebalance_move``).
+
+        ``CREATE INDEX CONCURRENTLY``: writers keep writing while it builds.  An invalid one
+        (a build interrupted by a crash) is dropped and rebuilt.  One build at a time per
+        source database (two concurrent builds in one database wait for each other), the
+        sources in parallel.
+        """
+        started = time.perf_counter()
+
+        async def one(source: str) -> None:
+            async with self.conn(source) as c:
+                for table, info in self.infos.items():
+                    name, qualified_name = hash_index(table)
+                    valid = await c.fetchval(
+                        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = "
+                        "i.indexrelid WHERE i.indrelid = to_regclass($1) AND c.relname = $2",
+                        TableMover.quote(table), name)
+                    if valid:
+                        continue
+                    if valid is False:
+                        await c.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {qualified_name}")
+                    await c.execute(hash_index_ddl(table, info.key, info.key_type))
+                    await c.execute(f"ANALYZE {TableMover.quote(table)}")
+
+        await _gather(one(s) for s in self.plan.sources())
+        self.report.index_seconds += time.perf_counter() - started
+
+    async def drop_indexes(self) -> None:
+        for source in self.plan.sources():
+            async with self.conn(source) as c:
+                for table in self.plan.tables:
+                    await c.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {hash_index(table)[1]}")
+
     # -- copy --------------------------------------------------------------------------------
 
+    def by_source(self) -> list[list[tuple[str, Move, TableMover]]]:
+        """The movers grouped by source: groups run in parallel on the held connections
+        (a source's own connection, a target connection per move), a group's in order."""
+        groups: dict[str, list[tuple[str, Move, TableMover]]] = {}
+        for item in self.movers():
+            groups.setdefault(item[1].source, []).append(item)
+        return list(groups.values())
+
+    def pair(self, move: Move) -> tuple[Any, Any]:
+        return self._held[move.source], self._pair[(move.source, move.target)]
+
     async def copy_all(self) -> None:
-        """Copy every (table, source -> target), ``parallel`` at a time (each source shard
-        hashes its own rows, so moves from different sources use different servers)."""
+        """Copy every (table, source -> target), ``parallel`` sources at a time (each source
+        reads its own rows, so moves from different sources load different servers)."""
         started = time.perf_counter()
         gate = asyncio.Semaphore(self.parallel)
 
-        async def one(table: str, move: Move, mover: TableMover) -> None:
-            async with gate, self.rb._conn(move.source) as src, \
-                    self.rb._conn(move.target) as dst:
-                rows = await self.copy_move(table, move, mover, src, dst)
-            self.report.copied[table] = self.report.copied.get(table, 0) + rows
+        async def one(items: list[tuple[str, Move, TableMover]]) -> None:
+            async with gate:
+                for table, move, mover in items:
+                    rows = await self.copy_move(table, move, mover, *self.pair(move))
+                    self.report.copied[table] = self.report.copied.get(table, 0) + rows
 
-        try:
-            async with asyncio.TaskGroup() as group:
-                for table, move, mover in self.movers():
-                    group.create_task(one(table, move, mover))
-        except BaseExceptionGroup as group_error:  # callers see the failure itself
-            raise group_error.exceptions[0] from None
+        await _gather(one(group) for group in self.by_source())
         self.report.copy_seconds = time.perf_counter() - started
 
     async def copy_move(self, table: str, move: Move, mover: TableMover, src: Any, dst: Any
@@ -274,16 +339,17 @@ class Flow:
         tm = self.plan.table_move(table, move.source, move.target)
         label = f"{table} {move.source}->{move.target}"
         self.progress.start(label, tm.rows)
-        share = tm.rows / tm.source_rows if tm.source_rows else 1.0
-        step = max(self.batch_size, int(self.batch_size / max(share, 1e-3)))
+        # arc pieces of about batch_size rows: md5 spreads the source's rows evenly
+        width = int(self.batch_size * RING / max(tm.source_rows, 1))
         last, rows, done = await read_progress(dst, self.plan.job, table, move.source)
         self.progress.advance(label, rows)
-        while not done:
-            upto = await mover.next_bound(src, last, step)
-            record = _recorder(self.plan.job, table, move.source, upto, rows)
-            n = await mover.copy_batch(src, dst, last, upto, record)
+        if done:
+            return rows
+        start = int(last[0]) if last else 0
+        for pieces, end in arc_batches(mover.spans, start, width):
+            record = _recorder(self.plan.job, table, move.source, end, rows)
+            n = await mover.copy_arcs(src, dst, pieces, record)
             rows += n
-            last, done = upto, upto is None
             self.progress.advance(label, n)
             await self.hook("batch")
         return rows
@@ -309,134 +375,154 @@ class Flow:
                 break
         return backlog
 
-    async def diffs(self, name_keys: bool = False) -> list[tuple[int, str, Move, ArcDiff]]:
-        """Arcs whose rows differ, per mover index (with every differing key if asked)."""
+    async def diffs(self) -> list[tuple[int, str, Move, ArcDiff]]:
+        """Arcs whose rows differ in a way no pending change explains, per mover index.
+
+        Sources first, in parallel: per-arc sums through the hash index, leaving out the
+        keys with a pending capture read in the same snapshot (see ``source_sums``); then
+        each target once per table for all the moves into it, leaving out the same keys.
+        An arc that still differs is narrowed to its keys for the error message.
+        """
         movers = self.movers()
-        gate = asyncio.Semaphore(self.parallel)
-        # each target is scanned once per table for every move into it (not once per move)
-        into: dict[tuple[str, str], list[int]] = {}
+        index = {id(m): i for i, (_t, _mv, m) in enumerate(movers)}
+        src: dict[int, tuple[dict[int, tuple[int, int]], list[Any]]] = {}
+
+        async def source(items: list[tuple[str, Move, TableMover]]) -> None:
+            for _table, move, mover in items:
+                src[index[id(mover)]] = await mover.source_sums(self._held[move.source],
+                                                                move.target)
+
+        await _gather(source(g) for g in self.by_source())
+        into: dict[str, dict[str, list[int]]] = {}  # target -> table -> mover indexes
         for i, (table, move, _m) in enumerate(movers):
-            into.setdefault((table, move.target), []).append(i)
+            into.setdefault(move.target, {}).setdefault(table, []).append(i)
+        dst: dict[tuple[str, str], dict[int, tuple[int, int]]] = {}
 
-        async def sums(shard: str, mover: TableMover) -> dict[int, tuple[int, int]]:
-            async with gate, self.rb._conn(shard) as conn:
-                return await mover.sums_by_lo(conn)
+        async def target(shard: str, tables: dict[str, list[int]]) -> None:
+            conn = self._pair[(movers[next(iter(tables.values()))[0]][1].source, shard)]
+            for table, idxs in tables.items():  # each target table once for all its moves
+                arcs = sorted(a for i in idxs for a in movers[i][1].arcs)
+                exclude = [k for i in idxs for k in src[i][1]]
+                dst[(table, shard)] = await TableMover(self.infos[table], arcs).target_sums(
+                    conn, exclude)
 
-        def combined(table: str, idxs: list[int]) -> TableMover:
-            arcs = sorted(a for i in idxs for a in movers[i][1].arcs)
-            return TableMover(self.infos[table], multirange(arcs), [lo for lo, _ in arcs])
-
-        async with asyncio.TaskGroup() as group:
-            src_tasks = [group.create_task(sums(move.source, mover))
-                         for _t, move, mover in movers]
-            dst_tasks = {k: group.create_task(sums(k[1], combined(k[0], idxs)))
-                         for k, idxs in into.items()}
+        await _gather(target(shard, tables) for shard, tables in into.items())
         out = []
         for i, (table, move, mover) in enumerate(movers):
-            b = dst_tasks[(table, move.target)].result()
-            async with self.conn(move.source) as src, self.conn(move.target) as dst:
-                for d in await mover.diff_arcs(src, dst, move.arcs, src_tasks[i].result(), b,
-                                               max_keys=None if name_keys else 20):
+            async with self.conn(move.source) as a, self.conn(move.target) as b:
+                for d in await mover.diff_arcs(a, b, move.arcs, src[i][0],
+                                               dst[(table, move.target)]):
                     out.append((i, table, move, d))
         return out
 
-
     async def converge_and_flip(self) -> None:
-        """Catch up, verify, fence, re-check what changed, flip.
+        """Catch up, verify, re-check what changed meanwhile, fence, flip.
 
-        Verification before the fence compares every arc; an arc that differs is narrowed
-        to the keys that differ, and each of those must be a captured change not yet applied
-        (a write racing the verification) -- anything else is corruption and refuses the
-        flip.  Inside the fence only keys are compared: every key applied by the final
-        catch-up, which includes each differing key and each key written since.  So the
-        fence lasts as long as the last backlog takes, not as long as a full verification.
+        Verification compares every arc but leaves out keys with a pending change (see
+        :meth:`diffs`): an arc that differs is corruption and refuses the flip.  The keys it
+        left out, and those written during it, are then caught up and compared key by key,
+        still outside the fence: a key that differs must have been written again since
+        (a capture is pending), else it is corruption too.  Inside the fence only the last
+        few changes are caught up and compared, so the fence lasts as long as the final
+        backlog takes, not as long as a verification.
         """
         from tiercache.sharding.rebalance import VerificationError
 
         await self.catch_up(MAX_ROUNDS)
         await self.hook("caught_up")
         t0 = time.perf_counter()
-        movers = self.movers()
-        unexplained: list[tuple[str, str, str, ArcDiff]] = []
-        pending: dict[int, set[Any]] = {}
-        for i, table, move, d in await self.diffs(name_keys=True):
-            if i not in pending:
-                async with self.conn(move.source) as src:
-                    pending[i] = await movers[i][2].pending_keys(src, move.target)
-            if not d.keys or any(k not in pending[i] for k in d.keys):
-                unexplained.append((table, move.source, move.target, d))
+        unexplained = [(t, m.source, m.target, d) for _i, t, m, d in await self.diffs()]
         self.report.verify_seconds = time.perf_counter() - t0
         if unexplained:
             raise VerificationError(_describe(unexplained), unexplained)
-        # What was written during the verification is applied now, outside the fence; the
-        # keys are remembered, because the fence must still compare them.
-        applied: list[set[Any]] = []
-        for _table, move, mover in movers:
-            async with self.conn(move.source) as src, self.conn(move.target) as dst:
-                n, keys = await mover.drain(src, dst, move.target, CATCH_UP_LIMIT)
-            self.report.caught_up += n
-            applied.append(keys)
+        await self.settle(fenced=False)
+        # 'flipping' (resume fences again and re-checks) before the fence: inside it only
+        # what must be -- the last changes, their check, and marking the arcs moved, after
+        # which the source triggers reject writes to moved keys.  The pool's ring swaps as
+        # the fence opens; the shared topology follows right after (a client that refreshes
+        # in between is rejected once more and retries).
+        await self.journal.set_phase(self.plan.job, "flipping")
+
+        async def mark_moved(source: str) -> None:
+            await self._held[source].execute(
+                f"UPDATE {SCHEMA}.arcs SET moved = true WHERE job = $1", self.plan.job)
+
         async with self.fence():
             await self.hook("fenced")
-            bad: list[tuple[str, str, str, ArcDiff]] = []
-            for i, (table, move, mover) in enumerate(movers):
-                async with self.conn(move.source) as src, self.conn(move.target) as dst:
-                    n, keys = await mover.drain(src, dst, move.target, CATCH_UP_LIMIT)
-                    self.report.caught_up += n
-                    wrong = await mover.compare_keys(src, dst, list(applied[i] | keys))
+            await self.settle(fenced=True)
+            await _gather(mark_moved(s) for s in self.plan.sources())
+            self.rb.pool.set_ring(ring_from_spec(self.plan.new_ring))
+
+        async def topology(shard: str) -> int:
+            async with self.conn(shard) as c:
+                return await write_topology(c, self.plan.new_ring, self.plan.job)
+
+        version = max(await _gather(topology(s) for s in self.ring_shards()))
+        self.report.topology_version = version
+        await self.journal.set_phase(self.plan.job, "flipped", topology_version=version)
+        await self.hook("flipped")
+
+    async def settle(self, fenced: bool) -> None:
+        """Catch up every move and compare the keys it re-synced, the sources in parallel.
+
+        Outside the fence a key that differs must have been written again since (a capture
+        is pending: the fence re-syncs and compares it); inside, every key must match.
+        """
+        from tiercache.sharding.rebalance import VerificationError
+
+        async def one(items: list[tuple[str, Move, TableMover]]) -> list[Any]:
+            bad = []
+            for table, move, mover in items:
+                src, dst = self.pair(move)
+                n, keys = await mover.drain(src, dst, move.target, CATCH_UP_LIMIT)
+                self.report.caught_up += n
+                wrong = await mover.compare_keys(src, dst, list(keys), session_ready=True)
+                if wrong and not fenced:
+                    rewritten = await mover.pending_keys(src, move.target)
+                    wrong = [k for k in wrong if k not in rewritten]
                 if wrong:
                     bad.append((table, move.source, move.target,
-                                ArcDiff(0, 2**32, (0, 0), (0, 0), wrong[:20])))
-            if bad:
-                raise VerificationError(_describe(bad), bad)
-            await self.journal.set_phase(self.plan.job, "flipping")
+                                ArcDiff(0, RING, (0, 0), (0, 0), wrong[:20])))
+            return bad
 
-            async def mark_moved(source: str) -> None:
-                async with self.conn(source) as c:
-                    await c.execute(f"UPDATE {SCHEMA}.arcs SET moved = true WHERE job = $1",
-                                    self.plan.job)
-
-            async def topology(shard: str) -> int:
-                async with self.conn(shard) as c:
-                    return await write_topology(c, self.plan.new_ring, self.plan.job)
-
-            await asyncio.gather(*(mark_moved(s) for s in self.plan.sources()))
-            version = max(await asyncio.gather(*(topology(s) for s in self.ring_shards())))
-            self.report.topology_version = version
-            await self.journal.set_phase(self.plan.job, "flipped", topology_version=version)
-            self.rb.pool.set_ring(ring_from_spec(self.plan.new_ring))
-        await self.hook("flipped")
+        bad = [b for found in await _gather(one(g) for g in self.by_source()) for b in found]
+        if bad:
+            raise VerificationError(_describe(bad), bad)
 
     @contextlib.asynccontextmanager
     async def fence(self) -> AsyncIterator[None]:
         """Hold every source's fence lock: writers to moving keys wait (their trigger takes
         the lock shared); in-flight writers finish first, so their captures are visible."""
-        async with contextlib.AsyncExitStack() as stack:
-            conns = []
-            started = time.perf_counter()  # writers to moving keys queue from the request on
-            for source in self.plan.sources():
-                c: Any = self._fence.get(source) or await stack.enter_async_context(
-                    self.rb._conn(source))
-                await c.execute(f"SET lock_timeout = {int(self.fence_timeout * 1000)}")
-                await c.execute("SELECT pg_advisory_lock($1)",
-                                fence_lock_key(self.plan.job, source))
-                conns.append((c, fence_lock_key(self.plan.job, source)))
-            try:
-                yield
-            finally:
-                for c, key in conns:
-                    with contextlib.suppress(Exception):
-                        await c.execute("SELECT pg_advisory_unlock($1)", key)
-                        await c.execute("RESET lock_timeout")
-                self.report.fence_ms = (time.perf_counter() - started) * 1000
+        timeout = int(self.fence_timeout * 1000)
+        locks = [(self._fence[s], fence_lock_key(self.plan.job, s)) for s in self.plan.sources()]
+        started = time.perf_counter()  # writers to moving keys queue from the request on
+        taken: list[tuple[Any, int]] = []
+
+        async def lock(conn: Any, key: int) -> None:
+            await conn.execute(f"SET lock_timeout = {timeout}; SELECT pg_advisory_lock({key})")
+            taken.append((conn, key))
+
+        try:
+            await _gather(lock(c, k) for c, k in locks)
+            yield
+        finally:
+            async def unlock(conn: Any, key: int) -> None:
+                with contextlib.suppress(Exception):
+                    await conn.execute(f"SELECT pg_advisory_unlock({key}); RESET lock_timeout")
+
+            await asyncio.gather(*(unlock(c, k) for c, k in taken))
+            self.report.fence_ms = (time.perf_counter() - started) * 1000
 
     # -- clean-up --------------------------------------------------------------------------
 
     async def cleanup(self) -> None:
         for table, move, mover in self.movers():
+            tm = self.plan.table_move(table, move.source, move.target)
+            width = int(4 * self.batch_size * RING / max(tm.source_rows, 1))
             async with self.conn(move.source) as src:
-                async for n in mover.delete_in(src, mover.arcs, self.batch_size * 4):
+                async for n in mover.delete_indexed(src, width):
                     self.report.deleted[table] = self.report.deleted.get(table, 0) + n
+        await self.drop_indexes()
         for source in self.plan.sources():
             async with self.conn(source) as c:
                 for table in self.plan.tables:
@@ -446,14 +532,29 @@ class Flow:
                     await c.execute(f"DELETE FROM {SCHEMA}.arcs WHERE job = $1", self.plan.job)
 
 
-def _recorder(job: str, table: str, source: str, upto: list[str] | None, before: int
+def _recorder(job: str, table: str, source: str, end: int, before: int
               ) -> Callable[[Any, int], Awaitable[None]]:
-    """The checkpoint write of one batch (runs inside the batch's target transaction)."""
+    """The checkpoint write of one batch (runs inside the batch's target transaction): the
+    hash position up to which the move's arcs are copied, and the rows so far."""
 
     async def record(conn: Any, n: int) -> None:
-        await write_progress(conn, job, table, source, upto, before + n, upto is None)
+        await write_progress(conn, job, table, source, [str(end)], before + n, end >= RING)
 
     return record
+
+
+async def _gather(aws: Iterable[Awaitable[Any]]) -> list[Any]:
+    """``asyncio.gather`` in a TaskGroup: one failure cancels the rest and is raised as is."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_as_coro(a)) for a in aws]
+    except BaseExceptionGroup as group_error:
+        raise group_error.exceptions[0] from None
+    return [t.result() for t in tasks]
+
+
+async def _as_coro(aw: Awaitable[Any]) -> Any:
+    return await aw
 
 
 def _describe(diffs: list[tuple[str, str, str, ArcDiff]]) -> str:

@@ -1,18 +1,23 @@
 """Moving the rows of one table from one source shard to one target: copy, catch up, verify.
 
-* **Copy** walks the source's primary key in steps found by an index-only scan (no hashing),
-  and pipes ``COPY (SELECT ... WHERE pk in step AND hash in moving arcs) TO STDOUT (binary)``
-  straight into ``COPY ... FROM STDIN (binary)`` on the target: rows are never decoded in
-  Python.  The target transaction that loads a batch also writes the batch's last key to the
-  progress table *on the target*, so a crash anywhere leaves either both or neither:
-  resume continues after the last committed batch, nothing is copied twice.
+* **Copy** reads only the moving rows: each source table gets a hash-expression index
+  (built ``CONCURRENTLY`` in prepare, dropped at clean-up), and a batch is a set of arc
+  pieces of about ``batch_size`` rows' worth of hash space, joined to the table through that
+  index.  ``COPY (SELECT ... ) TO STDOUT (binary)`` is piped straight into ``COPY ... FROM
+  STDIN (binary)`` on the target: rows are never decoded in Python.  The target transaction
+  that loads a batch also writes the batch's end position to the progress table *on the
+  target*, so a crash anywhere leaves either both or neither: resume continues after the
+  last committed batch, nothing is copied twice.  (``synchronous_commit`` is off for those
+  transactions: a server crash can lose only a tail of batches together with their
+  checkpoints, which resume then copies again.)
 * **Catch-up** re-syncs each key the capture trigger recorded: delete that key's rows on the
   target and copy the source's current rows of it, in one target transaction, then delete the
   processed capture rows on the source.  Re-syncing a key is idempotent, so a crash between
   the two steps only repeats work.
 * **Verify** compares, per moving arc, the row count and an order-independent checksum (sum of
-  the first 64 bits of md5 of each row's text) on both sides, server-side.  A differing arc
-  is narrowed to its keys (per-key checksums) so the error names them.
+  ``hash_record_extended`` of each row, or of md5 of its text) on both sides, server-side;
+  the source reads the arcs through the hash index, the target hashes its rows once.  A
+  differing arc is narrowed to its keys (per-key checksums) so the error names them.
 """
 
 from __future__ import annotations
@@ -20,20 +25,45 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from tiercache.sharding._rebalance_schema import TableInfo
 from tiercache.sharding._rebalance_sql import (
     capture_table,
+    fast_hash,
     hash_expr,
     ident,
     multirange,
     qualified,
 )
 
-__all__ = ["ArcDiff", "TableMover"]
+__all__ = ["RING", "SESSION_TEXT", "ArcDiff", "TableMover", "arc_batches"]
+
+RING = 2**32
+Spans = list[tuple[int, int]]
+
+
+def arc_batches(arcs: Spans, start: int, width: int) -> Iterator[tuple[Spans, int]]:
+    """Cut sorted disjoint ``arcs`` from hash position ``start`` into batches of about
+    ``width`` of hash space: yields ``(pieces, end)``, every arc part below ``end`` being in
+    this batch or an earlier one.  The last batch ends at ``RING`` (possibly with no pieces).
+    md5 spreads keys evenly, so equal widths hold about equal row counts."""
+    width = max(1, width)
+    pieces: Spans = []
+    acc = 0
+    for lo, hi in sorted(arcs):
+        lo = max(lo, start)
+        while lo < hi:
+            cut = min(hi, lo + width - acc)
+            pieces.append((lo, cut))
+            acc += cut - lo
+            lo = cut
+            if acc >= width:
+                yield pieces, cut
+                pieces, acc = [], 0
+    yield pieces, RING
 
 # Text forms the checksums read must not depend on session settings.
 _STABLE_TEXT = (
@@ -41,6 +71,7 @@ _STABLE_TEXT = (
     "SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 3; "
     "SET LOCAL bytea_output = 'hex'"
 )
+SESSION_TEXT = _STABLE_TEXT.replace("SET LOCAL", "SET")
 BYPASS = "SET LOCAL tiercache.rebalancer = 'on'"
 
 
@@ -62,14 +93,19 @@ def _pk_tuple(cols: Sequence[str]) -> str:
 class TableMover:
     """SQL for one table, one source -> target move (arcs fixed at construction)."""
 
-    def __init__(self, info: TableInfo, arcs_literal: str, lows: list[int]) -> None:
+    def __init__(self, info: TableInfo, spans: Spans) -> None:
         self.info = info
-        self.arcs = arcs_literal
-        self.lows = lows
+        self.spans = sorted(spans)
+        self.arcs = multirange(self.spans)
+        self.lows = [lo for lo, _ in self.spans]
         self.table = qualified(info.name)
         self.hash = hash_expr(ident(info.key), info.key_type)
+        # the same hash on the aliased table: matches the hash index's expression
+        self.hash_t = hash_expr("tc_t." + ident(info.key), info.key_type)
+        self.lateral, self.fast = fast_hash("tc_t." + ident(info.key), info.key_type)
         self.pk = _pk_tuple(info.pk)
         self.cols = info.column_list
+        self.cols_t = ", ".join("tc_t." + ident(c) for c, _ in info.columns)
 
     quote = staticmethod(qualified)
 
@@ -88,17 +124,12 @@ class TableMover:
             f"ORDER BY {self.pk} OFFSET $1 LIMIT 1", step - 1, *(after or []))
         return None if row is None else list(row[0])
 
-    def _batch_query(self, after: list[str] | None, upto: list[str] | None
-                     ) -> tuple[str, list[Any]]:
-        conds = [f"{self.hash} <@ (SELECT $1::text::int8multirange)"]
-        args: list[Any] = [self.arcs]
-        if after is not None:
-            conds.append(f"{self.pk} > {self._pk_params(len(args) + 1)}")
-            args += after
-        if upto is not None:
-            conds.append(f"{self.pk} <= {self._pk_params(len(args) + 1)}")
-            args += upto
-        return f"SELECT {self.cols} FROM {self.table} WHERE {' AND '.join(conds)}", args
+    def _arc_join(self, ordinality: bool = False) -> str:
+        """The arcs of one query as rows, joined to the table through the hash index."""
+        extra = " WITH ORDINALITY" if ordinality else ""
+        cols = "(lo, hi, i)" if ordinality else "(lo, hi)"
+        return (f"unnest($1::int8[], $2::int8[]){extra} AS tc_a{cols} JOIN {self.table} AS tc_t "
+                f"ON {self.hash_t} >= tc_a.lo AND {self.hash_t} < tc_a.hi")
 
     async def pipe(self, src: Any, dst: Any, query: str, args: list[Any]) -> int:
         """Binary COPY of ``query``'s rows from ``src`` into the table on ``dst``; row count."""
@@ -131,13 +162,14 @@ class TableMover:
         await producer  # surfaces a source-side failure (the target then rolled back)
         return int(status.split()[-1])
 
-    async def copy_batch(self, src: Any, dst: Any, after: list[str] | None,
-                         upto: list[str] | None, record: Callable[[Any, int], Any]) -> int:
-        """One batch in one target transaction, committed with its checkpoint (``record``)."""
-        query, args = self._batch_query(after, upto)
+    async def copy_arcs(self, src: Any, dst: Any, pieces: Spans,
+                        record: Callable[[Any, int], Any]) -> int:
+        """One batch (arc pieces) in one target transaction, committed with its checkpoint."""
+        query = f"SELECT {self.cols_t} FROM {self._arc_join()}"
+        args: list[Any] = [[lo for lo, _ in pieces], [hi for _, hi in pieces]]
         async with dst.transaction():
-            await dst.execute(BYPASS)
-            n = await self.pipe(src, dst, query, args)
+            await dst.execute(f"{BYPASS}; SET LOCAL synchronous_commit = off")
+            n = await self.pipe(src, dst, query, args) if pieces else 0
             await record(dst, n)
         return n
 
@@ -153,10 +185,8 @@ class TableMover:
             return 0, set()
         keys = list({r["k"] for r in rows if r["k"] is not None})
         await self.resync_keys(src, dst, keys)
-        async with src.transaction():
-            await src.execute(BYPASS)
-            await src.execute(f"DELETE FROM {cap} WHERE id = ANY($1::bigint[])",
-                              [r["id"] for r in rows])
+        await src.execute(f"DELETE FROM {cap} WHERE id = ANY($1::bigint[])",
+                          [r["id"] for r in rows])
         return len(rows), set(keys)
 
     async def drain(self, src: Any, dst: Any, target: str, limit: int) -> tuple[int, set[Any]]:
@@ -164,9 +194,9 @@ class TableMover:
         total, keys = 0, set[Any]()
         while True:
             n, more = await self.catch_up_once(src, dst, target, limit)
-            if not n:
-                return total, keys
             total, keys = total + n, keys | more
+            if n < limit:  # read to the end (new captures wait for the next drain)
+                return total, keys
 
     async def resync_keys(self, src: Any, dst: Any, keys: list[Any]) -> None:
         """Make the target's rows of ``keys`` equal to the source's current rows."""
@@ -199,42 +229,66 @@ class TableMover:
         """A row's 64-bit checksum: ``hash_record_extended`` (the type-level hashes hash
         partitioning relies on being stable, no text output) when every column type has one,
         else md5 of the row's text form."""
-        cols = ", ".join(ident(c) for c, _ in self.info.columns)
         if self.info.row_hash:
-            return f"hash_record_extended(ROW({cols}), 0)::numeric"
-        return ("('x' || substr(md5(ROW(" + cols + ")::text), 1, 16))::bit(64)::bigint::numeric")
+            return f"hash_record_extended(ROW({self.cols_t}), 0)::numeric"
+        return f"('x' || substr(md5(ROW({self.cols_t})::text), 1, 16))::bit(64)::bigint::numeric"
 
-    async def arc_sums(self, conn: Any) -> dict[int, tuple[int, int]]:
-        """``{arc index: (rows, checksum)}`` of the rows in the moving arcs on one shard."""
+    async def source_sums(self, conn: Any, target: str
+                          ) -> tuple[dict[int, tuple[int, int]], list[Any]]:
+        """Per-arc ``(rows, checksum)`` on the source, read through the hash index, leaving
+        out the keys with a pending capture -- read in the *same snapshot* -- which are
+        returned too.  The target only changes by catch-up, which is not running, so any
+        key that legitimately differs was written after its last catch-up, and its capture
+        row is visible in this snapshot: whatever still differs is not a race."""
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            await conn.execute(_STABLE_TEXT)
+            pending = [r["k"] for r in await conn.fetch(
+                f"SELECT DISTINCT k FROM {capture_table(self.info.name)} WHERE target = $1 "
+                f"AND k IS NOT NULL", target)]
+            rows = await conn.fetch(
+                f"SELECT tc_a.i AS b, count(*) AS n, coalesce(sum({self._row_sum()}), 0) AS s "
+                f"FROM {self._arc_join(ordinality=True)} WHERE NOT (tc_t.{ident(self.info.key)}"
+                f" = ANY($3::{self.info.key_sql_type}[])) GROUP BY tc_a.i",
+                self.lows, [hi for _, hi in self.spans], pending)
+        return {self.lows[int(r["b"]) - 1]: (int(r["n"]), int(r["s"])) for r in rows}, pending
+
+    async def target_sums(self, conn: Any, exclude: list[Any]) -> dict[int, tuple[int, int]]:
+        """Per-arc ``(rows, checksum)`` on a target (every row hashed once: a target has no
+        hash index), leaving out the keys in ``exclude``; keyed by arc start."""
         async with conn.transaction(readonly=True):
             await conn.execute(_STABLE_TEXT)
             rows = await conn.fetch(
                 f"SELECT width_bucket(h, $2::bigint[]) AS b, count(*) AS n, "
-                f"coalesce(sum(r), 0) AS s FROM (SELECT {self.hash} AS h, {self._row_sum()} AS r "
-                f"FROM {self.table}) q WHERE h <@ (SELECT $1::text::int8multirange) GROUP BY b",
-                self.arcs, self.lows)
-        return {int(r["b"]) - 1: (int(r["n"]), int(r["s"])) for r in rows}
+                f"coalesce(sum(r), 0) AS s FROM (SELECT {self.fast} AS h, {self._row_sum()} "
+                f"AS r FROM {self.table} AS tc_t {self.lateral} WHERE NOT (tc_t."
+                f"{ident(self.info.key)} = ANY($3::{self.info.key_sql_type}[]))) q "
+                f"WHERE h <@ (SELECT $1::text::int8multirange) GROUP BY b",
+                self.arcs, self.lows, exclude)
+        return {self.lows[int(r["b"]) - 1]: (int(r["n"]), int(r["s"])) for r in rows}
 
-    async def key_sums(self, conn: Any, keys: list[Any]) -> dict[Any, tuple[int, int]]:
-        """Per-key (rows, checksum) for the given keys on one shard."""
-        async with conn.transaction(readonly=True):
-            await conn.execute(_STABLE_TEXT)
+    async def key_sums(self, conn: Any, keys: list[Any], session_ready: bool = False
+                       ) -> dict[Any, tuple[int, int]]:
+        """Per-key (rows, checksum) for the given keys on one shard (``session_ready``: the
+        connection has :data:`SESSION_TEXT` already, one round trip)."""
+        async with contextlib.AsyncExitStack() as stack:
+            if not session_ready:
+                await stack.enter_async_context(conn.transaction(readonly=True))
+                await conn.execute(_STABLE_TEXT)
             rows = await conn.fetch(
-                f"SELECT {ident(self.info.key)} AS k, count(*) AS n, sum({self._row_sum()}) AS s "
-                f"FROM {self.table} WHERE {ident(self.info.key)} = "
-                f"ANY($1::{self.info.key_sql_type}[]) GROUP BY 1", keys)
+                f"SELECT tc_t.{ident(self.info.key)} AS k, count(*) AS n, "
+                f"sum({self._row_sum()}) AS s FROM {self.table} AS tc_t "
+                f"WHERE tc_t.{ident(self.info.key)} = ANY($1::{self.info.key_sql_type}[]) "
+                f"GROUP BY 1", keys)
         return {r["k"]: (int(r["n"]), int(r["s"])) for r in rows}
 
-    async def compare_keys(self, src: Any, dst: Any, keys: list[Any]) -> list[Any]:
+    async def compare_keys(self, src: Any, dst: Any, keys: list[Any],
+                           session_ready: bool = False) -> list[Any]:
         """Keys whose rows differ between source and target."""
         if not keys:
             return []
-        a, b = await asyncio.gather(self.key_sums(src, keys), self.key_sums(dst, keys))
+        a, b = await asyncio.gather(self.key_sums(src, keys, session_ready),
+                                    self.key_sums(dst, keys, session_ready))
         return [k for k in keys if a.get(k) != b.get(k)]
-
-    async def sums_by_lo(self, conn: Any) -> dict[int, tuple[int, int]]:
-        """:meth:`arc_sums` keyed by each arc's start."""
-        return {self.lows[i]: v for i, v in (await self.arc_sums(conn)).items()}
 
     async def diff_arcs(self, src: Any, dst: Any, arcs: list[tuple[int, int]],
                         a: dict[int, tuple[int, int]], b: dict[int, tuple[int, int]],
@@ -263,17 +317,32 @@ class TableMover:
         async with conn.transaction(readonly=True):
             await conn.execute(_STABLE_TEXT)
             rows = await conn.fetch(
-                f"SELECT {ident(self.info.key)} AS k, count(*) AS n, sum({self._row_sum()}) AS s "
-                f"FROM {self.table} WHERE {self.hash} <@ (SELECT $1::text::int8multirange) "
-                f"GROUP BY 1", arcs)
+                f"SELECT tc_t.{ident(self.info.key)} AS k, count(*) AS n, "
+                f"sum({self._row_sum()}) AS s FROM {self.table} AS tc_t {self.lateral} "
+                f"WHERE {self.fast} <@ (SELECT $1::text::int8multirange) GROUP BY 1", arcs)
         return {r["k"]: (int(r["n"]), int(r["s"])) for r in rows}
 
     async def count_in(self, conn: Any, arcs: str) -> tuple[int, int]:
         """Rows (and their bytes) whose key hashes into ``arcs`` on one shard."""
         row = await conn.fetchrow(
-            f"SELECT count(*), coalesce(sum(pg_column_size(t.*)), 0) FROM {self.table} t "
-            f"WHERE {self.hash} <@ (SELECT $1::text::int8multirange)", arcs)
+            f"SELECT count(*), coalesce(sum(pg_column_size(tc_t.*)), 0) FROM {self.table} "
+            f"AS tc_t {self.lateral} WHERE {self.fast} <@ (SELECT $1::text::int8multirange)",
+            arcs)
         return int(row[0]), int(row[1])
+
+    async def delete_indexed(self, conn: Any, width: int) -> AsyncIterator[int]:
+        """Delete the moving rows from a source (clean-up) through the hash index, one batch
+        of arc pieces (``width`` of hash space) per transaction; yields rows per batch."""
+        for pieces, _end in arc_batches(self.spans, 0, width):
+            if not pieces:
+                continue
+            async with conn.transaction():
+                await conn.execute(BYPASS)
+                status: str = await conn.execute(
+                    f"DELETE FROM {self.table} AS tc_t USING unnest($1::int8[], $2::int8[]) "
+                    f"AS tc_a(lo, hi) WHERE {self.hash_t} >= tc_a.lo AND {self.hash_t} < tc_a.hi",
+                    [lo for lo, _ in pieces], [hi for _, hi in pieces])
+            yield int(status.split()[-1])
 
     async def delete_in(self, conn: Any, arcs: str, step: int) -> AsyncIterator[int]:
         """Delete the rows whose key hashes into ``arcs`` (clean-up, debris), one primary-key

@@ -45,7 +45,7 @@ from tiercache.sharding._rebalance_plan import (
 )
 from tiercache.sharding._rebalance_progress import Progress
 from tiercache.sharding._rebalance_schema import RebalanceError, TableInfo, table_info
-from tiercache.sharding._rebalance_sql import HASH_FUNCTIONS, KEY_MOVED_SQLSTATE, multirange
+from tiercache.sharding._rebalance_sql import HASH_FUNCTIONS, KEY_MOVED_SQLSTATE
 from tiercache.sharding.ring import HashRing
 
 __all__ = [
@@ -107,6 +107,7 @@ class RebalanceReport:
     caught_up: int = 0  # capture records applied
     deleted: dict[str, int] = field(default_factory=dict)  # table -> rows removed from sources
     debris: int = 0  # leftover rows of an earlier attempt removed from targets
+    index_seconds: float = 0.0  # building the sources' hash indexes (before the copy)
     copy_seconds: float = 0.0
     fence_ms: float = 0.0
     verify_seconds: float = 0.0
@@ -120,7 +121,8 @@ class RebalanceReport:
 
     def summary(self) -> str:
         return (f"rebalance {self.job} done in {self.seconds:.2f}s: copied "
-                f"{sum(self.copied.values()):,} rows ({self.copy_rate:,.0f} rows/s), "
+                f"{sum(self.copied.values()):,} rows ({self.copy_rate:,.0f} rows/s; hash "
+                f"index {self.index_seconds:.2f}s), "
                 f"{self.caught_up:,} changes caught up, fence {self.fence_ms:.1f} ms, "
                 f"verify {self.verify_seconds:.2f}s, deleted {sum(self.deleted.values()):,} "
                 f"rows from sources, topology v{self.topology_version}")
@@ -268,9 +270,9 @@ class Rebalancer:
                 await conn.execute(HASH_FUNCTIONS)
                 for table, info in infos.items():
                     total = await conn.fetchval(
-                        f"SELECT count(*) FROM {TableMover(info, '{}', []).table}")
+                        f"SELECT count(*) FROM {TableMover(info, []).table}")
                     for move in (m for m in plan.moves if m.source == source):
-                        mover = TableMover(info, multirange(move.arcs), [])
+                        mover = TableMover(info, move.arcs)
                         rows, size = await mover.count_in(conn, mover.arcs)
                         out.append(TableMove(table, source, move.target, rows, size, int(total)))
         return out
@@ -355,7 +357,8 @@ class Rebalancer:
             plan = Plan.from_json(latest["plan"])
         flow = Flow(self, plan, journal, 5000, False, 10.0, None)
         try:
-            return await admin.verify_standalone(flow)
+            async with flow.held():
+                return await admin.verify_standalone(flow)
         finally:
             flow.close()
 
