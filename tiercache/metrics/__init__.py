@@ -15,9 +15,10 @@ A source is anything with ``stats() -> dict``; its name (label ``cache`` or ``po
 ``name=`` given to :func:`register`, else ``source.metrics_name``, else ``stats()["name"]``,
 else ``source.name``. Sources are held weakly where possible. Several sources with one name
 are summed. Which metrics a source yields depends on its *kind*, decided from its type at
-:func:`register` (a TierCache, a ShardedPool, or a bare MemoryTier/RedisTier/QueryCache;
-any other object declares ``metrics_kind = "cache" | "pool" | "tier"``); each kind's samples
-are one function in :mod:`tiercache.metrics.samples`. Absent keys are simply not exported.
+:func:`register` (a TierCache, a ShardedPool, a Store, or a bare
+MemoryTier/RedisTier/QueryCache; any other object declares ``metrics_kind = "cache" |
+"pool" | "tier" | "store"``); each kind's samples are one function in
+:mod:`tiercache.metrics.samples`. Absent keys are simply not exported.
 
 =========================================  =========  ===============================
 name                                       type       labels
@@ -46,6 +47,10 @@ tiercache_pool_acquire_wait_seconds        histogram  pool, shard, role
 tiercache_pool_{size,idle,min_size,        gauge      pool, shard, role
 max_size,waiters,healthy}
 tiercache_pool_weight                      gauge      pool, shard
+tiercache_store_events_total               counter    cache, store, event (queued, ...)
+tiercache_store_batches_total              counter    cache, store
+tiercache_store_{queue_depth,              gauge      cache, store
+journal_pending,dead_letters}
 =========================================  =========  ===============================
 
 L2 error operations include ``decode`` (unreadable payload), ``breaker_open`` (call

@@ -63,7 +63,7 @@ def registered() -> list[tuple[str | None, Any]]:
 def source_kind(source: Any) -> SourceKind:
     """What ``source`` is, from its type (or its ``metrics_kind``): picks its sample function."""
     declared = getattr(source, "metrics_kind", None)
-    if declared in ("cache", "pool", "tier"):
+    if declared in ("cache", "pool", "tier", "store"):
         return declared  # type: ignore[no-any-return]
     from tiercache.cache import TierCache  # lazy: these modules import tiercache.metrics
     from tiercache.sharding.pool import ShardedPool
@@ -78,7 +78,7 @@ def source_kind(source: Any) -> SourceKind:
     if isinstance(source, MemoryTier | RedisTier | QueryCache):
         return "tier"
     raise TypeError(f"{type(source).__name__} is not a metrics source: set metrics_kind to "
-                    "'cache', 'pool' or 'tier'")
+                    "'cache', 'pool', 'tier' or 'store'")
 
 
 def _source_name(source: Any, given: str | None, stats: dict[str, Any]) -> str:

@@ -13,13 +13,14 @@ from typing import Any, Final, Literal
 from tiercache.metrics.counters import merge_snapshots
 
 __all__ = ["FAMILIES", "Samples", "SourceKind", "cache_samples", "collect_samples", "pool_samples",
-           "tier_samples"]
+           "store_samples", "tier_samples"]
 
 Kind = Literal["counter", "gauge", "histogram"]
 #: metric name -> {label values -> number (counter/gauge) or histogram snapshot}
 Samples = dict[str, dict[tuple[str, ...], Any]]
 
 _CT: Final = ["cache", "tier"]
+_CS: Final = ["cache", "store"]
 _PSR: Final = ["pool", "shard", "role"]
 
 FAMILIES: Final[dict[str, tuple[Kind, str, list[str]]]] = {
@@ -61,7 +62,22 @@ FAMILIES: Final[dict[str, tuple[Kind, str, list[str]]]] = {
     "tiercache_pool_waiters": ("gauge", "Calls blocked in acquire()", _PSR),
     "tiercache_pool_healthy": ("gauge", "Endpoint reachable (1) or not", _PSR),
     "tiercache_pool_weight": ("gauge", "Shard weight on the hash ring", ["pool", "shard"]),
+    "tiercache_store_events_total": (
+        "counter", "Store events: writes queued, coalesced, flushed, retried, failed, "
+        "dead-lettered, replayed, recovered; reads, loads", [*_CS, "event"]),
+    "tiercache_store_batches_total": ("counter", "Batch calls to a store's writer", _CS),
+    "tiercache_store_queue_depth": ("gauge", "Keys waiting in a write-behind queue", _CS),
+    "tiercache_store_journal_pending": (
+        "gauge", "Journal entries written but not yet acknowledged", _CS),
+    "tiercache_store_dead_letters": ("gauge", "Batches in a store's dead-letter list", _CS),
 }
+
+#: store counters exported as tiercache_store_events_total{event=...}
+STORE_EVENTS: Final = (
+    "queued", "coalesced", "flushed", "retries", "failures", "dead_lettered", "replayed",
+    "recovered", "bad_entries", "journal_errors", "backpressure_waits", "reads", "loads",
+    "load_failures", "writes", "write_failures", "deletes", "refreshes_started",
+    "refreshes_succeeded", "refreshes_failed", "stale_served")
 
 _BREAKER: Final = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
 _POOL_GAUGES: Final = ("size", "idle", "min_size", "max_size", "waiters")
@@ -92,7 +108,7 @@ class _Acc:
 
 
 #: what a registered source is; each kind declares its own samples (no shape-sniffing)
-SourceKind = Literal["cache", "pool", "tier"]
+SourceKind = Literal["cache", "pool", "tier", "store"]
 
 
 def collect_samples(snapshots: Iterable[tuple[SourceKind, str, str, dict[str, Any]]]) -> Samples:
@@ -115,6 +131,11 @@ def cache_samples(acc: _Acc, name: str, _tier_name: str, stats: Mapping[str, Any
         _add_errors(acc, "tiercache_errors_total", (name, "l2"), stats["errors"], None)
     if isinstance(stats.get("bus"), Mapping):
         _bus(acc, name, stats["bus"])
+    stores = stats.get("stores")
+    if isinstance(stores, Mapping):  # the cache's stores come with it
+        for store_name, store_stats in stores.items():
+            if isinstance(store_stats, Mapping):
+                _store(acc, name, str(store_name), store_stats)
 
 
 def tier_samples(acc: _Acc, name: str, tier_name: str, stats: Mapping[str, Any]) -> None:
@@ -127,9 +148,24 @@ def pool_samples(acc: _Acc, name: str, _tier_name: str, stats: Mapping[str, Any]
     _pool(acc, name, stats)
 
 
+def store_samples(acc: _Acc, name: str, _tier_name: str, stats: Mapping[str, Any]) -> None:
+    """A Store registered on its own (label ``cache``: its cache's name)."""
+    _store(acc, str(stats.get("cache") or name), str(stats.get("name") or name), stats)
+
+
 _BY_KIND: Final[dict[str, Callable[[_Acc, str, str, Mapping[str, Any]], None]]] = {
-    "cache": cache_samples, "pool": pool_samples, "tier": tier_samples,
+    "cache": cache_samples, "pool": pool_samples, "tier": tier_samples, "store": store_samples,
 }
+
+
+def _store(acc: _Acc, cache: str, store: str, s: Mapping[str, Any]) -> None:
+    cs = (cache, store)
+    for event in STORE_EVENTS:
+        acc.add("tiercache_store_events_total", (*cs, event), s.get(event))
+    acc.add("tiercache_store_batches_total", cs, s.get("batches"))
+    acc.add("tiercache_store_queue_depth", cs, s.get("queue_depth"))
+    acc.add("tiercache_store_journal_pending", cs, s.get("journal_pending"))
+    acc.add("tiercache_store_dead_letters", cs, s.get("dead_letters"))
 
 
 def _tier(acc: _Acc, cache: str, tier: str, s: Mapping[str, Any]) -> None:
