@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tiercache.bench.base import fmt_ns
+
 __all__ = ["SAMPLES_KEY", "plot_charts", "plot_payload", "plot_results", "strip_samples"]
 
 SAMPLES_KEY = "samples_ns"
@@ -71,6 +73,10 @@ def _time_unit(series: Sequence[Sequence[float]]) -> tuple[str, float]:
     return "ns", 1.0
 
 
+def _num(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
 def _pct(values: Sequence[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * (len(values) - 1) + 0.5))]
 
@@ -85,7 +91,7 @@ def _cdf(ax: Any, chart: Mapping[str, Any]) -> None:
         count = chart.get("counts", {}).get(label, n)
         ax.step([xs[0], *xs], [0.0, *((i + 1) / n for i in range(n))], where="post",
                 **styles[label],
-                label=f"{label}: p50 {_pct(xs, 0.5):.3g}, p99 {_pct(xs, 0.99):.3g} {unit} "
+                label=f"{label}: p50 {_num(_pct(xs, 0.5))}, p99 {_num(_pct(xs, 0.99))} {unit} "
                       f"(n={count:,})")
     lows = [v[0] / factor for v in series.values()]
     highs = [v[-1] / factor for v in series.values()]
@@ -128,13 +134,22 @@ def _draw(plt: Any, suite: str, chart: Mapping[str, Any], path: Path) -> Path:
 
 def _groups(compared: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[str, float]]]:
     """``operation -> [(contender, ns), ...]`` with tiercache first: rows named
-    ``"<operation> vs <peer>"`` that share an operation share one tiercache bar."""
-    groups: dict[str, list[tuple[str, float]]] = {}
+    ``"<operation> vs <peer>"`` that share an operation *and* tiercache's figure share one
+    tiercache bar; any other row is a group of its own."""
+    keyed: dict[tuple[str, float], list[tuple[str, float]]] = {}
+    names: dict[tuple[str, float], list[str]] = {}
     for row in compared:
         op, sep, peer = row["name"].partition(" vs ")
-        bars = groups.setdefault(op, [("tiercache", float(row["data"]["ours_ns"]))])
-        bars.append((peer if sep else "baseline", float(row["data"]["theirs_ns"])))
-    return groups
+        ours = float(row["data"]["ours_ns"])
+        key = (op, ours)
+        keyed.setdefault(key, [("tiercache", ours)]).append(
+            (peer if sep else "baseline", float(row["data"]["theirs_ns"])))
+        names.setdefault(key, []).append(row["name"])
+    out: dict[str, list[tuple[str, float]]] = {}
+    for key, bars in keyed.items():
+        label = key[0] if len(bars) > 2 else names[key][0]
+        out[label if label not in out else names[key][0]] = bars
+    return out
 
 
 def _compare_bars(plt: Any, suite: str, compared: Sequence[Mapping[str, Any]],
@@ -150,7 +165,7 @@ def _compare_bars(plt: Any, suite: str, compared: Sequence[Mapping[str, Any]],
             ax.barh(y, ns, height=0.8, color=_OURS if i == 0 else "#b5b5b5")
             note = ("" if i == 0 else f"{ns / ours:.1f}x tiercache's time" if ns >= ours
                     else f"tiercache {ours / ns:.2f}x its time")
-            ax.annotate(f"{ns:,.4g} ns  {note}".rstrip(), (ns, y), xytext=(4, 0),
+            ax.annotate(f"{fmt_ns(ns)}  {note}".rstrip(), (ns, y), xytext=(4, 0),
                         textcoords="offset points", va="center", fontsize="x-small")
             ticks.append(y)
             labels.append(f"{op}: {who}" if i == 0 else who)

@@ -91,7 +91,8 @@ async def _interleaved(
     return samples
 
 
-async def _overhead(dsns: Mapping[str, str], rounds: int, batch: int, bar: Progress) -> Row:
+async def _overhead(ctx: BenchContext, dsns: Mapping[str, str], rounds: int, batch: int,
+                    bar: Progress) -> Row:
     """fetchval through ShardedPool vs the same shard's asyncpg pool (same connection).
 
     Baselines: the shard's own asyncpg pool (``shard_pool``: same backend process, so the
@@ -123,6 +124,11 @@ async def _overhead(dsns: Mapping[str, str], rounds: int, batch: int, bar: Progr
                 },
                 rounds, batch, bar,
             )
+    ctx.cdf(f"fetchval: mean latency per round of {batch} calls",
+            {"tiercache ShardedPool (shard_key=)": samples["sharded_key"],
+             "tiercache ShardedPool (shard=)": samples["sharded_name"],
+             "asyncpg pool (the shard's own)": samples["asyncpg"],
+             "asyncpg pool (separate)": samples["asyncpg_separate"]}, unit="s")
     base = samples["asyncpg"]
     ratio = _paired_ratio(samples["sharded_key"], base)
     by_name = _paired_ratio(samples["sharded_name"], base)
@@ -137,6 +143,9 @@ async def _overhead(dsns: Mapping[str, str], rounds: int, batch: int, bar: Progr
         ),
         "target": f"<= +{(OVERHEAD_TARGET - 1) * 100:.0f}% vs asyncpg",
         "ok": ratio <= OVERHEAD_TARGET,
+        "value": ratio, "unit": "x", "better": "lower",
+        "rounds": {"tiercache": [x * 1e9 for x in samples["sharded_key"]],
+                   "asyncpg": [x * 1e9 for x in base]},
         "data": {
             "shard": shard, "rounds": rounds, "calls_per_round": batch,
             "ratio": ratio, "overhead_pct": (ratio - 1) * 100,
@@ -157,7 +166,8 @@ async def _check_fanout(pool: ShardedPool, query: str) -> None:
 
 
 async def _fanout_one(
-    pool: ShardedPool, label: str, query: str, rounds: int, batch: int, bar: Progress
+    ctx: BenchContext, pool: ShardedPool, label: str, query: str, rounds: int, batch: int,
+    bar: Progress,
 ) -> Row:
     """fetch_all vs each single shard, alternating which goes first every round."""
     await _check_fanout(pool, query)
@@ -201,6 +211,10 @@ async def _fanout_one(
     floor = statistics.median(
         raw / max(per_shard[sh][i] for sh in per_shard) for i, raw in enumerate(raw_s)
     )
+    ctx.cdf(f"fan-out {label}: mean latency per round of {batch} calls",
+            {f"tiercache fetch_all ({len(pool.shards)} shards)": fan_s,
+             "asyncio.gather over asyncpg": raw_s,
+             **{f"single shard {s}": v for s, v in per_shard.items()}}, unit="s")
     slowest_us = statistics.median(per_shard[slowest]) * 1e6
     fan_us = statistics.median(fan_s) * 1e6
     note = "" if judged else f"; not judged on {cores} cores"
@@ -212,6 +226,9 @@ async def _fanout_one(
         ),
         "target": f"<= {FANOUT_TARGET}x slowest shard",
         "ok": ratio <= FANOUT_TARGET if judged else None,
+        "value": ratio, "unit": "x", "better": "lower",
+        "rounds": {"tiercache": [x * 1e9 for x in fan_s],
+                   "slowest shard": [x * 1e9 for x in per_shard[slowest]]},
         "data": {
             "query": query, "shards": len(pool.shards), "rounds": rounds,
             "calls_per_round": batch, "ratio": ratio, "ratio_vs_raw_gather": vs_raw,
@@ -231,7 +248,7 @@ async def run(ctx: BenchContext) -> list[Row]:
     fan = len(dsns) >= 2
     total = o_rounds + (f_rounds * len(FANOUT_QUERIES) if fan else 0)
     with ctx.progress("pool: fetchval overhead, fan-out", total) as bar:
-        rows = [await _overhead(dsns, o_rounds, o_batch, bar)]
+        rows = [await _overhead(ctx, dsns, o_rounds, o_batch, bar)]
         if not fan:
             rows.append({
                 "name": "fan-out", "summary": "not measured: needs >= 2 shards",
@@ -240,5 +257,5 @@ async def run(ctx: BenchContext) -> list[Row]:
             return rows
         async with create_sharded_pool(dict(dsns), min_size=1, max_size=1) as pool:
             for label, query in FANOUT_QUERIES.items():
-                rows.append(await _fanout_one(pool, label, query, f_rounds, f_batch, bar))
+                rows.append(await _fanout_one(ctx, pool, label, query, f_rounds, f_batch, bar))
     return rows

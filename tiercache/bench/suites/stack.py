@@ -2,7 +2,8 @@
 
 redis-py GET / MGET on the Redis Cluster (sync and asyncio clients, hiredis parser) and
 asyncpg ``fetchval`` on each Postgres shard. Values are checked before timing. Figures are
-medians of per-call latency over sequential calls (loopback round trips).
+medians of per-call latency over sequential calls (loopback round trips); each group gets a
+latency CDF (``--plot``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
 from tiercache.bench.base import BenchContext, Row, SuiteError
-from tiercache.bench.plots import SAMPLES_KEY
+from tiercache.bench.timing import percentile
 
 NAME = "stack"
 DESCRIPTION = "raw redis-py GET/MGET on the cluster and raw asyncpg fetchval per shard"
@@ -27,16 +28,17 @@ NEEDS = ("redis", "pg")
 
 def _row(name: str, samples_ns: list[float], extra: dict[str, Any] | None = None) -> Row:
     median = statistics.median(samples_ns)
-    p99 = statistics.quantiles(samples_ns, n=100)[98] if len(samples_ns) >= 100 else max(samples_ns)
+    p99 = percentile(samples_ns, 99)
     return {
         "name": name,
         "summary": f"median {median / 1e3:.1f} us, p99 {p99 / 1e3:.1f} us "
                    f"({len(samples_ns)} calls)",
         "target": None,
         "ok": None,
+        "value": median, "unit": "ns", "better": "lower",
         "data": {
-            "median_ns": median, "p99_ns": p99, "calls": len(samples_ns), SAMPLES_KEY: samples_ns,
-            **(extra or {}),
+            "median_ns": median, "min_ns": min(samples_ns), "p99_ns": p99,
+            "calls": len(samples_ns), **(extra or {}),
         },
     }
 
@@ -61,7 +63,7 @@ async def _time_async(fn: Callable[[], Awaitable[Any]], n: int) -> list[float]:
     return samples
 
 
-async def _redis_rows(url: str, calls: int) -> list[Row]:
+async def _redis_rows(ctx: BenchContext, url: str, calls: int) -> list[Row]:
     keys = [f"tiercache-bench:stack:{i}" for i in range(100)]
     value = b"x" * 100
     sync_client = RedisCluster.from_url(url)
@@ -73,16 +75,15 @@ async def _redis_rows(url: str, calls: int) -> list[Row]:
             raise SuiteError("Redis GET returned the wrong value")
         if sync_client.mget_nonatomic(keys) != [value] * 100:
             raise SuiteError("Redis MGET returned the wrong values")
-        rows = [
-            _row("redis-py GET (sync cluster)",
-                 _time_sync(lambda: sync_client.get(keys[0]), calls)),
-            _row("redis-py GET (asyncio cluster)",
-                 await _time_async(lambda: async_client.get(keys[0]), calls)),
-            _row("redis-py MGET x100 (sync, mget_nonatomic)",
-                 _time_sync(lambda: sync_client.mget_nonatomic(keys), calls // 5)),
-            _row("redis-py MGET x100 (asyncio, mget_nonatomic)",
-                 await _time_async(lambda: async_client.mget_nonatomic(keys), calls // 5)),
-        ]
+        get = {"sync cluster": _time_sync(lambda: sync_client.get(keys[0]), calls),
+               "asyncio cluster": await _time_async(lambda: async_client.get(keys[0]), calls)}
+        mget = {"sync": _time_sync(lambda: sync_client.mget_nonatomic(keys), calls // 5),
+                "asyncio": await _time_async(lambda: async_client.mget_nonatomic(keys),
+                                             calls // 5)}
+        ctx.cdf("redis-py GET: per-call latency", get)
+        ctx.cdf("redis-py MGET x100 (mget_nonatomic): per-call latency", mget)
+        rows = [_row(f"redis-py GET ({k})", v) for k, v in get.items()]
+        rows += [_row(f"redis-py MGET x100 ({k}, mget_nonatomic)", v) for k, v in mget.items()]
         sync_client.delete(*keys[:1])
         return rows
     finally:
@@ -90,8 +91,9 @@ async def _redis_rows(url: str, calls: int) -> list[Row]:
         await async_client.aclose()
 
 
-async def _pg_rows(dsns: dict[str, str], calls: int) -> list[Row]:
+async def _pg_rows(ctx: BenchContext, dsns: dict[str, str], calls: int) -> list[Row]:
     rows: list[Row] = []
+    per_shard: dict[str, list[float]] = {}
     for shard, dsn in dsns.items():
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
         try:
@@ -99,16 +101,18 @@ async def _pg_rows(dsns: dict[str, str], calls: int) -> list[Row]:
                 raise SuiteError(f"shard {shard}: fetchval returned the wrong value")
             samples = await _time_async(partial(pool.fetchval, "SELECT $1::int + 1", 41), calls)
             rows.append(_row(f"asyncpg fetchval, shard {shard}", samples, {"shard": shard}))
+            per_shard[f"shard {shard}"] = samples
         finally:
             await pool.close()
+    ctx.cdf("asyncpg fetchval per shard: per-call latency", per_shard)
     return rows
 
 
 async def run(ctx: BenchContext) -> list[Row]:
     calls = ctx.scale(5000, 500)
     with ctx.progress("stack: raw redis-py + asyncpg", 2) as bar:
-        rows = await _redis_rows(ctx.require_redis(), calls)
+        rows = await _redis_rows(ctx, ctx.require_redis(), calls)
         bar.advance()
-        rows += await _pg_rows(ctx.require_pg(), calls)
+        rows += await _pg_rows(ctx, ctx.require_pg(), calls)
         bar.advance()
     return rows
