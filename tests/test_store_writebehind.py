@@ -117,3 +117,34 @@ async def test_a_writer_failing_half_the_time_loses_nothing_dead_letters_replay(
     assert store.health_reasons() == []
     await store.aclose()
     await cache.aclose()
+
+
+async def test_an_l1_only_cache_keeps_dead_letters_in_memory_and_refuses_a_journal() -> None:
+    from tiercache import TierCache
+    from tiercache.tiers.memory import MemoryTier
+
+    cache = TierCache(l1=MemoryTier(), namespace="l1only")
+    with pytest.raises(ValueError, match="needs a RedisTier"):
+        Store(cache, "j", loader=lambda k: None, writer=lambda b: None, policy=WriteBehind())
+    fail = {"on": True}
+    written: dict[int, int] = {}
+
+    def writer(batch: dict[int, int]) -> None:
+        if fail["on"]:
+            raise ConnectionError("down")
+        written.update(batch)
+
+    store = Store(cache, "m", loader=written.get, writer=writer,
+                  policy=WriteBehind(journal=False, max_delay=0.0, retry=Retry(attempts=1)))
+    await store.put(1, 10)
+    assert await store.get(1) == 10
+    assert await store.flush(timeout=10)
+    assert [w["value"] for d in await store.dead_letters() for w in d["writes"]] == [10]
+    assert store.health_reasons() == ["store m: 1 dead-lettered batches"]
+    fail["on"] = False
+    assert await store.replay_dead_letters() == 1
+    assert await store.flush(timeout=10)
+    assert written == {1: 10} and await store.dead_letters() == []
+    await store.health()
+    assert store.health_reasons() == []
+    await store.aclose()

@@ -103,7 +103,9 @@ class Journal:
         self.max_entry = (limit or 64 * 1024 * 1024) + ENVELOPE
         # Durability over latency: the tier's timeouts are tuned for cache reads (a miss is
         # cheap); a journal append that times out fails a put, so it gets more time.
-        self.timeout = max(JOURNAL_TIMEOUT, 4 * (tier.connect_timeout + tier.socket_timeout))
+        self.timeout = JOURNAL_TIMEOUT if tier is None else max(
+            JOURNAL_TIMEOUT, 4 * (tier.connect_timeout + tier.socket_timeout))
+        self.memory = MemoryLetters() if tier is None else None  # no Redis: no journal
         self._sync: Any = None
         self._sync_lock = threading.Lock()
 
@@ -261,6 +263,8 @@ class Journal:
     # ------------------------------------------------------------------ runners
 
     async def run_async(self, plan: Any) -> Any:
+        if self.memory is not None:
+            return self.run_sync(plan)
         async with asyncio.timeout(self.timeout):
             client = await self.tier._client()
             steps = plan(client)
@@ -294,7 +298,7 @@ class Journal:
             client.close()
 
     def run_sync(self, plan: Any) -> Any:
-        steps = plan(self._client_sync())
+        steps = plan(self.memory if self.memory is not None else self._client_sync())
         value: Any = None
         while True:
             try:
@@ -307,6 +311,31 @@ class Journal:
         text = f"{type(exc).__name__}: {exc}"
         spec = getattr(self.tier, "_spec", None)
         return spec.redactor.text(text) if spec is not None else text
+
+
+class MemoryLetters:
+    """The dead-letter list of a store whose cache has no Redis (``journal=False`` only):
+    kept in this process, lost with it -- said in the docs; health reports it all the same."""
+
+    def __init__(self) -> None:
+        self.items: list[bytes] = []
+        self.lock = threading.Lock()
+
+    def rpush(self, _key: str, value: bytes) -> int:
+        with self.lock:
+            self.items.append(value)
+            return len(self.items)
+
+    def lrange(self, _key: str, start: int, stop: int) -> list[bytes]:
+        with self.lock:
+            return self.items[start:stop + 1]
+
+    def lrem(self, _key: str, _count: int, value: bytes) -> int:
+        with self.lock:
+            if value in self.items:
+                self.items.remove(value)
+                return 1
+            return 0
 
 
 # ---------------------------------------------------------------------- group commit

@@ -107,9 +107,13 @@ class WriteBehindEngine:
 
     def __init__(self, store: Store, policy: WriteBehind) -> None:
         l2 = store.cache.l2
-        if l2 is None or not hasattr(l2, "_client_sync"):
-            raise ValueError("WriteBehind needs the cache's L2 to be a RedisTier: the journal "
-                             "and the dead-letter list live in Redis")
+        if l2 is not None and not hasattr(l2, "_client_sync"):
+            raise ValueError("WriteBehind needs the cache's L2 to be a RedisTier (or no L2): "
+                             "the journal and the dead-letter list live in Redis")
+        if l2 is None and policy.journaled:
+            raise ValueError("WriteBehind(journal=...) needs a RedisTier as the cache's L2; "
+                             "without Redis use journal=False (dead letters then stay in "
+                             "this process)")
         self.store, self.policy = store, policy
         self.queue = WriteQueue()
         self.consumer = f"{socket.gethostname()[:32]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -265,11 +269,17 @@ class WriteBehindEngine:
         p, queue = self.policy, self.queue
         every = p.claim_after / 3
         next_beat = 0.0
+        redis = self.journal.memory is None
         while True:
             now = time.monotonic()
             if self._beat_asked or now >= next_beat:
                 self._beat_asked = False
-                yield from self._beat()
+                if redis:
+                    yield from self._beat()
+                else:
+                    self.dead_letters = len(self.journal.memory.items)  # type: ignore[union-attr]
+                    self.beats += 1
+                    queue.progress.notify()
                 next_beat = time.monotonic() + every
             if self._bad:
                 yield from self._letter_bad()
@@ -494,6 +504,9 @@ class WriteBehindEngine:
     # ------------------------------------------------------------------ figures
 
     def refresh_flow(self) -> Flow[None]:
+        if self.journal.memory is not None:
+            self.dead_letters = len(self.journal.memory.items)
+            return
         try:
             info = yield RedisOp(self.journal, _gauges(self.journal))
         except Exception:
