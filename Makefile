@@ -32,8 +32,10 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# Every default suite on an embedded LocalStack; JSON + PNG charts in bench-results/ (printed at
+# the end). BENCH_ARGS="--quick" for a ~1-minute pass, "--suite l1" for one suite, "--strict".
 bench: $(STAMP)
-	$(VENV)/bin/tiercache bench $(BENCH_ARGS)
+	$(VENV)/bin/tiercache bench --out bench-results $(BENCH_ARGS)
 
 clean:
 	rm -rf build $(VENV) *.egg-info tiercache/_ext/*.so ext/*.c

@@ -2,8 +2,9 @@
 
 Groups compared side by side, all on a warm key (every call is a hit):
 
-* ``l1-sync-hit``: ``functools.lru_cache`` vs ``cachetools.cached`` vs tiercache's sync
-  wrapper (no TTL and with TTL). Issue 3's bar: <= 1.5x lru_cache, >= 5x faster than cachetools.
+* ``l1-sync-hit``: ``functools.lru_cache`` vs ``cachetools.cached`` vs ``cachebox`` vs
+  ``theine`` (when installed) vs tiercache's sync wrapper (no TTL and with TTL). Issue 3's
+  bar: <= 1.5x lru_cache, >= 5x faster than cachetools.
 * ``l1-async-hit``: bare ``await`` of a trivial coroutine vs tiercache's async wrapper vs
   cashews (``mem://``) vs aiocache (``SimpleMemoryCache``). Bar: <= 2.5x bare await, >= 50x
   faster than cashews and aiocache. Each round is ``BATCH`` sequential awaits inside one task.
@@ -12,7 +13,8 @@ Groups compared side by side, all on a warm key (every call is a hit):
   Bar: <= 120 B/entry. Reported in ``extra_info``.
 
 Timings are reported, never asserted; ``python bench_l1.py [--quick]`` prints the ratios with
-the ``tiercache bench --suite cache`` code itself (``tiercache.bench.suites.cache``). The store
+the ``tiercache bench --suite l1`` code itself (``tiercache.bench.suites.l1``; the peers'
+decorators come from there too). The store
 is whatever ``tiercache._impl`` picks (``TIERCACHE_PUREPYTHON=1`` to measure the fallback).
 """
 
@@ -24,11 +26,11 @@ import sys
 from collections.abc import Callable, Hashable
 from typing import Any
 
-import cachetools
 import pytest
 
 from tiercache.bench.base import BenchContext
-from tiercache.bench.suites.cache import async_rows, memory_rows, store_bytes_per_entry, sync_rows
+from tiercache.bench.suites._l1_memory import memory_rows, store_bytes_per_entry
+from tiercache.bench.suites.l1 import _sync_decorators, async_rows, sync_rows
 from tiercache.tiers.memory import MemoryTier
 
 BATCH = 1000
@@ -54,10 +56,9 @@ def make_sync() -> dict[str, Callable[[], int]]:
     """
     calls: dict[str, Callable[[], int]] = {}
     for suffix, func, args in (("1arg", _plain, (7,)), ("2args", _plain2, (7, "a"))):
+        decorators, _missing = _sync_decorators(100_000)  # the l1 suite's peers
         contenders: dict[str, Callable[..., int]] = {
-            "lru_cache": functools.lru_cache(maxsize=100_000)(func),
-            "cachetools": cachetools.cached(cachetools.LRUCache(100_000))(func),
-        }
+            name: deco(func) for name, deco in decorators.items()}
         for name, ttl in (("tiercache", None), ("tiercache-ttl", 60.0)):
             seg = MemoryTier(maxsize=100_000, ttl=ttl).segment("bench")
 
@@ -161,8 +162,8 @@ def report(quick: bool = False) -> None:
     """The interleaved same-process ratios: the ``cache`` suite's own L1 measurements."""
     ctx = BenchContext(quick=quick)
     print(f"impl: {type(MemoryTier().store).__module__}")
-    for row in [*sync_rows(ctx), *async_rows(ctx), *memory_rows()]:
-        verdict = {True: "OK", False: "MISS", None: "info"}[row["ok"]]
+    for row in [*sync_rows(ctx), *async_rows(ctx), *memory_rows(20_000 if quick else 100_000)]:
+        verdict = {True: "OK", False: "MISS", None: "info"}[row.get("ok")]
         print(f"{row['name']:48s} {row['summary']}  [{row.get('target') or '-'}] {verdict}")
 
 

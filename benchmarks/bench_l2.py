@@ -12,7 +12,7 @@ decode, and runs each async operation under one ``asyncio.timeout`` budget:
 
 Async rounds are a batch of sequential awaits on a private event loop (figures are per batch;
 divide by the batch size for per call). Timings are reported, never asserted: for the
-call-by-call interleaved ratios see ``tiercache bench --suite cache``.
+call-by-call interleaved ratios see ``tiercache bench --suite l2``.
 """
 
 from __future__ import annotations
@@ -25,16 +25,12 @@ import pytest
 from redis.asyncio.cluster import RedisCluster as AsyncCluster
 from redis.cluster import RedisCluster
 
+from tiercache.bench.suites._cache_l2 import PREFIX, value  # the l2 suite's keys and values
 from tiercache.codec import unpack_entry
 from tiercache.tiers.redis import RedisTier
 
 BATCH = 50
 BATCH_MANY = 5
-PREFIX = "tcbench:l2:"
-
-
-def value(i: int) -> dict[str, Any]:
-    return {"id": i, "name": f"user-{i}", "email": f"user{i}@example.com", "active": True}
 
 
 class Harness:

@@ -1,11 +1,11 @@
 """HashRing vs uhashring (ketama): ``pytest benchmarks/bench_ring.py --benchmark-only``.
 
-The same placement is asserted before timing; each round routes 10k keys.
+The same placement is asserted before timing; each round routes 10k keys (the keys of
+``tiercache bench --suite ring``, :func:`tiercache.bench.suites.ring.make_keys`).
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from typing import Any
 
@@ -13,9 +13,10 @@ import pytest
 import uhashring
 
 from tiercache import HashRing
+from tiercache.bench.suites.ring import make_keys
 
 NODES = {"s1": 1, "s2": 2, "s3": 1, "s4": 3}
-KEYS = [f"user:{random.Random(1).randrange(10**12) + i}" for i in range(10_000)]
+KEYS = make_keys("str", 10_000)
 OURS = HashRing(NODES)
 THEIRS = uhashring.HashRing({n: {"weight": w} for n, w in NODES.items()}, hash_fn="ketama")
 EXPECTED = [THEIRS.get_node(k) for k in KEYS]

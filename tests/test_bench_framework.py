@@ -202,3 +202,19 @@ def test_selection_aliases_and_not_built(monkeypatch: pytest.MonkeyPatch) -> Non
     assert [s.name for s in picked.suites] == ["ring"] and picked.not_built == ["future"]
     with pytest.raises(SystemExit, match="unknown suite"):
         registry.select(["nope"])
+
+
+def test_readme_section_is_rendered_from_the_json_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tiercache.bench import readme
+
+    _fake_selection(monkeypatch, _fake_run)
+    results = tmp_path / "r.json"
+    assert main(["bench", "--json", str(results)]) == 0
+    out = tmp_path / "docs" / "performance.md"
+    assert readme.main([str(results), "-o", str(out), "--images", str(tmp_path / "img")]) == 0
+    text = out.read_text()
+    assert text.startswith("## Performance") and "cores" in text and "### fake0" in text
+    assert "| memory per entry |" in text and "**missed**" in text
+    assert "![fake0: fake0-get-latency](../img/fake0-get-latency.png)" in text
+    assert (tmp_path / "img" / "fake0-get-latency.png").read_bytes()[:8] == PNG

@@ -21,6 +21,8 @@ from tiercache.bench.base import BenchContext, Row, SuiteError, compare_row
 from tiercache.bench.timing import rounds_interleaved
 from tiercache.sharding.ring import HashRing
 
+__all__ = ["DESCRIPTION", "NAME", "NEEDS", "SETUPS", "make_keys", "run"]
+
 NAME = "ring"
 DESCRIPTION = "HashRing get_node / get_node_many vs uhashring ketama (same placement checked)"
 NEEDS: tuple[str, ...] = ()
@@ -34,7 +36,8 @@ SETUPS: dict[str, dict[str, int]] = {
 }
 
 
-def _keys(kind: str, n: int) -> list[Any]:
+def make_keys(kind: str, n: int) -> list[Any]:
+    """Deterministic keys (``"str"``: ``user:<n>``, ``"int"``); shared with benchmarks/."""
     rng = random.Random(20261122)
     if kind == "str":
         return [f"user:{rng.randrange(10**12)}" for _ in range(n)]
@@ -79,7 +82,7 @@ async def run(ctx: BenchContext) -> list[Row]:
                 {n: {"weight": w} for n, w in weights.items()}, hash_fn="ketama"
             )
             for kind in ("str", "int"):
-                keys = _keys(kind, n_keys)
+                keys = make_keys(kind, n_keys)
                 _check_placement(ring, reference, keys)
                 got = _time_lookups(ring, reference, keys, repeats)
                 data = {"keys": n_keys}
