@@ -6,6 +6,7 @@ three servers and an empty ``s4`` as a second database on the first server.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from types import ModuleType
@@ -33,6 +34,7 @@ from tiercache.sharding.rebalance import (
     RebalanceError,
     Rebalancer,
     RebalanceRunningError,
+    TopologyWatcher,
     VerificationError,
     load_topology,
 )
@@ -221,31 +223,110 @@ async def test_stale_client_gets_key_moved_and_reroutes(dsns: dict[str, str]) ->
         assert report.deleted == {} and (await rb.status() or {})["phase"] == "flipped"
         new = HashRing(["s1", "s2", "s3", "s4"])
         moved = next(i for i in range(500) if new.get_node(i) != old.get_node(i))
-        with pytest.raises(asyncpg.PostgresError) as err:
+        with pytest.raises(KeyMovedError) as err:  # asyncpg raises the class itself
             await stale.execute("UPDATE users SET n = 1000 WHERE id = $1", moved,
                                 shard_key=moved)
-        km = KeyMovedError.from_exception(err.value)
-        assert km is not None and km.target == "s4" and "moved to shard s4" in str(km)
+        assert err.value.target == "s4" and "moved to shard s4" in str(err.value)
+        assert KeyMovedError.from_exception(err.value) is err.value
         fresh = next(i for i in range(10**6, 10**7) if new.get_node(i) != old.get_node(i))
-        with pytest.raises(asyncpg.PostgresError) as err:  # a new key in a moved arc too
+        with pytest.raises(KeyMovedError):  # a new key in a moved arc too
             await stale.execute("INSERT INTO users (id, name) VALUES ($1, 'x')", fresh,
                                 shard_key=fresh)
-        assert KeyMovedError.from_exception(err.value) is not None
         assert await load_topology(stale) == 1
         await stale.execute("UPDATE users SET n = 1000 WHERE id = $1", moved, shard_key=moved)
         assert await pool.fetchval("SELECT n FROM users WHERE id = $1", moved, shard="s4") == 1000
         done = await rb.resume()  # the deferred clean-up
         assert done is not None and sum(done.deleted.values()) > 0
         assert (await rb.status() or {})["phase"] == "done"
-        with pytest.raises(asyncpg.PostgresError) as err:  # INSERTs stay guarded
+        with pytest.raises(KeyMovedError):  # INSERTs stay guarded
             await stale.execute("INSERT INTO users (id, name) VALUES ($1, 'x')", fresh,
                                 shard=old.get_node(fresh))
-        assert KeyMovedError.from_exception(err.value) is not None
         # keys that did not move still write on the old shard through the guard
         kept = next(i for i in range(500) if new.get_node(i) == old.get_node(i))
         await pool.execute("UPDATE users SET n = 7 WHERE id = $1", kept, shard_key=kept)
     finally:
         await stale.close()
+        await pool.close()
+
+
+async def test_stale_update_or_delete_after_cleanup_is_rejected(dsns: dict[str, str]) -> None:
+    """After clean-up the moved row is gone from the source: an UPDATE/DELETE from a client
+    on the old ring matches no row there -- it must fail, not succeed silently."""
+    old = HashRing(["s1", "s2", "s3"])
+    await create_schema(dsns, ["s1", "s2", "s3"])
+    pool = await open_pool(dsns, old)
+    stale = await open_pool(dsns, old.copy())
+    try:
+        await load(pool, users=500, orders=0)
+        rb = Rebalancer(pool, {"users": "id"})
+        await rb.apply(await rb.plan(add=["s4"]))  # with clean-up
+        new = HashRing(["s1", "s2", "s3", "s4"])
+        moved = next(i for i in range(500) if new.get_node(i) != old.get_node(i))
+        kept = next(i for i in range(500) if new.get_node(i) == old.get_node(i)
+                    and old.get_node(i) == old.get_node(moved))
+        src = old.get_node(moved)
+        assert await pool.fetchval("SELECT count(*) FROM users WHERE id = $1", moved,
+                                   shard=src) == 0
+        for sql in ("UPDATE users SET n = 5 WHERE id = $1", "DELETE FROM users WHERE id = $1"):
+            with pytest.raises(KeyMovedError, match="stale"):
+                await stale.execute(sql, moved, shard_key=moved)
+        with pytest.raises(KeyMovedError):  # the whole stale session, until it refreshes
+            await stale.execute("UPDATE users SET n = 5 WHERE id = $1", kept, shard_key=kept)
+        assert await pool.fetchval("SELECT n FROM users WHERE id = $1", moved,
+                                   shard="s4") == moved % 97  # nothing was lost
+        await load_topology(stale)
+        assert await stale.execute("UPDATE users SET n = 5 WHERE id = $1", moved,
+                                   shard_key=moved) == "UPDATE 1"
+        assert await stale.execute("UPDATE users SET n = 6 WHERE id = $1", kept,
+                                   shard_key=kept) == "UPDATE 1"
+        # sessions that declare no ring (psql, other tools) and the new ring are not stopped
+        conn = await asyncpg.connect(dsns[src])
+        try:
+            assert await conn.execute("UPDATE users SET n = 8 WHERE id = $1", kept) == "UPDATE 1"
+        finally:
+            await conn.close()
+    finally:
+        await stale.close()
+        await pool.close()
+
+
+async def test_topology_watcher_refreshes_and_retries_on_the_new_owner(
+        dsns: dict[str, str]) -> None:
+    old = HashRing(["s1", "s2", "s3"])
+    await create_schema(dsns, ["s1", "s2", "s3"])
+    pool = await open_pool(dsns, old)
+    other = await open_pool(dsns, old.copy())  # another process, watching the topology
+    lazy = await open_pool(dsns, old.copy())  # and one that only reacts to KeyMovedError
+    try:
+        await load(pool, users=500, orders=0)
+        new = HashRing(["s1", "s2", "s3", "s4"])
+        moved = next(i for i in range(500) if new.get_node(i) != old.get_node(i))
+        async with TopologyWatcher(other, interval=60) as watcher, \
+                TopologyWatcher(lazy, interval=3600) as lazy_watcher:
+            assert watcher.version is None
+            rb = Rebalancer(pool, {"users": "id"})
+            await rb.apply(await rb.plan(add=["s4"]))
+            for _ in range(100):  # NOTIFY, not the 60 s poll
+                if watcher.version == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert watcher.version == 1 and other.shard_for(moved) == "s4"
+            if lazy_watcher._listen is not None:  # make it miss the notification
+                await lazy_watcher._unlisten()
+                lazy_watcher._listen = None
+                lazy.set_ring(old.copy())
+                lazy_watcher.version = None
+            # a stale row-level rejection names the owner: refreshed and retried there
+            fresh = next(i for i in range(10**9, 10**10)
+                         if new.get_node(i) == "s4" and old.get_node(i) != "s4")
+            assert await lazy.execute("INSERT INTO users (id, name) VALUES ($1, 'w')", fresh,
+                                      shard_key=fresh) == "INSERT 0 1"
+            assert await pool.fetchval("SELECT count(*) FROM users WHERE id = $1", fresh,
+                                       shard="s4") == 1
+            assert lazy_watcher.version == 1 and lazy.shard_for(moved) == "s4"
+    finally:
+        await lazy.close()
+        await other.close()
         await pool.close()
 
 
@@ -275,13 +356,37 @@ async def test_preflight_fails_before_touching_anything(dsns: dict[str, str]) ->
     small = await open_pool({k: v for k, v in dsns.items() if k != "s4"},
                             HashRing(["s1", "s2", "s3"]))
     try:
-        rb = Rebalancer(small, {"users": "id"}, dsns={"s4": dsns["s4"]})
-        plan = await rb.plan(add={"s4": dsns["s4"]})
+        rb = Rebalancer(small, {"users": "id"})
+        plan = await rb.plan(add=["s4"])  # no DSN for s4 anywhere
         with pytest.raises(RebalanceError, match="pool has no shard"):
             await rb.apply(plan)
         await rb.close()
     finally:
         await small.close()
+
+
+async def test_plan_add_with_a_dsn_adds_the_shard_to_the_pool(dsns: dict[str, str]) -> None:
+    """The issue's idiom: ``plan(add={"s4": dsn4})`` on a pool that has never heard of s4."""
+    old = HashRing(["s1", "s2", "s3"])
+    await create_schema(dsns, ["s1", "s2", "s3"])
+    pool = await open_pool({k: v for k, v in dsns.items() if k != "s4"}, old)
+    try:
+        await load(pool, users=1000, orders=600)
+        rb = Rebalancer(pool, TABLES)
+        plan = await rb.plan(add={"s4": dsns["s4"]})
+        assert "s4" not in pool.shards and plan.rows > 0
+        report = await rb.apply(plan)
+        assert pool.shards == ("s1", "s2", "s3", "s4") and "s4" in pool.ring.nodes
+        assert sum(report.copied.values()) == plan.rows
+        new = HashRing(["s1", "s2", "s3", "s4"])
+        assert misplaced(await snapshot(pool, "users", "id"), new) == []
+        assert await pool.fetchval("SELECT count(*) FROM users", shard="s4") == \
+            plan.rows_of("users")
+        with pytest.raises(ValueError, match="already exists"):
+            await pool.add_shard("s4", dsns["s4"])
+        await rb.close()
+    finally:
+        await pool.close()
 
 
 async def test_second_rebalance_refused_while_one_holds_the_lock(dsns: dict[str, str]) -> None:

@@ -14,7 +14,7 @@ from tiercache.codec import register as register_type
 from tiercache.policies.write import Retry, WriteBehind, WriteThrough
 from tiercache.row import Row
 from tiercache.sharding.pool import ShardedPool, ShardFanoutError, create_sharded_pool
-from tiercache.sharding.rebalance import KeyMovedError, Rebalancer
+from tiercache.sharding.rebalance import KeyMovedError, Rebalancer, TopologyWatcher, load_topology
 from tiercache.sharding.ring import HashRing
 from tiercache.store import JournalUnavailable, Store
 from tiercache.tiers.base import MISSING, SyncTier, Tier
@@ -41,10 +41,12 @@ __all__ = [
     "SyncTier",
     "Tier",
     "TierCache",
+    "TopologyWatcher",
     "WriteBehind",
     "WriteThrough",
     "create_sharded_pool",
     "implementation",
+    "load_topology",
     "register_type",
 ]
 __version__ = "0.1.0"

@@ -12,7 +12,7 @@ it uses, and uses nothing of its subclass.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal
 
 import asyncpg
@@ -22,7 +22,7 @@ from tiercache.sharding._endpoints import Endpoint, Shard, parse_shards
 from tiercache.sharding._fleet import Fleet
 from tiercache.sharding._l3_listen import Listener, install_triggers
 from tiercache.sharding._pool_metrics import SlowQueryLog
-from tiercache.sharding._routing import Ring, check_ring, default_ring
+from tiercache.sharding._routing import Ring, check_ring, default_ring, ring_session
 from tiercache.tiers.query import QueryCache
 
 __all__ = ["ShardedPoolBase"]
@@ -38,7 +38,8 @@ class ShardedPoolBase(asyncpg.Pool):  # type: ignore[misc]
     """
 
     __slots__ = (
-        "_default", "_fanout_concurrency", "_fleet", "_l3_listeners", "_name", "_query_cache",
+        "_default", "_fanout_concurrency", "_fleet", "_l3_listeners", "_name", "_on_key_moved",
+        "_query_cache",
         "_ready", "_ring", "_shard_names",
         "_shards", "_slowlog", "_starting", "_stopped", "_stopping",
     )
@@ -72,6 +73,9 @@ class ShardedPoolBase(asyncpg.Pool):  # type: ignore[misc]
         self._slowlog = SlowQueryLog(slow_query_ms, slow_query_log_size)
         self._ring: Ring = ring if ring is not None else default_ring(self._shards)
         check_ring(self._ring, self._shards)
+        self._fleet.session = ring_session(self._ring)
+        # set by a TopologyWatcher: (error, shard) -> shard to retry a KeyMovedError on
+        self._on_key_moved: Callable[[BaseException, str], Awaitable[str | None]] | None = None
         if default_shard is None and len(self._shards) == 1:
             default_shard = self._shard_names[0]
         self._default: Shard | None = None if default_shard is None else self._shard(default_shard)
@@ -173,6 +177,15 @@ class ShardedPoolBase(asyncpg.Pool):  # type: ignore[misc]
         shards absent from the ring only get ``shard=``, default and fan-out traffic."""
         check_ring(ring, self._shards)
         self._ring = ring
+        self._fleet.retag(ring_session(ring))  # sessions declare the ring that routed them
+
+    async def add_shard(self, name: str, spec: Any) -> None:
+        """Open one more shard (a DSN, or ``{"dsn": ..., "replicas": [...], ...}`` as in
+        :func:`create_sharded_pool`).  It gets no keys until a ring names it: the
+        rebalancer adds it, moves its rows, then flips the ring (``set_ring``)."""
+        self._check_init()
+        await self._fleet.add(name, spec)
+        self._shard_names = (*self._shard_names, name)
 
     def shard_for(self, key: Any) -> str:
         """The shard ``key`` routes to: exactly ``ring.get_node(key)``."""

@@ -10,13 +10,14 @@ query path except :meth:`Fleet.owner`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import asyncpg
 
-from tiercache.sharding._endpoints import Endpoint, Shard, name_endpoint, pool_of
+from tiercache.sharding._endpoints import Endpoint, Shard, name_endpoint, parse_shards, pool_of
 from tiercache.sharding._fanout import ShardFanoutError
 from tiercache.sharding._redact import Redactor, redact_dsn
 
@@ -34,7 +35,8 @@ POOL_ONLY = frozenset({
 class Fleet:
     """Every shard's primary and replica pools, opened and closed together."""
 
-    __slots__ = ("closing", "owners", "pool_kwargs", "redactor", "retry_after", "shards")
+    __slots__ = ("closing", "owners", "pool_kwargs", "redactor", "retry_after", "session",
+                 "shards")
 
     def __init__(
         self, shards: dict[str, Shard], pool_kwargs: Mapping[str, Any], retry_after: float
@@ -43,6 +45,9 @@ class Fleet:
         self.pool_kwargs = dict(pool_kwargs)
         self.retry_after = retry_after
         self.closing = False  # set by ShardedPool.close()/terminate(): late opens are undone
+        # server_settings every connection gets on top of the user's (the ring's digest, so
+        # a rebalanced shard can reject sessions that route with a stale ring)
+        self.session: dict[str, str] = {}
         self.owners: dict[Any, Endpoint] = {}  # asyncpg pool -> its endpoint
         self.redactor = Redactor()
         self.redactor.add(pool_kwargs.get("password"))
@@ -103,6 +108,40 @@ class Fleet:
             dsns = {name: self.shards[name].primary.redacted for name in primary_errors}
             raise ShardFanoutError("create_sharded_pool", opened, primary_errors, dsns)
 
+    async def add(self, name: str, spec: Any) -> Shard:
+        """Parse, open and register one more shard (the rebalancer's ``add``).
+
+        Its primary must open (else nothing changes and the error is raised, named); a
+        replica that fails is marked down and retried by ``health()``, as at start.
+        """
+        if self.closing:
+            raise asyncpg.InterfaceError("pool is closing")
+        if name in self.shards:
+            raise ValueError(f"shard {name!r} already exists")
+        least = any(s.least_latency for s in self.shards.values())
+        shard = parse_shards({name: spec}, "least_latency" if least else "round_robin",
+                             self.pool_kwargs)[name]
+        loop = self.pool_kwargs.get("loop") or _NO_LOOP
+        for ep in shard.endpoints():
+            self.redactor.add_dsn(ep.dsn)
+            self.redactor.add(ep.connect_kwargs.get("password"))
+            asyncpg.Pool(None, **{**self.pool_kwargs, **ep.connect_kwargs, "loop": loop})
+        try:
+            await self.open(shard.primary)
+        except BaseException as exc:
+            self.discard([shard.primary])
+            name_endpoint(self.redactor.exception(exc), shard.primary)
+            raise
+        for ep in shard.replicas:
+            try:
+                await self.open(ep)
+            except Exception as exc:  # like a replica at start: retried by health()
+                ep.mark_down(self.retry_after)
+                log.warning("tiercache: replica %s of shard %s unavailable (%s)", ep.redacted,
+                            name, type(exc).__name__)
+        self.shards[name] = shard
+        return shard
+
     def discard(self, endpoints: Iterable[Endpoint]) -> None:
         """Terminate and forget the pools of ``endpoints`` (a failed or cancelled start)."""
         for ep in endpoints:
@@ -118,7 +157,7 @@ class Fleet:
         the sharded pool may start closing meanwhile: a pool that lost either race is
         terminated here instead of being left running where ``close()`` cannot see it.
         """
-        pool = asyncpg.create_pool(ep.dsn, **{**self.pool_kwargs, **ep.connect_kwargs})
+        pool = asyncpg.create_pool(ep.dsn, **self.connect_args(ep, self.pool_kwargs))
         try:
             await pool
         except BaseException:
@@ -133,6 +172,27 @@ class Fleet:
         ep.pool = pool
         ep.mark_up()
         self.owners[pool] = ep
+
+    def connect_args(self, ep: Endpoint, base: Mapping[str, Any]) -> dict[str, Any]:
+        """``base`` + the endpoint's connect arguments, with :attr:`session` merged into
+        ``server_settings``."""
+        args = {**base, **ep.connect_kwargs}
+        if self.session:
+            args["server_settings"] = {**(args.get("server_settings") or {}), **self.session}
+        return args
+
+    def retag(self, session: Mapping[str, str]) -> None:
+        """New :attr:`session` settings: new connections get them, and every open
+        connection is replaced on its next acquire (``expire_connections``)."""
+        if dict(session) == self.session:
+            return
+        self.session = dict(session)
+        connect_only = {k: v for k, v in self.pool_kwargs.items() if k not in POOL_ONLY}
+        for ep in self.endpoints():
+            if ep.pool is not None:
+                ep.pool.set_connect_args(ep.dsn, **self.connect_args(ep, connect_only))
+                with contextlib.suppress(RuntimeError):  # no running loop: nothing is open
+                    asyncio.get_running_loop().create_task(ep.pool.expire_connections())
 
     def owner(self, connection: Any) -> Endpoint | None:
         """The endpoint whose pool ``connection`` (a pool connection proxy) came from."""
@@ -172,7 +232,7 @@ class Fleet:
                 ep.redacted = redact_dsn(dsn)
             ep.connect_kwargs.update(connect_kwargs)
             if ep.pool is not None:
-                ep.pool.set_connect_args(ep.dsn, **{**connect_only, **ep.connect_kwargs})
+                ep.pool.set_connect_args(ep.dsn, **self.connect_args(ep, connect_only))
 
     def pools(self) -> list[Any]:
         return [ep.pool for ep in self.endpoints() if ep.pool is not None]

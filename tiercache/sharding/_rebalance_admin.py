@@ -13,7 +13,7 @@ from tiercache.sharding._rebalance_journal import read_progress
 from tiercache.sharding._rebalance_move import TableMover
 from tiercache.sharding._rebalance_plan import ring_from_spec
 from tiercache.sharding._rebalance_schema import RebalanceError
-from tiercache.sharding._rebalance_sql import SCHEMA, drop_capture_ddl
+from tiercache.sharding._rebalance_sql import SCHEMA
 
 if TYPE_CHECKING:
     from tiercache.sharding._rebalance_flow import Flow
@@ -27,12 +27,7 @@ async def abort(flow: Flow, phase: str) -> None:
     if phase in ("flipping", "flipped"):
         raise RebalanceError("the job has flipped (or is flipping): resume() it instead")
     await flow.load_infos()
-    for source in flow.plan.sources():
-        async with flow.conn(source) as c:
-            for table in flow.plan.tables:
-                for stmt in drop_capture_ddl(table, keep_guard=False):
-                    await c.execute(stmt)
-            await c.execute(f"DELETE FROM {SCHEMA}.arcs WHERE job = $1", flow.plan.job)
+    await flow.drop_captures(keep_guard=False)
     await flow.drop_indexes()
     for _table, move, mover in flow.movers():
         async with flow.conn(move.target) as dst:

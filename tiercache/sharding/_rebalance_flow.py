@@ -51,6 +51,7 @@ from tiercache.sharding._rebalance_sql import (
     hash_index_ddl,
     multirange,
 )
+from tiercache.sharding._routing import ring_digest
 
 if TYPE_CHECKING:
     from tiercache.sharding.rebalance import Hook, Rebalancer, RebalanceReport
@@ -207,16 +208,10 @@ class Flow:
 
     async def preflight(self) -> None:
         """Every check that can fail, before anything is written anywhere."""
-        new = ring_from_spec(self.plan.new_ring)
         current = self.rb._ring()
         if current.weights != self.plan.old_ring["weights"] or current.mode != self.plan.old_ring[
                 "mode"]:
             raise RebalanceError("the pool's ring changed since the plan was made: plan again")
-        missing = [n for n in new.nodes if n not in self.rb.pool.shards]
-        if missing:
-            raise RebalanceError(
-                f"the pool has no shard {missing}: create it with every shard of the new ring "
-                "(and ring= the current ring) so the flip can route to them")
         for shard in sorted(set(self.plan.sources()) | set(self.plan.targets())):
             try:
                 async with self.conn(shard) as c:
@@ -258,17 +253,29 @@ class Flow:
             async with self.conn(move.target) as dst:
                 async for n in mover.delete_in(dst, mover.arcs, 50_000):
                     self.report.debris += n
+        new_digest = ring_digest(ring_from_spec(self.plan.new_ring))
+        for shard in self.ring_shards():
+            incoming = multirange(sorted(a for m in self.plan.moves if m.target == shard
+                                         for a in m.arcs))
+            async with self.conn(shard) as c, c.transaction():
+                # the new ring is current from the flip on, and keys moving here are no
+                # longer "moved away" from here (guards of earlier moves)
+                await c.execute(f"DELETE FROM {SCHEMA}.stale_rings WHERE digest = $1",
+                                new_digest)
+                await c.execute(
+                    f"UPDATE {SCHEMA}.arcs SET arcs = arcs - $2::text::int8multirange "
+                    f"WHERE job <> $1", self.plan.job, incoming)
+                await c.execute(f"DELETE FROM {SCHEMA}.arcs WHERE isempty(arcs)")
         for source in self.plan.sources():
             async with self.conn(source) as c, c.transaction():
-                await c.execute(f"DELETE FROM {SCHEMA}.arcs WHERE job <> $1", self.plan.job)
                 for move in (m for m in self.plan.moves if m.source == source):
                     await c.execute(
-                        f"INSERT INTO {SCHEMA}.arcs (job, target, arcs) VALUES ($1, $2, "
-                        f"$3::text::int8multirange) ON CONFLICT (job, target) DO NOTHING",
-                        self.plan.job, move.target, multirange(move.arcs))
+                        f"INSERT INTO {SCHEMA}.arcs (job, target, arcs, fence_lock) VALUES "
+                        f"($1, $2, $3::text::int8multirange, $4) ON CONFLICT (job, target) "
+                        f"DO NOTHING", self.plan.job, move.target, multirange(move.arcs),
+                        fence_lock_key(self.plan.job, source))
                 for table, info in self.infos.items():
-                    for stmt in capture_ddl(self.plan.job, table, info.key, info.key_sql_type,
-                                            info.key_type, source):
+                    for stmt in capture_ddl(table, info.key, info.key_sql_type, info.key_type):
                         await c.execute(stmt)
 
     async def ensure_indexes(self) -> None:
@@ -443,9 +450,13 @@ class Flow:
         # in between is rejected once more and retries).
         await self.journal.set_phase(self.plan.job, "flipping")
 
-        async def mark_moved(source: str) -> None:
+        old_digest = ring_digest(ring_from_spec(self.plan.old_ring))
+
+        async def mark_moved(source: str) -> None:  # and the old ring is stale here
             await self._held[source].execute(
-                f"UPDATE {SCHEMA}.arcs SET moved = true WHERE job = $1", self.plan.job)
+                f"WITH m AS (UPDATE {SCHEMA}.arcs SET moved = true WHERE job = $1) "
+                f"INSERT INTO {SCHEMA}.stale_rings (digest, job) VALUES ($2, $1) "
+                f"ON CONFLICT (digest) DO NOTHING", self.plan.job, old_digest)
 
         async with self.fence():
             await self.hook("fenced")
@@ -523,13 +534,20 @@ class Flow:
                 async for n in mover.delete_indexed(src, width):
                     self.report.deleted[table] = self.report.deleted.get(table, 0) + n
         await self.drop_indexes()
+        await self.drop_captures(keep_guard=self.rb.keep_guard)
+
+    async def drop_captures(self, keep_guard: bool) -> None:
+        """Empty the capture tables; without ``keep_guard`` forget this job's arcs too, and
+        drop the triggers of a source no other job's guard needs any more."""
         for source in self.plan.sources():
             async with self.conn(source) as c:
-                for table in self.plan.tables:
-                    for stmt in drop_capture_ddl(table, keep_guard=self.rb.keep_guard):
-                        await c.execute(stmt)
-                if not self.rb.keep_guard:
+                keep = keep_guard
+                if not keep:
                     await c.execute(f"DELETE FROM {SCHEMA}.arcs WHERE job = $1", self.plan.job)
+                    keep = await c.fetchval(f"SELECT EXISTS (SELECT FROM {SCHEMA}.arcs)")
+                for table in self.plan.tables:
+                    for stmt in drop_capture_ddl(table, keep_guard=keep):
+                        await c.execute(stmt)
 
 
 def _recorder(job: str, table: str, source: str, end: int, before: int

@@ -119,12 +119,5 @@ async def write_topology(conn: Any, ring_spec: dict[str, Any], job: str) -> int:
     if version is None:  # already recorded for this job (resume)
         version = await conn.fetchval(
             f"SELECT version FROM {SCHEMA}.topology WHERE job = $1", job)
+    await conn.execute("SELECT pg_notify('tiercache_topology', $1)", str(version))
     return version
-
-
-async def read_topology(conn: Any) -> tuple[int, dict[str, Any]] | None:
-    if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{SCHEMA}.topology"):
-        return None
-    row = await conn.fetchrow(
-        f"SELECT version, ring::text FROM {SCHEMA}.topology ORDER BY version DESC LIMIT 1")
-    return None if row is None else (int(row[0]), json.loads(row[1]))

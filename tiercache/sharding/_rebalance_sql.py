@@ -42,6 +42,9 @@ CREATE OR REPLACE FUNCTION {SCHEMA}.ketama(bytea) RETURNS bigint
 CREATE TABLE IF NOT EXISTS {SCHEMA}.arcs (
     job text NOT NULL, target text NOT NULL, arcs int8multirange NOT NULL,
     moved boolean NOT NULL DEFAULT false, PRIMARY KEY (job, target));
+ALTER TABLE {SCHEMA}.arcs ADD COLUMN IF NOT EXISTS fence_lock bigint NOT NULL DEFAULT 0;
+CREATE TABLE IF NOT EXISTS {SCHEMA}.stale_rings (
+    digest text PRIMARY KEY, job text NOT NULL, at timestamptz NOT NULL DEFAULT now());
 """
 
 #: Shard-key column types whose text form equals what HashRing hashes: ``str(int)``,
@@ -128,31 +131,41 @@ def capture_table(table: str) -> str:
     return f"{SCHEMA}.{ident('cap_' + object_suffix(table))}"
 
 
-def capture_ddl(job: str, table: str, key: str, key_sql_type: str, key_type: str,
-                source: str) -> list[str]:
-    """Capture table + row trigger on the source (idempotent: resume re-runs it).
+def capture_ddl(table: str, key: str, key_sql_type: str, key_type: str) -> list[str]:
+    """Capture table, row trigger and stale-session guard on a source (idempotent).
 
-    The trigger, for every row whose old or new shard key hashes into an arc moving away:
+    The row trigger, for every row whose old or new shard key hashes into an arc of
+    ``tiercache_rb.arcs`` (any job's: guards of earlier moves stay):
 
-    * takes a shared advisory lock (the write fence holds it exclusively, so writers to moving
-      keys wait for the fence, and the fence waits for writers already inside);
-    * after the flip (``moved``), raises ``KeyMovedError`` (SQLSTATE ``TCKM1``) naming the new
-      shard, so a client on the old ring never writes a row that clean-up would delete;
-    * otherwise records the key and its target in the capture table for catch-up.
+    * arcs already ``moved``: raises ``KeyMovedError`` (SQLSTATE ``TCKM1``) naming the new
+      shard, so a client on an old ring never writes a row that clean-up would delete;
+    * arcs moving now: takes the job's fence lock shared (the write fence holds it
+      exclusively, so writers to moving keys wait for the fence, and the fence waits for
+      writers already inside), re-checks ``moved``, and records the key for catch-up.
+
+    A row trigger cannot see an UPDATE or DELETE that matches no row -- the case of a moved
+    key once clean-up removed it.  So a statement trigger rejects UPDATE/DELETE from any
+    session that declares (``tiercache.ring``, set by every ShardedPool) a ring listed in
+    ``tiercache_rb.stale_rings``: a ring some flip moved keys away from this shard under.
+    It runs AFTER the statement, so a row trigger's error (which names the new owner) wins.
 
     Sessions of the rebalancer itself set ``tiercache.rebalancer = 'on'`` and pass through.
-    The job id and table name are embedded as quoted literals (they are ours / checked).
     """
     sfx = object_suffix(table)
     cap = capture_table(table)
     fn = f"{SCHEMA}.{ident('trg_' + sfx)}"
+    stale_fn = f"{SCHEMA}.{ident('stale_' + sfx)}"
     trg = ident(f"tiercache_rb_{sfx}")
+    stale_trg = ident(f"tiercache_rb_stale_{sfx}")
     h_new = hash_expr(f"NEW.{ident(key)}", key_type)
     h_old = hash_expr(f"OLD.{ident(key)}", key_type)
-    lock = _lock_key(job, source)
+    moved = f"""RAISE EXCEPTION USING ERRCODE = '{KEY_MOVED_SQLSTATE}',
+                MESSAGE = format('tiercache: shard key %s of table %s moved to shard %s',
+                                 k, {_literal(table)}, t),
+                DETAIL = t, HINT = 'refresh the topology and retry on the new shard';"""
     body = f"""
 DECLARE
-    hk bigint; t text; mv boolean; k {key_sql_type};
+    hk bigint; t text; mv boolean; lk bigint; k {key_sql_type};
 BEGIN
     IF current_setting('tiercache.rebalancer', true) = 'on' THEN
         RETURN NULL;
@@ -168,20 +181,36 @@ BEGIN
             k := NEW.{ident(key)}; hk := {h_new};
         END IF;
         CONTINUE WHEN hk IS NULL;
-        SELECT a.target INTO t FROM {SCHEMA}.arcs a
-            WHERE a.job = {_literal(job)} AND a.arcs @> hk;
+        SELECT a.target, a.moved, a.fence_lock INTO t, mv, lk FROM {SCHEMA}.arcs a
+            WHERE a.arcs @> hk ORDER BY a.moved LIMIT 1;
         CONTINUE WHEN t IS NULL;
-        PERFORM pg_advisory_xact_lock_shared({lock});
-        SELECT a.moved INTO mv FROM {SCHEMA}.arcs a
-            WHERE a.job = {_literal(job)} AND a.target = t;
         IF mv THEN
-            RAISE EXCEPTION USING ERRCODE = '{KEY_MOVED_SQLSTATE}',
-                MESSAGE = format('tiercache: shard key %s of table %s moved to shard %s',
-                                 k, {_literal(table)}, t),
-                DETAIL = t, HINT = 'refresh the topology and retry on the new shard';
+            {moved}
+        END IF;
+        PERFORM pg_advisory_xact_lock_shared(lk);
+        SELECT a.target, a.moved INTO t, mv FROM {SCHEMA}.arcs a
+            WHERE a.arcs @> hk ORDER BY a.moved LIMIT 1;
+        IF mv THEN
+            {moved}
         END IF;
         INSERT INTO {cap} (k, target) VALUES (k, t);
     END LOOP;
+    RETURN NULL;
+END"""
+    stale_body = f"""
+DECLARE
+    d text := current_setting('tiercache.ring', true);
+BEGIN
+    IF d IS NULL OR d = '' OR current_setting('tiercache.rebalancer', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
+    IF EXISTS (SELECT 1 FROM {SCHEMA}.stale_rings s WHERE s.digest = d) THEN
+        RAISE EXCEPTION USING ERRCODE = '{KEY_MOVED_SQLSTATE}',
+            MESSAGE = format('tiercache: this session routes with ring %s, which is stale '
+                             'for table %s on this shard (keys moved away)', d,
+                             {_literal(table)}),
+            DETAIL = '', HINT = 'refresh the topology (tiercache.load_topology) and retry';
+    END IF;
     RETURN NULL;
 END"""
     return [
@@ -189,20 +218,28 @@ END"""
         f"target text NOT NULL)",
         f"CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS "
         f"$tcrb${body}$tcrb$",
+        f"CREATE OR REPLACE FUNCTION {stale_fn}() RETURNS trigger LANGUAGE plpgsql AS "
+        f"$tcrb${stale_body}$tcrb$",
         f"DROP TRIGGER IF EXISTS {trg} ON {qualified(table)}",
         f"CREATE TRIGGER {trg} AFTER INSERT OR UPDATE OR DELETE ON {qualified(table)} "
         f"FOR EACH ROW EXECUTE FUNCTION {fn}()",
+        f"DROP TRIGGER IF EXISTS {stale_trg} ON {qualified(table)}",
+        f"CREATE TRIGGER {stale_trg} AFTER UPDATE OR DELETE ON {qualified(table)} "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {stale_fn}()",
     ]
 
 
 def drop_capture_ddl(table: str, *, keep_guard: bool) -> list[str]:
-    """Drop the capture table; drop the trigger too unless it stays as the moved-key guard."""
+    """Drop the capture table; drop the triggers too unless they stay as moved-key guards."""
     sfx = object_suffix(table)
     stmts = [f"TRUNCATE {capture_table(table)}"] if keep_guard else []
     if not keep_guard:
         stmts += [
             f"DROP TRIGGER IF EXISTS {ident(f'tiercache_rb_{sfx}')} ON {qualified(table)}",
+            f"DROP TRIGGER IF EXISTS {ident(f'tiercache_rb_stale_{sfx}')} ON "
+            f"{qualified(table)}",
             f"DROP FUNCTION IF EXISTS {SCHEMA}.{ident('trg_' + sfx)}()",
+            f"DROP FUNCTION IF EXISTS {SCHEMA}.{ident('stale_' + sfx)}()",
             f"DROP TABLE IF EXISTS {capture_table(table)}",
         ]
     return stmts

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from tiercache.sharding._endpoints import Shard
 
-__all__ = ["Ring", "check_ring", "default_ring"]
+__all__ = ["RING_SETTING", "Ring", "check_ring", "default_ring", "ring_digest", "ring_session"]
 
 
 class Ring(Protocol):
@@ -45,3 +45,29 @@ def check_ring(ring: Ring, shards: Mapping[str, Shard]) -> None:
         raise ValueError(
             f"ring nodes {sorted(unknown)} have no shard; shards are {list(shards)}"
         )
+
+
+#: The session setting that declares which ring routed a connection (see ring_session).
+RING_SETTING = "tiercache.ring"
+
+
+def ring_session(ring: Ring) -> dict[str, str]:
+    """``{"tiercache.ring": digest}`` for a HashRing (weights, mode, vnodes, replicas), so
+    a shard whose keys a rebalance moved can reject writes from sessions routed by the old
+    ring; ``{}`` for other rings."""
+    from tiercache.sharding.ring import HashRing
+
+    if not isinstance(ring, HashRing):
+        return {}
+    return {RING_SETTING: ring_digest(ring)}
+
+
+def ring_digest(ring: Any) -> str:
+    """A stable digest of a HashRing's placement parameters (16 hex digits)."""
+    import hashlib
+    import json
+
+    spec = {"weights": {str(k): v for k, v in ring.weights.items()}, "mode": ring.mode,
+            "vnodes": ring.vnodes, "replicas": ring.replicas}
+    text = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:16]

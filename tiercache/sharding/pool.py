@@ -118,7 +118,7 @@ class ShardedPool(ShardedPoolBase):
         try:
             result = await self._run(ep, "execute", query, (query, *args), {"timeout": timeout})
         finally:  # also on error: a lost reply may follow a commit
-            await self._query_cache.note_write(ep.shard, query, ep.pool)
+            await self._query_cache.note_write(ep.shard, query, ep.pool, args)
         return result
 
     async def executemany(
@@ -132,7 +132,7 @@ class ShardedPool(ShardedPoolBase):
             await self._run(ep, "executemany", command, (command, args), {"timeout": timeout})
         finally:
             if self._query_cache is not None:
-                await self._query_cache.note_write(ep.shard, command, ep.pool)
+                await self._query_cache.note_write(ep.shard, command, ep.pool, args, True)
 
     async def fetch(
         self, query: str, *args: Any, timeout: float | None = None, record_class: Any = None,
@@ -406,6 +406,13 @@ class ShardedPool(ShardedPoolBase):
                 ep.mark_down(self._fleet.retry_after)
                 primary = self._shards[ep.shard].primary
                 return await self._run(primary, method, text, args, kwargs)
+            if self._on_key_moved is not None and getattr(exc, "sqlstate", "") == "TCKM1":
+                # a rebalanced shard rejected the key: refresh the topology, retry on the
+                # key's new owner (a statement that failed ran in its own transaction)
+                shard = await self._on_key_moved(exc, ep.shard)
+                if shard is not None:
+                    return await self._run(self._shards[shard].primary, method, text, args,
+                                           kwargs)
             name_endpoint(self._fleet.redactor.exception(exc), ep)
             raise
 

@@ -34,23 +34,23 @@ import asyncpg
 
 from tiercache.sharding import _rebalance_admin as admin
 from tiercache.sharding._rebalance_flow import Flow
-from tiercache.sharding._rebalance_journal import Journal, read_topology
+from tiercache.sharding._rebalance_journal import Journal
 from tiercache.sharding._rebalance_move import ArcDiff, TableMover
 from tiercache.sharding._rebalance_plan import (
     Plan,
     TableMove,
     moves_between,
-    ring_from_spec,
     ring_spec,
 )
 from tiercache.sharding._rebalance_progress import Progress
 from tiercache.sharding._rebalance_schema import RebalanceError, TableInfo, table_info
-from tiercache.sharding._rebalance_sql import HASH_FUNCTIONS, KEY_MOVED_SQLSTATE
+from tiercache.sharding._rebalance_sql import HASH_FUNCTIONS
+from tiercache.sharding._rebalance_topology import KeyMovedError, TopologyWatcher, load_topology
 from tiercache.sharding.ring import HashRing
 
 __all__ = [
     "KeyMovedError", "Plan", "RebalanceError", "RebalanceReport", "RebalanceRunningError",
-    "Rebalancer", "VerificationError", "VerifyReport", "load_topology",
+    "Rebalancer", "TopologyWatcher", "VerificationError", "VerifyReport", "load_topology",
 ]
 
 Hook = Callable[[str], Awaitable[None] | None]
@@ -66,25 +66,6 @@ class VerificationError(RebalanceError):
     def __init__(self, message: str, diffs: list[tuple[str, str, str, ArcDiff]]) -> None:
         super().__init__(message)
         self.diffs = diffs  # (table, source, target, arc)
-
-
-class KeyMovedError(Exception):
-    """A write reached a shard its key moved away from (a client on the old ring).
-
-    Raised by the source's guard trigger as SQLSTATE ``TCKM1``; :meth:`from_exception`
-    turns the asyncpg error into this, with the new owner in ``target``.  Re-route with
-    :func:`load_topology` (or ``pool.set_ring``) and retry.
-    """
-
-    def __init__(self, message: str, target: str) -> None:
-        super().__init__(message)
-        self.target = target
-
-    @classmethod
-    def from_exception(cls, exc: BaseException) -> KeyMovedError | None:
-        if getattr(exc, "sqlstate", None) != KEY_MOVED_SQLSTATE:
-            return None
-        return cls(str(getattr(exc, "message", exc)), str(getattr(exc, "detail", "") or ""))
 
 
 @dataclass
@@ -133,8 +114,8 @@ class Rebalancer:
 
     ``tables`` maps each sharded table (``"name"`` or ``"schema.name"``) to its shard-key
     column.  ``dsns`` gives connection strings for shards the pool does not have yet (also
-    accepted as ``plan(add={name: dsn})``); the pool must know every shard of the new ring by
-    the time of the flip (create it with the new shard and ``ring=`` the current ring).
+    accepted as ``plan(add={name: dsn})``): ``apply`` adds them to the pool
+    (``pool.add_shard``) before it copies anything.
     The journal lives on ``journal_shard`` (default: the pool's first shard).
     """
 
@@ -167,6 +148,26 @@ class Rebalancer:
     async def _conn(self, shard: str) -> AsyncIterator[Any]:
         async with (await self._pg(shard)).acquire(timeout=60) as conn:
             yield conn
+
+    async def _adopt_new_shards(self, plan: Plan) -> None:
+        """Shards of the new ring the pool lacks are added from their DSNs (nothing is
+        written yet: they get keys at the flip); without a DSN the job cannot start."""
+        missing = [n for n in plan.new_ring["weights"] if n not in self.pool.shards]
+        unknown = [n for n in missing if not self._dsns.get(n)]
+        if unknown:
+            raise RebalanceError(
+                f"the pool has no shard {unknown}: pass its DSN (plan(add={{name: dsn}}) or "
+                "Rebalancer(dsns=...)), or create the pool with it, so the flip can route there")
+        for name in missing:
+            await self.adopt(name)
+
+    async def adopt(self, shard: str) -> None:
+        """Add ``shard`` to the pool from its DSN (``pool.add_shard``), in place of the
+        connections opened for planning."""
+        await self.pool.add_shard(shard, self._dsns[shard])
+        own = self._own.pop(shard, None)
+        if own is not None:
+            await own.close()
 
     async def close(self) -> None:
         """Close the connections opened for shards outside the pool."""
@@ -316,6 +317,7 @@ class Rebalancer:
                    cleanup: bool, parallel: int) -> RebalanceReport:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        await self._adopt_new_shards(plan)
         async with self._conn(self._journal_shard) as lock_conn:
             flow = Flow(self, plan, Journal(lock_conn), batch_size, progress, fence_timeout,
                         hook, parallel)
@@ -373,21 +375,3 @@ class Rebalancer:
         latest["progress"] = await admin.copy_progress(flow)
         latest["plan"] = plan
         return latest
-
-
-async def load_topology(pool: Any) -> int | None:
-    """Adopt the newest ring recorded in ``tiercache_rb.topology`` on the pool's shards.
-
-    For processes that did not run the rebalance (or after a :class:`KeyMovedError`):
-    returns the version adopted, or None when no shard has a topology.
-    """
-    best: tuple[int, dict[str, Any]] | None = None
-    for shard in pool.shards:
-        async with pool.shard_pool(shard).acquire() as conn:
-            found = await read_topology(conn)
-        if found is not None and (best is None or found[0] > best[0]):
-            best = found
-    if best is None:
-        return None
-    pool.set_ring(ring_from_spec(best[1]))
-    return best[0]
