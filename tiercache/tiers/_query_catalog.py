@@ -34,9 +34,20 @@ WITH RECURSIVE rel(oid, depth) AS (
                     AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> rel.oid
     WHERE rel.depth < $2
 )
-SELECT DISTINCT n.nspname, c.relname, c.relkind::text, c.relpersistence::text
+SELECT DISTINCT n.nspname, c.relname, c.relkind::text, c.relpersistence::text, rel.depth = 0
 FROM rel JOIN pg_class c ON c.oid = rel.oid JOIN pg_namespace n ON n.oid = c.relnamespace
 """
+# A plain table's single-column primary key, if its equality is exact (row keys, _sql_keys).
+_PK_SQL: Final = """
+SELECT a.attname, t.typname, coalesce(co.collisdeterministic, true)
+FROM pg_index i
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+JOIN pg_type t ON t.oid = a.atttypid
+LEFT JOIN pg_collation co ON co.oid = a.attcollation
+WHERE i.indrelid = to_regclass($1) AND i.indisprimary AND i.indnatts = 1
+"""
+_INT_TYPES: Final = frozenset({"int2", "int4", "int8"})
+_TEXT_TYPES: Final = frozenset({"text", "varchar"})  # not bpchar: 'a' = 'a ' there
 _SYSTEM: Final = frozenset({"pg_catalog", "information_schema", "pg_toast"})
 
 
@@ -47,11 +58,15 @@ def quote_ident(name: str) -> str:
 class Resolved:
     """The tables a relation reads (itself, or a view's base tables), or why not cacheable."""
 
-    __slots__ = ("at", "refusal", "tables")
+    __slots__ = ("at", "pk", "pk_kind", "refusal", "table", "tables")
 
-    def __init__(self, tables: frozenset[str], refusal: str | None) -> None:
+    def __init__(self, tables: frozenset[str], refusal: str | None, table: str | None = None,
+                 pk: str | None = None, pk_kind: str | None = None) -> None:
         self.tables = tables
         self.refusal = refusal
+        self.table = table  # the canonical name when the relation is a plain table
+        self.pk = pk  # its single-column primary key (row keys), if exact
+        self.pk_kind = pk_kind  # "int" or "text"
         self.at = time.monotonic()
 
 
@@ -80,9 +95,12 @@ class Catalog:
         self.lookups += 1
         tables: set[str] = set()
         refusal: str | None = None
+        table = pk = pk_kind = None
         if not rows:
             refusal = "temp_table"  # not visible to a pooled connection: another session's
-        for nsp, rel, kind, persistence in rows:
+        for nsp, rel, kind, persistence, top in rows:
+            if top and kind == "r" and len(rows) == 1:
+                table = table_name(rel, nsp)
             if persistence == "t" or nsp.startswith("pg_temp"):
                 refusal = "temp_table"
             elif kind == "f":
@@ -90,8 +108,14 @@ class Catalog:
             elif nsp in _SYSTEM:
                 refusal = refusal or "system_catalog"
             tables.add(table_name(rel, nsp))
+        if table is not None and refusal is None:
+            for col, typ, exact in await pool.fetch(_PK_SQL, text):
+                if typ in _INT_TYPES:
+                    pk, pk_kind = col, "int"
+                elif typ in _TEXT_TYPES and exact:
+                    pk, pk_kind = col, "text"
         if len(self._memo) > 65536:
             self._memo.clear()
-        resolved = Resolved(frozenset(tables), refusal)
+        resolved = Resolved(frozenset(tables), refusal, table, pk, pk_kind)
         self._memo[(shard, schema, name)] = resolved
         return resolved

@@ -121,13 +121,12 @@ class SharedStore:
 
     # -- generations ---------------------------------------------------------------------
 
-    async def gens(self, plan: Plan) -> list[Any] | None:
-        """``[incarnation, epoch, *tables]`` now, or ``None`` (Redis unusable, regression)."""
-        shard = plan.shard
+    async def gens(self, shard: str, fields: tuple[str, ...]) -> list[Any] | None:
+        """``[incarnation, *fields' generations]`` now, or ``None`` (Redis unusable, or a
+        regression was found and is being repaired)."""
         hkey = self.gens_key(shard)
-        reply = await self._eval("l3_gens", GENS_LUA, hkey, INC, secrets.token_hex(8),
-                                 *plan.fields)
-        if reply is FAILED or not isinstance(reply, list) or len(reply) != len(plan.fields) + 1:
+        reply = await self._eval("l3_gens", GENS_LUA, hkey, INC, secrets.token_hex(8), *fields)
+        if reply is FAILED or not isinstance(reply, list) or len(reply) != len(fields) + 1:
             return None
         try:
             inc = _text(reply[0])
@@ -140,7 +139,7 @@ class SharedStore:
             self._mirror[shard] = seen
         highest = seen[1]
         regressed: list[Any] = []
-        for name, value in zip(plan.fields, values, strict=True):
+        for name, value in zip(fields, values, strict=True):
             top = highest.get(name, 0)
             if value < top:
                 regressed.extend((name, top + 1))
@@ -193,7 +192,9 @@ class SharedStore:
             qc.bypass("store_pending")
             return await run()
         key = self.entry_key(plan, args)
-        gens, entry = await asyncio.gather(self.gens(plan), self.tier.get_entry(key))
+        fields = plan.names(args)
+        gens, entry = await asyncio.gather(self.gens(plan.shard, fields),
+                                           self.tier.get_entry(key))
         if gens is None:
             qc.bypass("store_error")
             return await run()
@@ -211,7 +212,7 @@ class SharedStore:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         flights[fkey] = fut
         try:
-            result = await self._fill(qc, plan, key, gens, cache_ttl, run)
+            result = await self._fill(qc, plan, fields, key, gens, cache_ttl, run)
         except BaseException as exc:
             flights.pop(fkey, None)
             fut.set_exception(exc)
@@ -221,7 +222,8 @@ class SharedStore:
         fut.set_result(result)
         return result
 
-    async def _fill(self, qc: QueryCache, plan: Plan, key: str, gens: list[Any],
+    async def _fill(self, qc: QueryCache, plan: Plan, fields: tuple[str, ...], key: str,
+                    gens: list[Any],
                     cache_ttl: float | str | bool, run: Callable[[], Awaitable[Any]]) -> Any:
         tier = self.tier
         lease_ms = max(100, int(qc.lease_wait * 1000))
@@ -241,7 +243,7 @@ class SharedStore:
             t0 = time.perf_counter_ns()
             result = await run()
             elapsed = time.perf_counter_ns() - t0
-            if await self.gens(plan) != gens or plan.shard in qc._untrusted:
+            if await self.gens(plan.shard, fields) != gens or plan.shard in qc._untrusted:
                 qc.count("race_skips")  # a write committed meanwhile: don't store
                 return result
             ttl = qc.ttl_for(cache_ttl, elapsed, plan.analysis)

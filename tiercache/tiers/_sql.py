@@ -15,6 +15,8 @@ from typing import Any
 
 from pglast.parser import ParseError, parse_sql_json
 
+from tiercache.tiers._sql_keys import Ref, insert_rows, where_eq
+
 __all__ = ["Analysis", "analyze", "table_name"]
 
 # Functions whose result changes between calls with equal arguments (or depends on the session).
@@ -48,6 +50,11 @@ class Analysis:
     complexity: int
     calls_functions: bool = False
     relations: tuple[tuple[str | None, str], ...] = ()  # (schema, name) as written
+    # Row keys (see _sql_keys), only for one-relation statements of a certain reach:
+    eq: tuple[tuple[str, Ref], ...] = ()  # SELECT/UPDATE/DELETE: WHERE column = value terms
+    set_cols: frozenset[str] = frozenset()  # UPDATE: the columns it sets
+    rows: tuple[tuple[tuple[str, Ref | None], ...], ...] | None = None  # INSERT ... VALUES
+    pinned: bool = False  # eq/rows describe every row the statement can read or write
 
 
 def table_name(relname: str, schema: str | None = None) -> str:
@@ -83,8 +90,9 @@ def _walk(node: Any, out: dict[str, Any]) -> None:
                 out["locking"] = True
             elif key in _WRITE_NODES:
                 out["write"] = True
-            elif key in ("JoinExpr", "SubLink", "RangeSubselect"):
+            elif key in ("JoinExpr", "SubLink", "RangeSubselect", "RangeFunction"):
                 out["complexity"] += 2
+                out["nested"] = True
             elif key == "intoClause":
                 out["write"] = True  # SELECT ... INTO creates a table
             stack.append(value)
@@ -100,7 +108,7 @@ def analyze(sql: str) -> Analysis:
     stmts = [s.get("stmt", {}) for s in tree.get("stmts", [])]
     out: dict[str, Any] = {
         "ranges": [], "ctes": set(), "funcs": set(), "locking": False, "write": False,
-        "complexity": 0,
+        "complexity": 0, "nested": False,
     }
     _walk(stmts, out)
     tables: set[str] = set()
@@ -120,8 +128,13 @@ def analyze(sql: str) -> Analysis:
     rels = tuple(sorted(relations, key=lambda r: (r[0] or "", r[1])))
     complexity = out["complexity"] + len(out["ranges"])
     heads = [next(iter(s), "") for s in stmts]
+    simple = (len(stmts) == 1 and len(out["ranges"]) == 1 and not out["ctes"]
+              and not out["nested"])
     if out["write"] or any(h in ("TruncateStmt", "CopyStmt") for h in heads):
-        return Analysis("write", frozen, "write", complexity, relations=rels)
+        keys: dict[str, Any] = {}
+        if simple and heads[0] in ("UpdateStmt", "DeleteStmt", "InsertStmt"):
+            keys = _write_keys(heads[0], stmts[0][heads[0]])
+        return Analysis("write", frozen, "write", complexity, relations=rels, **keys)
     if len(heads) != 1 or heads[0] != "SelectStmt":
         kind = "other" if any(h != "SelectStmt" for h in heads) else "select"
         reason = "transaction" if any(h == "TransactionStmt" for h in heads) else "not_select"
@@ -137,4 +150,24 @@ def analyze(sql: str) -> Analysis:
         refusal = "system_catalog"
     elif not frozen:
         refusal = "no_table"  # SELECT 1, SELECT $1: nothing to invalidate on, and nothing to save
-    return Analysis("select", frozen, refusal, complexity, bool(out["funcs"]), rels)
+    body = stmts[0]["SelectStmt"]
+    eq: tuple[tuple[str, Ref], ...] = ()
+    if simple and body.get("op", "SETOP_NONE") == "SETOP_NONE" and "withClause" not in body:
+        eq = where_eq(body.get("whereClause"))
+    return Analysis("select", frozen, refusal, complexity, bool(out["funcs"]), rels, eq=eq,
+                    pinned=bool(eq))
+
+
+def _write_keys(head: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The row keys of a one-relation write, when its reach is certain (else nothing)."""
+    if "withClause" in body or body.get("fromClause") or body.get("usingClause"):
+        return {}
+    if head == "InsertStmt":
+        rows = insert_rows(body)
+        return {} if rows is None else {"rows": rows, "pinned": True}
+    eq = where_eq(body.get("whereClause"))
+    if not eq:
+        return {}
+    cols = frozenset(t.get("ResTarget", {}).get("name", "") for t in body.get("targetList", [])
+                     ) if head == "UpdateStmt" else frozenset()
+    return {"eq": eq, "set_cols": cols, "pinned": True}

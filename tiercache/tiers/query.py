@@ -28,32 +28,93 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any
 
 from tiercache import codec
-from tiercache.tiers._query_catalog import Catalog
+from tiercache.tiers._query_catalog import Catalog, Resolved
 from tiercache.tiers._query_mem import MemEntry, MemoryStore
 from tiercache.tiers._sql import Analysis, analyze
+from tiercache.tiers._sql_keys import BUCKETS, bucket
 
 __all__ = ["QueryCache"]
 
 EPOCH = ""  # the shard epoch's generation key (no table can have an empty name)
+STAR = "\x00*"  # <table>STAR: bumped by row-keyed writes; every read but a point read needs it
+BUCKET = "\x00#"  # <table>BUCKET<n>: one key bucket of a table (see _sql_keys)
+_BSTR = tuple(str(i) for i in range(BUCKETS))
 _SIMPLE = frozenset({int, str, type(None)})  # params whose == is exact (no 1 == 1.0 == True)
 _MAX_PLANS = 8192
+_ZEROS3 = (0, 0, 0)  # a point read: epoch, table, key bucket
 _now = time.monotonic
 
 
 class Plan:
-    """Everything about one (SQL text, shard, identity, method, extra) that a hit needs."""
+    """Everything about one (SQL text, shard, identity, method, extra) that a hit needs.
 
-    __slots__ = ("analysis", "deps", "fields", "prefix", "refusal", "shard", "zeros")
+    ``fields`` are the generation names a read depends on (epoch, then each table and its
+    star); a point read (``key_index``/``key_bucket`` set) depends on ``fine_fields`` (epoch,
+    its table) plus the bucket of its key value, computed per call.
+    """
+
+    __slots__ = ("analysis", "bdeps", "bucket_prefix", "deps", "fields", "fine_deps", "fine_fields",
+                 "fine_zeros", "key_bucket", "key_index", "key_kind", "prefix", "refusal",
+                 "shard", "zeros")
 
     def __init__(self, shard: str, analysis: Analysis, tables: Iterable[str],
                  refusal: str | None, prefix: str) -> None:
         self.shard = shard
         self.analysis = analysis
         self.refusal = refusal
-        self.fields = (EPOCH, *sorted(set(tables)))
+        names = sorted(set(tables))
+        self.fields = (EPOCH, *(f for t in names for f in (t, t + STAR)))
         self.deps: tuple[tuple[str, str], ...] = tuple((shard, t) for t in self.fields)
         self.zeros = (0,) * len(self.deps)
         self.prefix = prefix
+        self.key_index = -1  # params index of the key value of a point read
+        self.key_bucket: int | None = None  # a point read on a literal key
+        self.key_kind = ""
+        self.bucket_prefix = ""
+        self.fine_fields: tuple[str, ...] = ()
+        self.fine_deps: tuple[tuple[str, str], ...] = ()
+        self.fine_zeros: tuple[int, ...] = ()
+        self.bdeps: list[tuple[tuple[str, str], ...] | None] = []
+
+    def pin(self, table: str, kind: str, index: int, const_bucket: int | None,
+            bdeps: list[tuple[tuple[str, str], ...] | None]) -> None:
+        """Make this a point read of ``table`` (key at params[index], or a literal's bucket);
+        ``bdeps``: the table's per-bucket generation keys, built once, shared by its plans."""
+        self.bdeps = bdeps
+        self.key_index, self.key_bucket, self.key_kind = index, const_bucket, kind
+        self.bucket_prefix = table + BUCKET
+        self.fine_fields = (EPOCH, table)
+        self.fine_deps = tuple((self.shard, t) for t in self.fine_fields)
+        self.fine_zeros = (0, 0)
+
+    def names(self, args: tuple[Any, ...]) -> tuple[str, ...]:
+        """The generation names this call depends on (its key's bucket for a point read)."""
+        if not self.fine_fields:
+            return self.fields
+        b = self.key_bucket
+        if 0 <= self.key_index < len(args):
+            b = bucket(args[self.key_index], self.key_kind)
+        if b is None:
+            return self.fields
+        return (*self.fine_fields, self.bucket_prefix + _BSTR[b])
+
+    def deps_for(self, args: tuple[Any, ...]) -> tuple[tuple[str, str], ...]:
+        """:meth:`names` as ``(shard, name)`` generation keys (the memory store's)."""
+        if not self.fine_fields:
+            return self.deps
+        b = self.key_bucket
+        i = self.key_index
+        if 0 <= i < len(args):
+            v = args[i]
+            b = v & (BUCKETS - 1) if type(v) is int and self.key_kind == "int" else bucket(
+                v, self.key_kind)
+        if b is None:
+            return self.deps
+        deps = self.bdeps[b]
+        if deps is None:
+            deps = self.bdeps[b] = (*self.fine_deps,
+                                    (self.shard, self.bucket_prefix + _BSTR[b]))
+        return deps
 
 
 def params_key(args: tuple[Any, ...]) -> Hashable:
@@ -113,6 +174,7 @@ class QueryCache:
         self._untrusted: set[str] = set()
         self._plans: dict[tuple[Any, ...], Plan] = {}
         self._catalog = Catalog()
+        self._bdeps: dict[tuple[str, str], list[tuple[tuple[str, str], ...] | None]] = {}
         self._flights: dict[Hashable, asyncio.Future[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.metrics_name: str | None = None
@@ -169,7 +231,14 @@ class QueryCache:
         else:
             self._untrusted.add(shard)
 
-    async def note_write(self, shard: str, sql: str, pool: Any = None) -> None:
+    async def _resolve(self, shard: str, pool: Any, schema: str | None, name: str) -> Resolved:
+        known = self._catalog.known(shard, schema, name)
+        if known is None:
+            known = await self._catalog.resolve(shard, pool, schema, name)
+        return known
+
+    async def note_write(self, shard: str, sql: str, pool: Any = None,
+                         args: Any = None, many: bool = False) -> None:
         """Bump what ``sql`` writes (the shard epoch if it is not a recognizable write).
 
         With ``pool`` (the shard's asyncpg pool) the written names are also resolved through
@@ -186,15 +255,22 @@ class QueryCache:
             await self.bump_shard(shard)
             return
         tables = set(a.tables)
+        only: Resolved | None = None
         if pool is not None:
             try:
                 for schema, name in a.relations:
-                    known = self._catalog.known(shard, schema, name)
-                    if known is None:
-                        known = await self._catalog.resolve(shard, pool, schema, name)
-                    tables |= known.tables
+                    only = await self._resolve(shard, pool, schema, name)
+                    tables |= only.tables
             except Exception:
                 tables.add(EPOCH)  # could not resolve: the whole shard, to be safe
+                only = None
+        if only is not None and a.pinned and len(a.relations) == 1 and args is not None:
+            # executemany's rows are usable only if they are not a one-shot iterator
+            rows = [args] if not many else list(args) if isinstance(args, list | tuple) else []
+            names = _row_names(a, only, rows) if rows else None
+            if names is not None:
+                await self.bump(shard, names)  # only those keys' buckets, plus the star
+                return
         await self.bump(shard, tables)
 
     # -- plans ---------------------------------------------------------------------------
@@ -206,19 +282,30 @@ class QueryCache:
         if analysis.kind != "select":
             refusal = "not_select" if refusal in (None, "write") else refusal
         tables = set(analysis.tables)
+        only: Resolved | None = None
         if refusal is None and pool is not None:
             for schema, name in analysis.relations:
-                known = self._catalog.known(shard, schema, name)
-                if known is None:
-                    known = await self._catalog.resolve(shard, pool, schema, name)
-                tables |= known.tables
-                refusal = refusal or known.refusal
+                only = await self._resolve(shard, pool, schema, name)
+                tables |= only.tables
+                refusal = refusal or only.refusal
         h = hashlib.blake2b(digest_size=16)
         for part in (shard, identity, method, sql, repr(extra)):
             data = part.encode()
             h.update(len(data).to_bytes(4, "little"))
             h.update(data)
         plan = Plan(shard, analysis, tables, refusal, h.hexdigest())
+        if (only is not None and analysis.pinned and len(analysis.relations) == 1
+                and only.table is not None and only.pk is not None):
+            ref = dict(analysis.eq).get(only.pk)
+            bdeps = self._bdeps.get((shard, only.table))
+            if bdeps is None:
+                bdeps = self._bdeps[(shard, only.table)] = [None] * BUCKETS
+            if ref is not None and ref[0] == "p":
+                plan.pin(only.table, only.pk_kind or "", int(ref[1]) - 1, None, bdeps)
+            elif ref is not None:
+                const = bucket(ref[1], only.pk_kind or "")
+                if const is not None:
+                    plan.pin(only.table, only.pk_kind or "", -1, const, bdeps)
         if len(self._plans) >= _MAX_PLANS:
             self._plans.clear()
         self._plans[memo] = plan
@@ -269,7 +356,8 @@ class QueryCache:
             return await run()
         if self._shared is not None:
             return await self._shared.read(self, plan, args, cache_ttl, run)
-        gens = tuple(map(self._gens.get, plan.deps, plan.zeros))
+        deps = plan.deps_for(args)
+        gens = tuple(map(self._gens.get, deps, plan.zeros if deps is plan.deps else _ZEROS3))
         key = (plan, gens, params_key(args))
         entry = self._mem.entries.get(key)
         if entry is not None:
@@ -301,14 +389,15 @@ class QueryCache:
             raise
         self._flights.pop(key, None)
         fut.set_result(result)
-        if tuple(map(self._gens.get, plan.deps, plan.zeros)) != gens or shard in self._untrusted:
+        if (tuple(map(self._gens.get, deps, plan.zeros if deps is plan.deps else _ZEROS3)) != gens
+                or shard in self._untrusted):
             self._counts["race_skips"] += 1  # a write committed meanwhile: don't store
             return result
-        self._store(key, plan, result, elapsed, self.ttl_for(cache_ttl, elapsed, plan.analysis))
+        self._store(key, deps, result, elapsed, self.ttl_for(cache_ttl, elapsed, plan.analysis))
         return _copy(result)
 
-    def _store(self, key: Hashable, plan: Plan, result: Any, elapsed_ns: int,
-               ttl: float) -> None:
+    def _store(self, key: Hashable, deps: tuple[tuple[str, str], ...], result: Any,
+               elapsed_ns: int, ttl: float) -> None:
         try:
             size = len(codec.encode(result)) + 96
         except TypeError:
@@ -317,7 +406,7 @@ class QueryCache:
         if size > self.max_entry_bytes or size > self.max_bytes:
             self._bypass["too_large"] += 1
             return
-        entry = MemEntry(result, size, float(max(elapsed_ns, 1)), _now() + ttl, plan.deps)
+        entry = MemEntry(result, size, float(max(elapsed_ns, 1)), _now() + ttl, deps)
         self._mem.put(key, entry)
         self._counts["fills"] += 1
 
@@ -359,6 +448,44 @@ class QueryCache:
     def __repr__(self) -> str:
         return (f"<tiercache.QueryCache store={self.store!r} entries={len(self._mem.entries)} "
                 f"bytes={self._mem.nbytes}/{self.max_bytes}>")
+
+
+def _row_names(a: Analysis, rel: Resolved, rows: list[Any]) -> list[str] | None:
+    """The generations a row-keyed write bumps (its buckets and the table's star), or None
+    when its rows are not pinned to known key values (then: the whole table)."""
+    pk, kind, table = rel.pk, rel.pk_kind, rel.table
+    if pk is None or kind is None or table is None or pk in a.set_cols:
+        return None
+    refs: list[Any] = []
+    if a.rows is not None:
+        for row in a.rows:
+            ref = dict(row).get(pk)
+            if ref is None:
+                return None  # a defaulted key (serial): which row is unknown
+            refs.append(ref)
+    else:
+        ref = dict(a.eq).get(pk)
+        if ref is None:
+            return None
+        refs.append(ref)
+    buckets: set[int] = set()
+    for params in rows:
+        if not isinstance(params, tuple | list):
+            return None
+        for ref in refs:
+            if ref[0] == "p":
+                i = int(ref[1]) - 1
+                if not 0 <= i < len(params):
+                    return None
+                b = bucket(params[i], kind)
+            else:
+                b = bucket(ref[1], kind)
+            if b is None:
+                return None
+            buckets.add(b)
+    if len(buckets) > BUCKETS // 4:
+        return None  # most of the table anyway
+    return [table + STAR, *(table + BUCKET + _BSTR[b] for b in sorted(buckets))]
 
 
 def _copy(value: Any) -> Any:

@@ -1,0 +1,53 @@
+"""Child process of the two-process L3 race test: readers through a Redis-backed QueryCache.
+
+Reads the writer's committed floor from Redis *before* each read (the writer sets it after
+its commit returned), so a value below the floor is a stale read. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+from redis.asyncio.cluster import RedisCluster
+
+from tiercache import QueryCache, create_sharded_pool
+
+
+async def main() -> None:
+    dsn, url, ns, table, floor_key = (os.environ["L3_DSN"], os.environ["L3_REDIS"],
+                                      os.environ["L3_NS"], os.environ["L3_TABLE"],
+                                      os.environ["L3_FLOOR"])
+    readers = int(os.environ.get("L3_READERS", "10"))
+    qc = QueryCache(url, namespace=ns)
+    client = RedisCluster.from_url(url)
+    stale = reads = 0
+    sql = f"SELECT v FROM {table} WHERE id = $1"
+    async with create_sharded_pool({"s": dsn}, min_size=2, max_size=8, query_cache=qc) as pool:
+        print("ready", flush=True)
+
+        async def reader() -> None:
+            nonlocal stale, reads
+            while True:
+                raw = await client.get(floor_key)
+                floor = int(raw or 0)
+                if floor < 0:
+                    return  # the writer is done
+                v = await pool.fetchval(sql, 1, cache_ttl=30)
+                reads += 1
+                if int(v) < floor:
+                    stale += 1
+
+        await asyncio.gather(*(reader() for _ in range(readers)))
+    s = qc.stats()
+    await qc.close()
+    await client.aclose()
+    print(json.dumps({"stale": stale, "reads": reads, "hits": s["hits"],
+                      "misses": s["misses"], "race_skips": s["race_skips"]}), flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
+    sys.exit(0)
