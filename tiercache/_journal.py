@@ -9,9 +9,8 @@ under its consumer; once its heartbeat key expired, another process claims them
 delivered (moved back from the dead-letter list by ``tiercache store dead-letters
 --replay``) are picked up by any flusher with ``XREADGROUP >``.
 
-Group commit: concurrent appenders share one script call (:class:`GroupCommit`): while
-one batch is in flight the next callers queue, and the first of them sends them all, so
-the journal costs one round trip per batch of callers, not per caller.
+Group commit (:mod:`tiercache._groupcommit`): concurrent appenders share one script call,
+so the journal costs one round trip per batch of callers, not per caller.
 
 Every byte read back is attacker-controlled: entries are size-bounded, decoded by
 :func:`tiercache.codec.decode` (bounded depth) and, when the tier signs, HMAC-checked
@@ -21,17 +20,20 @@ against the stream's key before parsing; a bad entry is reported, never raised.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from typing import Any, Final
+
+from redis.exceptions import NoScriptError
 
 from tiercache import codec
 from tiercache.codec import CodecError, Signer
 from tiercache.tiers.keys import store_key
 
-__all__ = ["BadEntry", "DeadLetter", "GroupCommit", "Journal", "JournalEntry",
-           "JournalUnavailable"]
+__all__ = ["BadEntry", "DeadLetter", "Journal", "JournalEntry", "JournalUnavailable",
+           "MemoryLetters"]
 
 GROUP: Final = "flushers"
 MAX_CLAIM: Final = 500  # entries claimed or read per call
@@ -42,11 +44,15 @@ JOURNAL_TIMEOUT: Final = 5.0  # seconds a journal call may take at least
 # Create the group on first use (a flushed Redis too), append, deliver to ourselves.
 # Returns {ids, {foreign id, payload, ...}}: foreign = undelivered entries of others.
 APPEND_LUA: Final = """
-redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
 local ids = {}
 for i = 3, #ARGV do ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', 'd', ARGV[i]) end
-local got = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', #ids + 500,
-                       'STREAMS', KEYS[1], '>')
+local read = {'XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', #ids + 500, 'STREAMS',
+              KEYS[1], '>'}
+local got = redis.pcall(unpack(read))
+if type(got) == 'table' and got.err then  -- first use (or a flushed Redis): no group yet
+  redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0')
+  got = redis.call(unpack(read))
+end
 local mine, foreign = {}, {}
 for _, id in ipairs(ids) do mine[id] = true end
 if got then
@@ -59,6 +65,8 @@ if got then
 end
 return {ids, foreign}
 """
+
+APPEND_SHA: Final = hashlib.sha1(APPEND_LUA.encode()).hexdigest()
 
 # Move one dead letter back into the stream as undelivered entries, exactly once.
 REQUEUE_LUA: Final = """
@@ -160,8 +168,11 @@ class Journal:
     def append_plan(self, payloads: list[bytes]) -> Any:
         assert self.consumer is not None
         def plan(client: Any) -> Generator[Any, Any, tuple[list[str], list[tuple[str, bytes]]]]:
-            reply = yield client.eval(APPEND_LUA, 1, self.stream, GROUP, self.consumer,
-                                      *payloads)
+            args = (1, self.stream, GROUP, self.consumer, *payloads)
+            try:  # EVALSHA: the script's text is sent once per server, not per batch
+                reply = yield client.evalsha(APPEND_SHA, *args)
+            except NoScriptError:
+                reply = yield client.eval(APPEND_LUA, *args)
             ids = [_text(i) for i in reply[0]]
             flat = reply[1]
             foreign = [(_text(flat[i]), flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
@@ -269,12 +280,17 @@ class Journal:
             client = await self.tier._client()
             steps = plan(client)
             value: Any = None
+            error: Exception | None = None
             while True:
-                try:
-                    step = steps.send(value)
+                try:  # a failed step is thrown into the plan (e.g. NOSCRIPT -> EVAL)
+                    step = steps.throw(error) if error is not None else steps.send(value)
                 except StopIteration as stop:
                     return stop.value
-                value = await step
+                error = None
+                try:
+                    value = await step
+                except Exception as exc:
+                    value, error = None, exc
 
     def _client_sync(self) -> Any:
         """Our own sync client on the tier's connection spec, with the journal's timeout
@@ -336,168 +352,3 @@ class MemoryLetters:
                 self.items.remove(value)
                 return 1
             return 0
-
-
-# ---------------------------------------------------------------------- group commit
-
-_LEAD: Final = object()
-
-
-class _Slot:
-    __slots__ = ("cancelled", "done", "error", "fut", "ids", "payloads")
-
-    def __init__(self, payloads: list[bytes]) -> None:
-        self.payloads = payloads
-        self.ids: list[str] | None = None
-        self.error: BaseException | None = None
-        self.fut: asyncio.Future[Any] | None = None
-        self.done: threading.Event | None = None
-        self.cancelled = False
-
-
-class GroupCommit:
-    """Concurrent appenders share one script call; the caller that finds no batch in
-    flight sends everything queued, then hands leadership to the next waiter.
-
-    ``on_foreign``: entries the script delivered to us that another appender wrote (moved
-    back from the dead-letter list); ``on_orphans``: ids of entries appended for callers
-    that were cancelled meanwhile (the store deletes them: those puts never happened).
-    """
-
-    def __init__(self, journal: Journal, on_foreign: Callable[[list[tuple[str, Any]]], None],
-                 on_orphans: Callable[[list[str]], None]) -> None:
-        self.journal = journal
-        self.on_foreign, self.on_orphans = on_foreign, on_orphans
-        self._lock = threading.Lock()
-        self._pending: list[_Slot] = []
-        self._leading = False
-        self.batches = 0
-        self.appended = 0
-
-    def _take(self) -> list[_Slot]:
-        with self._lock:
-            batch, self._pending = self._pending, []
-            return batch
-
-    def _hand_off(self) -> None:
-        """After a batch: wake the first live waiter as the next leader, or stop leading."""
-        with self._lock:
-            while self._pending:
-                slot = self._pending[0]
-                if slot.fut is not None:
-                    if slot.fut.done():  # cancelled while waiting: its entry is not sent
-                        self._pending.pop(0)
-                        continue
-                    slot.fut.get_loop().call_soon_threadsafe(_lead, slot.fut)
-                else:
-                    assert slot.done is not None
-                    slot.ids = None
-                    slot.error = None
-                    slot.cancelled = True  # "you lead" for a thread
-                    slot.done.set()
-                return
-            self._leading = False
-
-    def _deliver(self, batch: list[_Slot], reply: Any, error: BaseException | None,
-                 leader: _Slot) -> None:
-        orphans: list[str] = []
-        if error is None:
-            ids, foreign = reply
-            self.batches += 1
-            self.appended += len(ids)
-            at = 0
-            for slot in batch:
-                n = len(slot.payloads)
-                slot.ids = ids[at:at + n]
-                at += n
-                if slot is not leader and slot.fut is not None and slot.fut.done():
-                    orphans += slot.ids
-            if foreign:
-                self.on_foreign(foreign)
-        for slot in batch:
-            slot.error = error
-            if slot is leader:
-                continue
-            if slot.fut is not None:
-                if not slot.fut.done():
-                    slot.fut.get_loop().call_soon_threadsafe(_settle, slot.fut, slot)
-            elif slot.done is not None:
-                slot.done.set()
-        if orphans:
-            self.on_orphans(orphans)
-
-    @staticmethod
-    def _flat(batch: list[_Slot]) -> list[bytes]:
-        return [p for slot in batch for p in slot.payloads]
-
-    async def append_async(self, payloads: list[bytes]) -> list[str]:
-        slot = _Slot(payloads)
-        loop = asyncio.get_running_loop()
-        slot.fut = loop.create_future()
-        with self._lock:
-            self._pending.append(slot)
-            lead = not self._leading
-            self._leading = True
-        if not lead:
-            got = await slot.fut
-            if got is not _LEAD:
-                return got  # type: ignore[no-any-return]
-        batch = self._take()
-        try:
-            reply = await self.journal.run_async(self.journal.append_plan(self._flat(batch)))
-        except BaseException as exc:  # every appender gets the error
-            shared = exc if isinstance(exc, Exception) else JournalUnavailable(
-                "journal append interrupted (the appending task was cancelled)")
-            self._deliver(batch, None, shared, slot)
-            self._hand_off()
-            raise
-        self._deliver(batch, reply, None, slot)
-        self._hand_off()
-        if slot.error is not None:
-            raise slot.error
-        assert slot.ids is not None
-        return slot.ids
-
-    def append_sync(self, payloads: list[bytes]) -> list[str]:
-        slot = _Slot(payloads)
-        slot.done = threading.Event()
-        with self._lock:
-            self._pending.append(slot)
-            lead = not self._leading
-            self._leading = True
-        if not lead:
-            slot.done.wait()
-            if not slot.cancelled:
-                if slot.error is not None:
-                    raise slot.error
-                assert slot.ids is not None
-                return slot.ids
-            slot.cancelled = False
-            slot.done.clear()
-        batch = self._take()
-        try:
-            reply = self.journal.run_sync(self.journal.append_plan(self._flat(batch)))
-        except Exception as exc:
-            self._deliver(batch, None, exc, slot)
-            self._hand_off()
-            raise
-        self._deliver(batch, reply, None, slot)
-        self._hand_off()
-        if slot.error is not None:
-            raise slot.error
-        assert slot.ids is not None
-        return slot.ids
-
-
-def _lead(fut: asyncio.Future[Any]) -> None:
-    if not fut.done():
-        fut.set_result(_LEAD)
-
-
-def _settle(fut: asyncio.Future[Any], slot: _Slot) -> None:
-    if fut.done():
-        return
-    if slot.error is not None:
-        fut.set_exception(slot.error)
-    else:
-        fut.set_result(slot.ids)

@@ -4,11 +4,11 @@ Why its own module: the queue is the one piece shared by callers (``put`` in any
 thread) and the flusher (a task or a thread), so it is plain data behind one lock, with no
 I/O; the flows in :mod:`tiercache._writebehind` do the I/O around it.
 
-Ordering: every queued write carries an *order*, ``(journal id as (ms, seq), local seq)``.
-A write of this process that has no journal id sorts after every journaled one of its
-kind by taking ``ms = inf``; entries taken over from a dead process or replayed from the
-dead-letter list carry their own journal id (or ``ms = 0``), so they never override a
-newer write queued here (the newer one's journal ids are acknowledged with it).
+Ordering: every queued write carries an *order*, ``(ms, n, local seq)``. A write made here
+takes ``ms = inf`` and is ordered by its local seq (call order); entries taken over from a
+dead process or replayed from the dead-letter list are ordered by their journal id
+``<ms>-<n>`` (or ``ms = 0``), so they never override a write queued here (whose journal ids
+are acknowledged with the taken-over ones).
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ Order = tuple[float, int, int]
 
 
 def order_of(entry_id: str | bytes | None, seq: int, local: bool) -> Order:
-    """The order of a write from its journal id (``"<ms>-<n>"``) and local sequence."""
-    if entry_id is None:
+    """The order of a write: this process's own by call order (``seq``: journal batches may
+    land out of order), taken-over entries by journal id (``"<ms>-<n>"``), after ours."""
+    if local or entry_id is None:
         return (math.inf if local else 0.0, 0, seq)
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     ms, _, n = text.partition("-")
@@ -64,7 +65,16 @@ class Signal:
         with self.cond:
             self.cond.notify_all()
             futures, self._futures = self._futures, []
+        if not futures:
+            return
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
         for loop, fut in futures:
+            if loop is here:  # our own loop: no self-pipe write needed
+                _resolve(fut)
+                continue
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there
                 loop.call_soon_threadsafe(_resolve, fut)
 
@@ -135,6 +145,7 @@ class WriteQueue:
         self.progress = Signal()  # a batch finished (room in the queue, flush waiters)
         self.coalesced = 0
         self.queued = 0
+        self.batch_size = 1  # set by the engine: a queue this long wakes the flusher
 
     # ------------------------------------------------------------------ callers' side
 
@@ -165,13 +176,18 @@ class WriteQueue:
             self.entering.discard(item.order[2])
             item.first = item.order[2]
             self.queued += 1
-            old = self.items.get(item.rel)
+            items = self.items
+            old = items.get(item.rel)
+            wake = False
             if old is None:
                 item.since = time.monotonic()
-                self.items[item.rel] = item
+                items[item.rel] = item
                 if item.rel in self.inflight:
                     self._overlap += 1
                 won = True
+                # the flusher sleeps until the oldest write is due: only a first write
+                # (nothing was due) or a full batch changes when it must wake up
+                wake = len(items) == 1 or len(items) == self.batch_size
             else:
                 self.coalesced += 1
                 old.ids.extend(item.ids)
@@ -179,7 +195,8 @@ class WriteQueue:
                 if won:
                     old.key, old.op, old.value, old.order = (item.key, item.op, item.value,
                                                              item.order)
-        self.signal.notify()
+        if wake:
+            self.signal.notify()
         return won
 
     def peek(self, rel: str) -> Item | None:

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import math
 import os
 import socket
 import threading
@@ -30,7 +31,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from tiercache._flow import Flow, Op, Sleep, drive_async, drive_sync
-from tiercache._journal import BadEntry, GroupCommit, Journal, JournalUnavailable
+from tiercache._groupcommit import GroupCommit
+from tiercache._journal import BadEntry, Journal, JournalUnavailable
 from tiercache._store_queue import DELETE, PUT, Item, Wait, WriteQueue, order_of
 
 if TYPE_CHECKING:
@@ -116,6 +118,10 @@ class WriteBehindEngine:
                              "this process)")
         self.store, self.policy = store, policy
         self.queue = WriteQueue()
+        self.queue.batch_size = policy.batch_size
+        # Encoded at put time when Redis will see the value (journal, L2: a value they
+        # cannot take fails the put before any I/O); else only if it is dead-lettered.
+        self._encode_early = policy.journaled or l2 is not None
         self.consumer = f"{socket.gethostname()[:32]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.journal = Journal(l2, store.cache.namespace, store.name, self.consumer,
                                getattr(l2, "signer", None))
@@ -142,7 +148,8 @@ class WriteBehindEngine:
 
     def write(self, op: str, pairs: list[tuple[Any, Any]], rels: list[str]) -> Flow[None]:
         journal, queue, policy = self.journal, self.queue, self.policy
-        payloads = [journal.encode(op, k, v) for k, v in pairs]  # TypeError before any I/O
+        payloads = ([journal.encode(op, k, v) for k, v in pairs]  # TypeError before I/O
+                    if self._encode_early else [])
         self.ensure_running()
         seqs: list[int] = []
         try:
@@ -155,42 +162,56 @@ class WriteBehindEngine:
                 seqs.append(seq)
             ids: list[str] = []
             if policy.journaled:
-                try:
-                    ids = yield Append(self.gc, payloads)
-                except Exception as exc:
-                    self.c["journal_errors"] += 1
-                    self._journal_failed_at = time.monotonic()
-                    text = journal.redact(exc)
-                    if policy.journal is True:
-                        raise JournalUnavailable(
-                            f"store {self.store.name!r}: the write could not be journaled "
-                            f"({text}); it was not applied") from None
-                    log.warning("tiercache: store %s: journal unavailable (%s); write queued "
-                                "in memory only (journal='best_effort')", self.store.name, text)
+                ids = yield from self._append(payloads)
         except BaseException:
             for seq in seqs:
                 queue.abort(seq)
             raise
-        items = []
-        for i, ((key, value), rel, seq) in enumerate(zip(pairs, rels, seqs, strict=True)):
-            entry_id = ids[i] if ids else None
-            items.append(Item(rel, key, op, value, order_of(entry_id, seq, True),
-                              [entry_id] if entry_id else []))
+        inf = math.inf
+        items = [Item(rel, key, op, value,
+                      order_of(ids[i], seq, True) if ids else (inf, 0, seq),
+                      [ids[i]] if ids else [])
+                 for i, ((key, value), rel, seq) in enumerate(zip(pairs, rels, seqs,
+                                                                  strict=True))]
         for item in items:
             queue.add(item)
         yield from self._tiers(items)
 
+    def _append(self, payloads: list[bytes]) -> Flow[list[str]]:
+        try:
+            ids: list[str] = yield Append(self.gc, payloads)
+            return ids
+        except Exception as exc:
+            self.c["journal_errors"] += 1
+            self._journal_failed_at = time.monotonic()
+            text = self.journal.redact(exc)
+            if self.policy.journal is True:
+                raise JournalUnavailable(
+                    f"store {self.store.name!r}: the write could not be journaled ({text}); "
+                    "it was not applied") from None
+            log.warning("tiercache: store %s: journal unavailable (%s); write queued in "
+                        "memory only (journal='best_effort')", self.store.name, text)
+            return []
+
     def _tiers(self, items: list[Item]) -> Flow[None]:
         """Make the tiers show each key's winning queued write. Re-checked after the I/O: a
         newer put of the same key may have updated the tiers before us."""
-        cache, queue = self.store.cache, self.queue
+        cache, queue, ttl = self.store.cache, self.queue, self.store.ttl
+        if len(items) == 1 and items[0].op == PUT:  # the common case, without the loop
+            item = items[0]
+            order = item.order
+            yield from cache._set_many({item.rel: item.value}, ttl, [])
+            now = queue.peek(item.rel)
+            if now is None or now.order == order:
+                return
+            items = [now]
         pending = items
         for _ in range(5):
             sets = {it.rel: it.value for it in pending if it.op == PUT}
             dels = [it.rel for it in pending if it.op == DELETE]
             seen = {it.rel: it.order for it in pending}
             if sets:
-                yield from cache._set_many(sets, self.store.ttl, [])
+                yield from cache._set_many(sets, ttl, [])
             if dels:
                 yield from cache.coherence.invalidate(keys=dels)
             pending = []
@@ -230,9 +251,11 @@ class WriteBehindEngine:
 
     def ensure_running(self) -> None:
         """Start the flusher: a task in the running loop, else a thread."""
-        task, thread = self._task, self._thread
-        if (task is not None and not task.done() and not task.get_loop().is_closed()) or (
-                thread is not None and thread.is_alive()):
+        task = self._task
+        if task is not None and not task.done():
+            return
+        thread = self._thread
+        if thread is not None and thread.is_alive():
             return
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
@@ -344,8 +367,7 @@ class WriteBehindEngine:
     def _dead_letter(self, items: list[Item], exc: BaseException, attempts: int) -> Flow[bool]:
         journal, name = self.journal, self.store.name
         error = journal.redact(exc)
-        letter = journal.letter(error, attempts,
-                                [journal.encode(it.op, it.key, it.value) for it in items])
+        letter = journal.letter(error, attempts, [self._encoded(it) for it in items])
         try:
             yield RedisOp(journal, journal.push_letter_plan(letter))
         except Exception as push_exc:
@@ -359,6 +381,12 @@ class WriteBehindEngine:
                   "store.dead_letters() / `tiercache store dead-letters`", name, len(items),
                   attempts, error)
         return True
+
+    def _encoded(self, item: Item) -> bytes:
+        try:
+            return self.journal.encode(item.op, item.key, item.value)
+        except TypeError:  # only possible without Redis (values not encoded at put time)
+            return self.journal.encode(item.op, item.key, f"<unencodable: {item.value!r:.200}>")
 
     def _letter_bad(self) -> Flow[None]:
         with self._lock:

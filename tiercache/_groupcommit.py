@@ -1,0 +1,221 @@
+"""Group commit of journal appends: concurrent ``put`` calls share one round trip.
+
+Why: a journaled ``put`` must not return before its entry is in Redis, and a round trip per
+caller would make the journal cost one round trip per put. Here a caller that finds fewer
+than :data:`MAX_INFLIGHT` batches in flight sends everything queued (its own entry and
+whoever queued before it); callers arriving meanwhile queue, and when a batch returns the
+first of them is handed the lead and sends them all. A few batches in flight at once keep
+the journal's throughput from being one batch per round trip under load.
+
+The async and the thread paths share the bookkeeping; each slot waits on an asyncio future
+or a threading event. Handing the lead to a waiter replaces its wake-up object first, so a
+result for the slot (when another leader took it along meanwhile) is never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from tiercache._journal import JournalUnavailable
+
+if TYPE_CHECKING:
+    from tiercache._journal import Journal
+
+__all__ = ["MAX_INFLIGHT", "GroupCommit"]
+
+MAX_INFLIGHT: Final = 4
+_LEAD: Final = object()
+
+
+class _Slot:
+    __slots__ = ("done", "error", "fut", "ids", "lead", "payloads")
+
+    def __init__(self, payloads: list[bytes]) -> None:
+        self.payloads = payloads
+        self.ids: list[str] | None = None
+        self.error: BaseException | None = None
+        self.fut: asyncio.Future[Any] | None = None
+        self.done: threading.Event | None = None
+        self.lead = False
+
+
+class GroupCommit:
+    """``on_foreign``: entries the script delivered to us that another appender wrote
+    (moved back from the dead-letter list); ``on_orphans``: ids appended for callers that
+    were cancelled meanwhile (the store deletes them: those puts never happened)."""
+
+    def __init__(self, journal: Journal, on_foreign: Callable[[list[tuple[str, Any]]], None],
+                 on_orphans: Callable[[list[str]], None]) -> None:
+        self.journal = journal
+        self.on_foreign, self.on_orphans = on_foreign, on_orphans
+        self._lock = threading.Lock()
+        self._pending: list[_Slot] = []
+        self._inflight = 0
+        self.batches = 0
+        self.appended = 0
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _join(self, slot: _Slot) -> bool:
+        """Queue ``slot``; True if its caller leads a batch now."""
+        with self._lock:
+            self._pending.append(slot)
+            if self._inflight < MAX_INFLIGHT:
+                self._inflight += 1
+                return True
+            return False
+
+    def _take(self, slot: _Slot) -> list[_Slot] | None:
+        """Everything queued, or None when another leader already took ``slot`` along (the
+        caller then waits for that batch instead, and gives its lead back)."""
+        with self._lock:
+            if slot not in self._pending:
+                self._inflight -= 1
+                self._hand_off_locked()
+                return None
+            batch, self._pending = self._pending, []
+            return batch
+
+    def _finished(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+            self._hand_off_locked()
+
+    def _hand_off_locked(self) -> None:
+        """Give the lead to the first live waiter while fewer than MAX_INFLIGHT run."""
+        while self._pending and self._inflight < MAX_INFLIGHT:
+            slot = self._pending[0]
+            if slot.fut is not None:
+                if slot.fut.done():  # cancelled while waiting: its entry is never sent
+                    self._pending.pop(0)
+                    continue
+                old, loop = slot.fut, slot.fut.get_loop()
+                slot.fut = loop.create_future()  # results go to the new one from now on
+                _call_in_loop(loop, _resolve, old, _LEAD)
+            else:
+                assert slot.done is not None
+                old_event, slot.done = slot.done, threading.Event()
+                slot.lead = True
+                old_event.set()
+            self._inflight += 1
+            return
+
+    def _deliver(self, batch: list[_Slot], reply: Any, error: BaseException | None,
+                 leader: _Slot) -> None:
+        orphans: list[str] = []
+        if error is None:
+            ids, foreign = reply
+            self.batches += 1
+            self.appended += len(ids)
+            at = 0
+            for slot in batch:
+                n = len(slot.payloads)
+                slot.ids = ids[at:at + n]
+                at += n
+                if slot is not leader and slot.fut is not None and slot.fut.done():
+                    orphans += slot.ids
+            if foreign:
+                self.on_foreign(foreign)
+        for slot in batch:
+            slot.error = error
+            if slot is leader:
+                continue
+            if slot.fut is not None:
+                if not slot.fut.done():
+                    _call_in_loop(slot.fut.get_loop(), _settle, slot.fut, slot)
+            elif slot.done is not None:
+                slot.done.set()
+        if orphans:
+            self.on_orphans(orphans)
+
+    @staticmethod
+    def _flat(batch: list[_Slot]) -> list[bytes]:
+        return [p for slot in batch for p in slot.payloads]
+
+    @staticmethod
+    def _result(slot: _Slot) -> list[str]:
+        if slot.error is not None:
+            raise slot.error
+        assert slot.ids is not None
+        return slot.ids
+
+    # ------------------------------------------------------------------ the two shells
+
+    async def append_async(self, payloads: list[bytes]) -> list[str]:
+        slot = _Slot(payloads)
+        slot.fut = asyncio.get_running_loop().create_future()
+        lead = self._join(slot)
+        while True:
+            if not lead:
+                got = await slot.fut
+                if got is not _LEAD:
+                    return got  # type: ignore[no-any-return]
+            batch = self._take(slot)
+            if batch is not None:
+                break
+            lead = False  # taken along by another leader: wait for its result
+        try:
+            reply = await self.journal.run_async(self.journal.append_plan(self._flat(batch)))
+        except BaseException as exc:  # every appender of the batch gets the error
+            shared = exc if isinstance(exc, Exception) else JournalUnavailable(
+                "journal append interrupted (the appending task was cancelled)")
+            self._deliver(batch, None, shared, slot)
+            self._finished()
+            raise
+        self._deliver(batch, reply, None, slot)
+        self._finished()
+        return self._result(slot)
+
+    def append_sync(self, payloads: list[bytes]) -> list[str]:
+        slot = _Slot(payloads)
+        slot.done = threading.Event()
+        lead = self._join(slot)
+        while True:
+            if not lead:
+                event = slot.done
+                event.wait()
+                if not slot.lead:
+                    return self._result(slot)
+                slot.lead = False
+            batch = self._take(slot)
+            if batch is not None:
+                break
+            lead = False
+        try:
+            reply = self.journal.run_sync(self.journal.append_plan(self._flat(batch)))
+        except Exception as exc:
+            self._deliver(batch, None, exc, slot)
+            self._finished()
+            raise
+        self._deliver(batch, reply, None, slot)
+        self._finished()
+        return self._result(slot)
+
+
+def _call_in_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+    """``fn(*args)`` in ``loop``: at once when that is the running loop (no self-pipe write)."""
+    try:
+        here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        here = None
+    if loop is here:
+        fn(*args)
+    else:
+        loop.call_soon_threadsafe(fn, *args)
+
+
+def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _settle(fut: asyncio.Future[Any], slot: _Slot) -> None:
+    if fut.done():
+        return
+    if slot.error is not None:
+        fut.set_exception(slot.error)
+    else:
+        fut.set_result(slot.ids)
