@@ -329,6 +329,6 @@ async def run(ctx: BenchContext) -> list[Row]:
         bar.advance()
         rows += await measure_async(ctx)
         bar.advance()
-        rows += await asyncio.to_thread(memory_rows, ctx.scale(N_MEMORY, 20_000))
+        rows += await asyncio.to_thread(memory_rows, ctx.scale(N_MEMORY, 10_000))
         bar.advance()
     return rows

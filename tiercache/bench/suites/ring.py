@@ -71,7 +71,7 @@ def _time_lookups(
 
 
 async def run(ctx: BenchContext) -> list[Row]:
-    n_keys = 100_000
+    n_keys = ctx.scale(100_000, 20_000)
     repeats = ctx.scale(15, 4)
     rows: list[Row] = []
     steps = len(SETUPS) * 2
@@ -91,13 +91,13 @@ async def run(ctx: BenchContext) -> list[Row]:
                     theirs="uhashring get_node", theirs_label="uhashring",
                     min_speedup=GET_NODE_MIN_SPEEDUP, data=data))
                 many = compare_row(
-                    f"get_node_many(100k), {label}, {kind} keys", got,
+                    f"get_node_many({n_keys // 1000}k), {label}, {kind} keys", got,
                     ours="tiercache get_node_many", theirs="uhashring get_node",
                     theirs_label="uhashring get_node per key", min_speedup=MANY_MIN_SPEEDUP,
                     data=data)
                 many["data"]["ns_per_key"] = many["data"]["ours_ns"]
                 rows.append(many)
-                ctx.cdf(f"{label}, {kind} keys: ns per key (one figure per 100k-key pass)",
-                        got)
+                ctx.cdf(f"{label}, {kind} keys: ns per key (one figure per "
+                        f"{n_keys // 1000}k-key pass)", got)
                 bar.advance()
     return rows
