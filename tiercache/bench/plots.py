@@ -20,6 +20,8 @@ __all__ = ["SAMPLES_KEY", "plot_charts", "plot_payload", "plot_results", "strip_
 
 SAMPLES_KEY = "samples_ns"
 _OURS = "#1f5fa8"
+#: tiercache variants (L1+L2, +refresh, +L3...): shades of blue, told apart by line style.
+_OURS_STYLES = [(_OURS, "-"), ("#6baed6", "--"), ("#08306b", ":"), ("#4292c6", "-.")]
 _PALETTE = ["#d95f02", "#1b9e77", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d",
             "#666666", "#17becf"]
 
@@ -53,8 +55,8 @@ def _styles(labels: Sequence[str]) -> dict[str, dict[str, Any]]:
     ours = 0
     for label in labels:
         if _is_ours(label):
-            out[label] = {"color": _OURS if ours == 0 else "#5fa2dd", "linewidth": 2.4,
-                          "zorder": 3, "linestyle": "-" if ours == 0 else "--"}
+            color, style = _OURS_STYLES[ours % len(_OURS_STYLES)]
+            out[label] = {"color": color, "linewidth": 2.4, "zorder": 3, "linestyle": style}
             ours += 1
         else:
             out[label] = {"color": _PALETTE[peers % len(_PALETTE)], "linewidth": 1.5,
@@ -120,10 +122,18 @@ def _lines(ax: Any, chart: Mapping[str, Any]) -> None:
     ax.set_ylabel(chart.get("ylabel", ""))
 
 
+def _title(suite: str, title: str) -> str:
+    """``"e2e: <title>"``, without repeating the suite when the title starts with it."""
+    for prefix in (f"{suite}: ", f"{suite} "):
+        if title.lower().startswith(prefix.lower()):
+            title = title[len(prefix):]
+    return title
+
+
 def _draw(plt: Any, suite: str, chart: Mapping[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 5.2))
     (_cdf if chart["kind"] == "cdf" else _lines)(ax, chart)
-    ax.set_title(f"{suite}: {chart['title']}")
+    ax.set_title(f"{suite}: {_title(suite, chart['title'])}")
     ax.grid(True, which="both", alpha=0.3)
     if chart.get("series"):
         ax.legend(fontsize="small", loc="best")
@@ -206,7 +216,8 @@ def plot_charts(results: Mapping[str, Sequence[Mapping[str, Any]]],
 
         for chart in charts.get(suite, ()):
             if any(chart.get("series", {}).values()):
-                written.append(_draw(plt, suite, chart, path_for(chart["title"])))
+                written.append(_draw(plt, suite, chart,
+                                     path_for(_title(suite, chart["title"]))))
         rows = results.get(suite, ())
         legacy = {r["name"]: r["data"][SAMPLES_KEY] for r in rows
                   if SAMPLES_KEY in r.get("data", {}) and r["data"][SAMPLES_KEY]}
