@@ -39,13 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="run benchmark suites side by side with peers")
     bench.add_argument("--suite", action="append", default=None,
-                       help="suite to run (repeatable); default: all")
+                       help="suite to run (repeatable; `cache` = l1 + l2); default: all")
     bench.add_argument("--list", action="store_true", help="list the suites and exit")
     bench.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bench.add_argument("--redis-url", help="use this Redis (Cluster) instead of a LocalStack")
     bench.add_argument("--plot", metavar="DIR",
-                       help="also write PNG plots (latency distributions, comparisons) to DIR")
+                       help="also write PNG charts to DIR (latency CDFs of tiercache vs its "
+                            "peers, comparison bars, throughput, time series)")
     bench.add_argument("--strict", action="store_true",
                        help="exit 1 when a measurement misses its target")
     bench.add_argument("--pg-dsn", action="append", metavar="NAME=DSN",
