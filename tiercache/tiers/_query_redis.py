@@ -38,9 +38,11 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from tiercache import codec
+from tiercache.tiers._query_mem import MemEntry
 from tiercache.tiers._redis_plans import FAILED, Run, eval_
 from tiercache.tiers.base import MISSING, ValueTooLarge
 from tiercache.tiers.keys import internal_prefix
+from tiercache.tiers.query import params_key
 from tiercache.tiers.redis import RedisTier
 
 if TYPE_CHECKING:
@@ -191,16 +193,37 @@ class SharedStore:
         if self._pending and not await self._settled(plan.shard):
             qc.bypass("store_pending")
             return await run()
-        key = self.entry_key(plan, args)
         fields = plan.names(args)
-        gens, entry = await asyncio.gather(self.gens(plan.shard, fields),
-                                           self.tier.get_entry(key))
-        if gens is None:
-            qc.bypass("store_error")
-            return await run()
-        if self._valid(entry, gens):
+        near = qc._mem
+        lkey = (plan, params_key(args))
+        local = near.entries.get(lkey)
+        if local is not None and local.expires > time.monotonic():
+            # A copy from an earlier read: one round trip (the generations) decides.
+            gens = await self.gens(plan.shard, fields)
+            if gens is None:
+                qc.bypass("store_error")
+                return await run()
+            if local.value[0] == gens:
+                qc.hits += 1
+                local.hits += 1
+                qc.db_time_saved_ns += local.cost
+                value = local.value[1]
+                return list(value) if type(value) is list else value
+            near.drop(lkey)
+            key = self.entry_key(plan, args)
+            entry = await self.tier.get_entry(key)
+        else:
+            key = self.entry_key(plan, args)
+            gens, entry = await asyncio.gather(self.gens(plan.shard, fields),
+                                               self.tier.get_entry(key))
+            if gens is None:
+                qc.bypass("store_error")
+                return await run()
+        if entry is not MISSING and self._valid(entry, gens):
             qc.hits += 1
             qc.db_time_saved_ns += entry.load_time * 1e9
+            self._keep(qc, plan, lkey, fields, gens, entry.value[1], entry.load_time * 1e9,
+                       entry.ttl, entry.stored_at)
             return entry.value[1]
         flights = qc._flights
         fkey = (key, *gens)
@@ -212,7 +235,7 @@ class SharedStore:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         flights[fkey] = fut
         try:
-            result = await self._fill(qc, plan, fields, key, gens, cache_ttl, run)
+            result = await self._fill(qc, plan, args, fields, key, gens, cache_ttl, run)
         except BaseException as exc:
             flights.pop(fkey, None)
             fut.set_exception(exc)
@@ -222,8 +245,8 @@ class SharedStore:
         fut.set_result(result)
         return result
 
-    async def _fill(self, qc: QueryCache, plan: Plan, fields: tuple[str, ...], key: str,
-                    gens: list[Any],
+    async def _fill(self, qc: QueryCache, plan: Plan, args: tuple[Any, ...],
+                    fields: tuple[str, ...], key: str, gens: list[Any],
                     cache_ttl: float | str | bool, run: Callable[[], Awaitable[Any]]) -> Any:
         tier = self.tier
         lease_ms = max(100, int(qc.lease_wait * 1000))
@@ -260,10 +283,33 @@ class SharedStore:
                 return result
             await tier._drive(tier._set(key, payload, px))
             qc.count("fills")
+            self._keep(qc, plan, (plan, params_key(args)), fields, gens, result, elapsed, ttl,
+                       time.time(), len(payload))
             return result
         finally:
             if token is not None:
                 await tier.release_lease(key, token)
+
+    @staticmethod
+    def _keep(qc: QueryCache, plan: Plan, lkey: Any, fields: tuple[str, ...], gens: list[Any],
+              result: Any, cost_ns: float, ttl: float | None, stored_at: float,
+              size: int | None = None) -> None:
+        """Keep a near copy in this process (bounded by ``max_bytes``): the next read of it
+        costs one round trip, the generations, instead of two commands."""
+        left = qc.max_ttl if ttl is None else ttl - (time.time() - stored_at)
+        if left <= 0:
+            return
+        if size is None:
+            try:
+                size = len(codec.encode(result))
+            except TypeError:
+                return
+        size += 96
+        if size > qc.max_entry_bytes or size > qc.max_bytes:
+            return
+        deps = tuple((plan.shard, f) for f in fields)
+        qc._mem.put(lkey, MemEntry((gens, result), size, max(cost_ns, 1.0),
+                                   time.monotonic() + left, deps))
 
     def stats(self) -> dict[str, Any]:
         t = self.tier.stats()
