@@ -20,7 +20,8 @@ async def test_rebalance_suite_quick(tiercache_stack: Any) -> None:
     rows = await rebalance.run(BenchContext(quick=True, pg_dsns=tiercache_stack.pg_dsns))
     by_name = {r["name"].split(" (")[0]: r for r in rows}
     assert set(by_name) == {"copy rate, idle", "plan rows == rows moved", "verify vs copy",
-                            "copy rate, 4 writers", "write fence",
-                            "writers' p99 before / during the move"}
-    assert by_name["plan rows == rows moved"]["ok"] is True
+                            "placement check of every row", "whole move, idle",
+                            "copy rate, 4 writers",
+                            "write fence", "writers' p99 before / during the move"}
+    assert by_name["plan rows == rows moved"]["ok"] is True  # per table, exactly
     assert by_name["copy rate, idle"]["data"]["moved"] > 0

@@ -28,10 +28,9 @@ async def abort(flow: Flow, phase: str) -> None:
         raise RebalanceError("the job has flipped (or is flipping): resume() it instead")
     await flow.load_infos()
     await flow.drop_captures(keep_guard=False)
-    await flow.drop_indexes()
     for _table, move, mover in flow.movers():
         async with flow.conn(move.target) as dst:
-            async for _n in mover.delete_in(dst, mover.arcs, 50_000):
+            async for _n in mover.delete_in(dst, 50_000):
                 pass
     await flow.journal.set_phase(flow.plan.job, "aborted")
 

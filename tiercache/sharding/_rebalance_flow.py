@@ -23,13 +23,7 @@ from tiercache.sharding._rebalance_journal import (
     write_progress,
     write_topology,
 )
-from tiercache.sharding._rebalance_move import (
-    RING,
-    SESSION_TEXT,
-    ArcDiff,
-    TableMover,
-    arc_batches,
-)
+from tiercache.sharding._rebalance_move import RING, SESSION_TEXT, ArcDiff, TableMover
 from tiercache.sharding._rebalance_plan import Move, Plan, ring_from_spec
 from tiercache.sharding._rebalance_progress import Progress, make_progress
 from tiercache.sharding._rebalance_schema import (
@@ -47,8 +41,6 @@ from tiercache.sharding._rebalance_sql import (
     capture_ddl,
     drop_capture_ddl,
     fence_lock_key,
-    hash_index,
-    hash_index_ddl,
     multirange,
 )
 from tiercache.sharding._routing import ring_digest
@@ -185,8 +177,6 @@ class Flow:
         if phase == "preparing":
             await self.prepare()
             phase = await self.advance("copying", "prepared")
-        if phase in ("copying", "catching_up", "flipping", "flipped"):
-            await self.ensure_indexes()  # built in prepare; rebuilt if a crash broke one
         if phase == "copying":
             await self.copy_all()
             phase = await self.advance("catching_up", "copied")
@@ -251,7 +241,7 @@ class Flow:
                             await dst.execute(stmt)
         for _table, move, mover in self.movers():  # rows of an aborted earlier attempt
             async with self.conn(move.target) as dst:
-                async for n in mover.delete_in(dst, mover.arcs, 50_000):
+                async for n in mover.delete_in(dst, 50_000):
                     self.report.debris += n
         new_digest = ring_digest(ring_from_spec(self.plan.new_ring))
         for shard in self.ring_shards():
@@ -277,40 +267,6 @@ class Flow:
                 for table, info in self.infos.items():
                     for stmt in capture_ddl(table, info.key, info.key_sql_type, info.key_type):
                         await c.execute(stmt)
-
-    async def ensure_indexes(self) -> None:
-        """The hash-expression index on every source table (see ``_rebalance_move``).
-
-        ``CREATE INDEX CONCURRENTLY``: writers keep writing while it builds.  An invalid one
-        (a build interrupted by a crash) is dropped and rebuilt.  One build at a time per
-        source database (two concurrent builds in one database wait for each other), the
-        sources in parallel.
-        """
-        started = time.perf_counter()
-
-        async def one(source: str) -> None:
-            async with self.conn(source) as c:
-                for table, info in self.infos.items():
-                    name, qualified_name = hash_index(table)
-                    valid = await c.fetchval(
-                        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = "
-                        "i.indexrelid WHERE i.indrelid = to_regclass($1) AND c.relname = $2",
-                        TableMover.quote(table), name)
-                    if valid:
-                        continue
-                    if valid is False:
-                        await c.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {qualified_name}")
-                    await c.execute(hash_index_ddl(table, info.key, info.key_type))
-                    await c.execute(f"ANALYZE {TableMover.quote(table)}")
-
-        await _gather(one(s) for s in self.plan.sources())
-        self.report.index_seconds += time.perf_counter() - started
-
-    async def drop_indexes(self) -> None:
-        for source in self.plan.sources():
-            async with self.conn(source) as c:
-                for table in self.plan.tables:
-                    await c.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {hash_index(table)[1]}")
 
     # -- copy --------------------------------------------------------------------------------
 
@@ -346,17 +302,16 @@ class Flow:
         tm = self.plan.table_move(table, move.source, move.target)
         label = f"{table} {move.source}->{move.target}"
         self.progress.start(label, tm.rows)
-        # arc pieces of about batch_size rows: md5 spreads the source's rows evenly
-        width = int(self.batch_size * RING / max(tm.source_rows, 1))
+        share = tm.rows / tm.source_rows if tm.source_rows else 1.0
+        step = max(self.batch_size, int(self.batch_size / max(share, 1e-3)))
         last, rows, done = await read_progress(dst, self.plan.job, table, move.source)
         self.progress.advance(label, rows)
-        if done:
-            return rows
-        start = int(last[0]) if last else 0
-        for pieces, end in arc_batches(mover.spans, start, width):
-            record = _recorder(self.plan.job, table, move.source, end, rows)
-            n = await mover.copy_arcs(src, dst, pieces, record)
+        while not done:
+            upto = await mover.next_bound(src, last, step)
+            record = _recorder(self.plan.job, table, move.source, upto, rows)
+            n = await mover.copy_batch(src, dst, last, upto, record)
             rows += n
+            last, done = upto, upto is None
             self.progress.advance(label, n)
             await self.hook("batch")
         return rows
@@ -399,26 +354,29 @@ class Flow:
                 src[index[id(mover)]] = await mover.source_sums(self._held[move.source],
                                                                 move.target)
 
-        await _gather(source(g) for g in self.by_source())
         into: dict[str, dict[str, list[int]]] = {}  # target -> table -> mover indexes
         for i, (table, move, _m) in enumerate(movers):
             into.setdefault(move.target, {}).setdefault(table, []).append(i)
-        dst: dict[tuple[str, str], dict[int, tuple[int, int]]] = {}
+        dst: dict[tuple[str, str], tuple[TableMover, Any, dict[int, tuple[int, int]]]] = {}
 
         async def target(shard: str, tables: dict[str, list[int]]) -> None:
             conn = self._pair[(movers[next(iter(tables.values()))[0]][1].source, shard)]
             for table, idxs in tables.items():  # each target table once for all its moves
-                arcs = sorted(a for i in idxs for a in movers[i][1].arcs)
-                exclude = [k for i in idxs for k in src[i][1]]
-                dst[(table, shard)] = await TableMover(self.infos[table], arcs).target_sums(
-                    conn, exclude)
+                both = TableMover(self.infos[table], [a for i in idxs for a in movers[i][1].arcs])
+                dst[(table, shard)] = (both, conn, await both.target_sums(conn))
 
-        await _gather(target(shard, tables) for shard, tables in into.items())
+        # every source and every target at once: each table scanned once per shard
+        await _gather([*(source(g) for g in self.by_source()),
+                       *(target(shard, tables) for shard, tables in into.items())])
+        sums: dict[tuple[str, str], dict[int, tuple[int, int]]] = {}
+        for (table, shard), (both, conn, found) in dst.items():
+            pending = [k for i in into[shard][table] for k in src[i][1]]
+            sums[(table, shard)] = await both.without(conn, found, pending)
         out = []
         for i, (table, move, mover) in enumerate(movers):
             async with self.conn(move.source) as a, self.conn(move.target) as b:
                 for d in await mover.diff_arcs(a, b, move.arcs, src[i][0],
-                                               dst[(table, move.target)]):
+                                               sums[(table, move.target)]):
                     out.append((i, table, move, d))
         return out
 
@@ -527,13 +485,12 @@ class Flow:
     # -- clean-up --------------------------------------------------------------------------
 
     async def cleanup(self) -> None:
-        for table, move, mover in self.movers():
-            tm = self.plan.table_move(table, move.source, move.target)
-            width = int(4 * self.batch_size * RING / max(tm.source_rows, 1))
-            async with self.conn(move.source) as src:
-                async for n in mover.delete_indexed(src, width):
+        async def one(items: list[tuple[str, Move, TableMover]]) -> None:
+            for table, move, mover in items:
+                async for n in mover.delete_in(self._held[move.source], self.batch_size * 4):
                     self.report.deleted[table] = self.report.deleted.get(table, 0) + n
-        await self.drop_indexes()
+
+        await _gather(one(group) for group in self.by_source())  # sources in parallel
         await self.drop_captures(keep_guard=self.rb.keep_guard)
 
     async def drop_captures(self, keep_guard: bool) -> None:
@@ -550,13 +507,12 @@ class Flow:
                         await c.execute(stmt)
 
 
-def _recorder(job: str, table: str, source: str, end: int, before: int
+def _recorder(job: str, table: str, source: str, upto: list[str] | None, before: int
               ) -> Callable[[Any, int], Awaitable[None]]:
-    """The checkpoint write of one batch (runs inside the batch's target transaction): the
-    hash position up to which the move's arcs are copied, and the rows so far."""
+    """The checkpoint write of one batch (runs inside the batch's target transaction)."""
 
     async def record(conn: Any, n: int) -> None:
-        await write_progress(conn, job, table, source, [str(end)], before + n, end >= RING)
+        await write_progress(conn, job, table, source, upto, before + n, upto is None)
 
     return record
 

@@ -1,23 +1,23 @@
 """Moving the rows of one table from one source shard to one target: copy, catch up, verify.
 
-* **Copy** reads only the moving rows: each source table gets a hash-expression index
-  (built ``CONCURRENTLY`` in prepare, dropped at clean-up), and a batch is a set of arc
-  pieces of about ``batch_size`` rows' worth of hash space, joined to the table through that
-  index.  ``COPY (SELECT ... ) TO STDOUT (binary)`` is piped straight into ``COPY ... FROM
-  STDIN (binary)`` on the target: rows are never decoded in Python.  The target transaction
-  that loads a batch also writes the batch's end position to the progress table *on the
-  target*, so a crash anywhere leaves either both or neither: resume continues after the
-  last committed batch, nothing is copied twice.  (``synchronous_commit`` is off for those
-  transactions: a server crash can lose only a tail of batches together with their
-  checkpoints, which resume then copies again.)
+* **Copy** walks the source's primary key in steps found by an index-only scan, and pipes
+  ``COPY (SELECT ... WHERE pk in step AND hash in moving arcs) TO STDOUT (binary)`` straight
+  into ``COPY ... FROM STDIN (binary)`` on the target: rows are never decoded in Python, and
+  the source reads its table once, in primary-key order (a hash-ordered index walk would
+  visit every heap page once per batch: measured slower than hashing every row as soon as
+  the table outgrows shared_buffers).  The target transaction that loads a batch also writes
+  the batch's last key to the progress table *on the target*, so a crash anywhere leaves
+  either both or neither: resume continues after the last committed batch, nothing is copied
+  twice.  (``synchronous_commit`` is off for those transactions: a server crash can lose
+  only a tail of batches together with their checkpoints, which resume then copies again.)
 * **Catch-up** re-syncs each key the capture trigger recorded: delete that key's rows on the
   target and copy the source's current rows of it, in one target transaction, then delete the
   processed capture rows on the source.  Re-syncing a key is idempotent, so a crash between
   the two steps only repeats work.
 * **Verify** compares, per moving arc, the row count and an order-independent checksum (sum of
   ``hash_record_extended`` of each row, or of md5 of its text) on both sides, server-side;
-  the source reads the arcs through the hash index, the target hashes its rows once.  A
-  differing arc is narrowed to its keys (per-key checksums) so the error names them.
+  source and target are scanned at the same time, each once.  A differing arc is narrowed to
+  its keys (per-key checksums) so the error names them.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,31 +39,10 @@ from tiercache.sharding._rebalance_sql import (
     qualified,
 )
 
-__all__ = ["RING", "SESSION_TEXT", "ArcDiff", "TableMover", "arc_batches"]
+__all__ = ["RING", "SESSION_TEXT", "ArcDiff", "TableMover"]
 
 RING = 2**32
 Spans = list[tuple[int, int]]
-
-
-def arc_batches(arcs: Spans, start: int, width: int) -> Iterator[tuple[Spans, int]]:
-    """Cut sorted disjoint ``arcs`` from hash position ``start`` into batches of about
-    ``width`` of hash space: yields ``(pieces, end)``, every arc part below ``end`` being in
-    this batch or an earlier one.  The last batch ends at ``RING`` (possibly with no pieces).
-    md5 spreads keys evenly, so equal widths hold about equal row counts."""
-    width = max(1, width)
-    pieces: Spans = []
-    acc = 0
-    for lo, hi in sorted(arcs):
-        lo = max(lo, start)
-        while lo < hi:
-            cut = min(hi, lo + width - acc)
-            pieces.append((lo, cut))
-            acc += cut - lo
-            lo = cut
-            if acc >= width:
-                yield pieces, cut
-                pieces, acc = [], 0
-    yield pieces, RING
 
 # Text forms the checksums read must not depend on session settings.
 _STABLE_TEXT = (
@@ -100,10 +79,10 @@ class TableMover:
         self.lows = [lo for lo, _ in self.spans]
         self.table = qualified(info.name)
         self.hash = hash_expr(ident(info.key), info.key_type)
-        # the same hash on the aliased table: matches the hash index's expression
-        self.hash_t = hash_expr("tc_t." + ident(info.key), info.key_type)
         self.lateral, self.fast = fast_hash("tc_t." + ident(info.key), info.key_type)
         self.pk = _pk_tuple(info.pk)
+        self.pk_t = "(" + ", ".join("tc_t." + ident(c) for c in info.pk) + ")"
+        self.in_arcs = f"{self.fast} <@ (SELECT $1::text::int8multirange)"
         self.cols = info.column_list
         self.cols_t = ", ".join("tc_t." + ident(c) for c, _ in info.columns)
 
@@ -124,12 +103,17 @@ class TableMover:
             f"ORDER BY {self.pk} OFFSET $1 LIMIT 1", step - 1, *(after or []))
         return None if row is None else list(row[0])
 
-    def _arc_join(self, ordinality: bool = False) -> str:
-        """The arcs of one query as rows, joined to the table through the hash index."""
-        extra = " WITH ORDINALITY" if ordinality else ""
-        cols = "(lo, hi, i)" if ordinality else "(lo, hi)"
-        return (f"unnest($1::int8[], $2::int8[]){extra} AS tc_a{cols} JOIN {self.table} AS tc_t "
-                f"ON {self.hash_t} >= tc_a.lo AND {self.hash_t} < tc_a.hi")
+    def _window(self, after: list[str] | None, upto: list[str] | None, args: list[Any]
+                ) -> str:
+        """``AND`` conditions of a primary-key window ``(after, upto]`` (appends the args)."""
+        conds = ""
+        if after is not None:
+            conds += f" AND {self.pk_t} > {self._pk_params(len(args) + 1)}"
+            args += after
+        if upto is not None:
+            conds += f" AND {self.pk_t} <= {self._pk_params(len(args) + 1)}"
+            args += upto
+        return conds
 
     async def pipe(self, src: Any, dst: Any, query: str, args: list[Any]) -> int:
         """Binary COPY of ``query``'s rows from ``src`` into the table on ``dst``; row count."""
@@ -162,14 +146,15 @@ class TableMover:
         await producer  # surfaces a source-side failure (the target then rolled back)
         return int(status.split()[-1])
 
-    async def copy_arcs(self, src: Any, dst: Any, pieces: Spans,
-                        record: Callable[[Any, int], Any]) -> int:
-        """One batch (arc pieces) in one target transaction, committed with its checkpoint."""
-        query = f"SELECT {self.cols_t} FROM {self._arc_join()}"
-        args: list[Any] = [[lo for lo, _ in pieces], [hi for _, hi in pieces]]
+    async def copy_batch(self, src: Any, dst: Any, after: list[str] | None,
+                         upto: list[str] | None, record: Callable[[Any, int], Any]) -> int:
+        """One primary-key window in one target transaction, committed with its checkpoint."""
+        args: list[Any] = [self.arcs]
+        query = (f"SELECT {self.cols_t} FROM {self.table} AS tc_t {self.lateral} "
+                 f"WHERE {self.in_arcs}{self._window(after, upto, args)}")
         async with dst.transaction():
             await dst.execute(f"{BYPASS}; SET LOCAL synchronous_commit = off")
-            n = await self.pipe(src, dst, query, args) if pieces else 0
+            n = await self.pipe(src, dst, query, args)
             await record(dst, n)
         return n
 
@@ -228,43 +213,59 @@ class TableMover:
     def _row_sum(self) -> str:
         """A row's 64-bit checksum: ``hash_record_extended`` (the type-level hashes hash
         partitioning relies on being stable, no text output) when every column type has one,
-        else md5 of the row's text form."""
+        else md5 of the row's text form.  A bigint: ``sum`` adds bigints in 128 bits (a
+        numeric cast per row cost ~30% of a verification)."""
         if self.info.row_hash:
-            return f"hash_record_extended(ROW({self.cols_t}), 0)::numeric"
-        return f"('x' || substr(md5(ROW({self.cols_t})::text), 1, 16))::bit(64)::bigint::numeric"
+            return f"hash_record_extended(ROW({self.cols_t}), 0)"
+        return f"('x' || substr(md5(ROW({self.cols_t})::text), 1, 16))::bit(64)::bigint"
 
     async def source_sums(self, conn: Any, target: str
                           ) -> tuple[dict[int, tuple[int, int]], list[Any]]:
-        """Per-arc ``(rows, checksum)`` on the source, read through the hash index, leaving
-        out the keys with a pending capture -- read in the *same snapshot* -- which are
-        returned too.  The target only changes by catch-up, which is not running, so any
-        key that legitimately differs was written after its last catch-up, and its capture
-        row is visible in this snapshot: whatever still differs is not a race."""
+        """Per-arc ``(rows, checksum)`` on the source, leaving out the keys with a pending
+        capture -- read in the *same snapshot* -- which are returned too.  The target only
+        changes by catch-up, which is not running, so any key that legitimately differs was
+        written after its last catch-up, and its capture row is visible in this snapshot:
+        whatever still differs is not a race."""
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             await conn.execute(_STABLE_TEXT)
             pending = [r["k"] for r in await conn.fetch(
                 f"SELECT DISTINCT k FROM {capture_table(self.info.name)} WHERE target = $1 "
                 f"AND k IS NOT NULL", target)]
-            rows = await conn.fetch(
-                f"SELECT tc_a.i AS b, count(*) AS n, coalesce(sum({self._row_sum()}), 0) AS s "
-                f"FROM {self._arc_join(ordinality=True)} WHERE NOT (tc_t.{ident(self.info.key)}"
-                f" = ANY($3::{self.info.key_sql_type}[])) GROUP BY tc_a.i",
-                self.lows, [hi for _, hi in self.spans], pending)
-        return {self.lows[int(r["b"]) - 1]: (int(r["n"]), int(r["s"])) for r in rows}, pending
+            sums = await self._sums(conn, pending)
+        return sums, pending
 
-    async def target_sums(self, conn: Any, exclude: list[Any]) -> dict[int, tuple[int, int]]:
-        """Per-arc ``(rows, checksum)`` on a target (every row hashed once: a target has no
-        hash index), leaving out the keys in ``exclude``; keyed by arc start."""
+    async def target_sums(self, conn: Any) -> dict[int, tuple[int, int]]:
+        """Per-arc ``(rows, checksum)`` on a target (run while the sources are scanned; the
+        sources' pending keys are subtracted afterwards, see :meth:`without`)."""
         async with conn.transaction(readonly=True):
             await conn.execute(_STABLE_TEXT)
-            rows = await conn.fetch(
-                f"SELECT width_bucket(h, $2::bigint[]) AS b, count(*) AS n, "
-                f"coalesce(sum(r), 0) AS s FROM (SELECT {self.fast} AS h, {self._row_sum()} "
-                f"AS r FROM {self.table} AS tc_t {self.lateral} WHERE NOT (tc_t."
-                f"{ident(self.info.key)} = ANY($3::{self.info.key_sql_type}[]))) q "
-                f"WHERE h <@ (SELECT $1::text::int8multirange) GROUP BY b",
-                self.arcs, self.lows, exclude)
+            return await self._sums(conn, [])
+
+    async def _sums(self, conn: Any, exclude: list[Any]) -> dict[int, tuple[int, int]]:
+        """One pass: every row hashed once, the moving ones bucketed by arc; by arc start."""
+        skip = ""
+        args: list[Any] = [self.arcs, self.lows]
+        if exclude:
+            skip = (f" AND NOT (tc_t.{ident(self.info.key)} = "
+                    f"ANY($3::{self.info.key_sql_type}[]))")
+            args.append(exclude)
+        rows = await conn.fetch(
+            f"SELECT width_bucket({self.fast}, $2::bigint[]) AS b, count(*) AS n, "
+            f"sum({self._row_sum()}) AS s FROM {self.table} AS tc_t {self.lateral} "
+            f"WHERE {self.in_arcs}{skip} GROUP BY b", *args)
         return {self.lows[int(r["b"]) - 1]: (int(r["n"]), int(r["s"])) for r in rows}
+
+    async def without(self, conn: Any, sums: dict[int, tuple[int, int]], keys: list[Any]
+                      ) -> dict[int, tuple[int, int]]:
+        """``sums`` (of one shard) minus the rows of ``keys`` there, per arc."""
+        out = dict(sums)
+        for key, (n, s) in (await self.key_sums(conn, keys) if keys else {}).items():
+            lo = self.lows[bisect.bisect_right(self.lows, _hash(key)) - 1]
+            had = out.get(lo, (0, 0))
+            out[lo] = (had[0] - n, had[1] - s)
+            if out[lo] == (0, 0):
+                del out[lo]
+        return out
 
     async def key_sums(self, conn: Any, keys: list[Any], session_ready: bool = False
                        ) -> dict[Any, tuple[int, int]]:
@@ -330,38 +331,20 @@ class TableMover:
             arcs)
         return int(row[0]), int(row[1])
 
-    async def delete_indexed(self, conn: Any, width: int) -> AsyncIterator[int]:
-        """Delete the moving rows from a source (clean-up) through the hash index, one batch
-        of arc pieces (``width`` of hash space) per transaction; yields rows per batch."""
-        for pieces, _end in arc_batches(self.spans, 0, width):
-            if not pieces:
-                continue
-            async with conn.transaction():
-                await conn.execute(BYPASS)
-                status: str = await conn.execute(
-                    f"DELETE FROM {self.table} AS tc_t USING unnest($1::int8[], $2::int8[]) "
-                    f"AS tc_a(lo, hi) WHERE {self.hash_t} >= tc_a.lo AND {self.hash_t} < tc_a.hi",
-                    [lo for lo, _ in pieces], [hi for _, hi in pieces])
-            yield int(status.split()[-1])
-
-    async def delete_in(self, conn: Any, arcs: str, step: int) -> AsyncIterator[int]:
-        """Delete the rows whose key hashes into ``arcs`` (clean-up, debris), one primary-key
+    async def delete_in(self, conn: Any, step: int) -> AsyncIterator[int]:
+        """Delete the rows whose key hashes into the arcs (clean-up, debris), one primary-key
         window of ``step`` rows per transaction; yields the rows deleted per window."""
         after: list[str] | None = None
         while True:
             upto = await self.next_bound(conn, after, step)
-            conds = [f"{self.hash} <@ (SELECT $1::text::int8multirange)"]
-            args: list[Any] = [arcs]
-            if after is not None:
-                conds.append(f"{self.pk} > {self._pk_params(2)}")
-                args += after
-            if upto is not None:
-                conds.append(f"{self.pk} <= {self._pk_params(len(args) + 1)}")
-                args += upto
+            args: list[Any] = [self.arcs]
+            window = self._window(after, upto, args)
             async with conn.transaction():
                 await conn.execute(BYPASS)
                 status: str = await conn.execute(
-                    f"DELETE FROM {self.table} WHERE {' AND '.join(conds)}", *args)
+                    f"DELETE FROM {self.table} WHERE ctid = ANY(ARRAY(SELECT tc_t.ctid FROM "
+                    f"{self.table} AS tc_t {self.lateral} WHERE {self.in_arcs}{window}))",
+                    *args)
             yield int(status.split()[-1])
             if upto is None:
                 return

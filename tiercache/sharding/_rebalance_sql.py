@@ -86,8 +86,7 @@ def fast_hash(column_sql: str, key_type: str) -> tuple[str, str]:
     ``FROM t, <lateral> WHERE <expr> ...``: md5 runs once per row in a ``LATERAL`` subquery
     (``OFFSET 0`` keeps the planner from inlining it, which would repeat md5 per byte) and
     the four little-endian bytes are read with ``get_byte``: no PL/pgSQL call per row,
-    measured ~2x faster than :func:`hash_expr`.  Index expressions must stay
-    :func:`hash_expr` (an index needs one immutable function call).
+    measured ~2x faster than :func:`hash_expr` (which triggers use: one row at a time).
     """
     hash_expr(column_sql, key_type)  # the same key-type check
     arg = column_sql if key_type == "bytea" else f"{column_sql}::text"
@@ -95,24 +94,6 @@ def fast_hash(column_sql: str, key_type: str) -> tuple[str, str]:
     expr = ("(get_byte(tc_h.d, 0)::int8 | (get_byte(tc_h.d, 1)::int8 << 8) | "
             "(get_byte(tc_h.d, 2)::int8 << 16) | (get_byte(tc_h.d, 3)::int8 << 24))")
     return lateral, expr
-
-
-def hash_index(table: str) -> tuple[str, str]:
-    """``(bare name, qualified name)`` of the hash-expression index on a source table."""
-    schema, dot, _ = table.rpartition(".")
-    name = f"tiercache_rb_h_{object_suffix(table)}"
-    return name, (f"{ident(schema)}.{ident(name)}" if dot else ident(name))
-
-
-def hash_index_ddl(table: str, key: str, key_type: str) -> str:
-    """The index that lets a source find the rows of any arc by an index range scan.
-
-    Built ``CONCURRENTLY`` (writers keep writing) once per source table; copy, verification
-    and clean-up then read only the moving rows instead of hashing the whole table each time.
-    """
-    name, _ = hash_index(table)
-    return (f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {ident(name)} ON {qualified(table)} "
-            f"(({hash_expr(ident(key), key_type)}))")
 
 
 def multirange(arcs: Sequence[tuple[int, int]]) -> str:

@@ -88,7 +88,6 @@ class RebalanceReport:
     caught_up: int = 0  # capture records applied
     deleted: dict[str, int] = field(default_factory=dict)  # table -> rows removed from sources
     debris: int = 0  # leftover rows of an earlier attempt removed from targets
-    index_seconds: float = 0.0  # building the sources' hash indexes (before the copy)
     copy_seconds: float = 0.0
     fence_ms: float = 0.0
     verify_seconds: float = 0.0
@@ -102,8 +101,7 @@ class RebalanceReport:
 
     def summary(self) -> str:
         return (f"rebalance {self.job} done in {self.seconds:.2f}s: copied "
-                f"{sum(self.copied.values()):,} rows ({self.copy_rate:,.0f} rows/s; hash "
-                f"index {self.index_seconds:.2f}s), "
+                f"{sum(self.copied.values()):,} rows ({self.copy_rate:,.0f} rows/s), "
                 f"{self.caught_up:,} changes caught up, fence {self.fence_ms:.1f} ms, "
                 f"verify {self.verify_seconds:.2f}s, deleted {sum(self.deleted.values()):,} "
                 f"rows from sources, topology v{self.topology_version}")
