@@ -289,8 +289,8 @@ def _busy_rows(runs: list[dict[str, Any]]) -> list[Row]:
                    rounds={"tiercache": fences}),
         info_row("writers' p99 before / during the move",
                  f"{statistics.median(before):.1f} ms / {statistics.median(during):.1f} ms "
-                 f"(rounds {pairs}; {mid['writes']:,} writes)", value=statistics.median(during), unit="ms",
-                 better="lower",
+                 f"(rounds {pairs}; {mid['writes']:,} writes)",
+                 value=statistics.median(during), unit="ms", better="lower",
                  data={"p99_before_ms": before, "p99_during_ms": during}),
     ]
 
