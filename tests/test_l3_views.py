@@ -121,3 +121,31 @@ async def test_temp_table_is_refused(pool: ShardedPool, names: dict[str, str]) -
         await pool.fetch("SELECT * FROM scratch_l3", shard=shard, cache_ttl=30)
     assert pool.query_cache.stats()["bypass"].get("temp_table", 0) >= 1  # type: ignore[union-attr]
     assert pool.query_cache.stats()["entries"] == 0  # type: ignore[union-attr]
+
+
+async def test_function_volatility_comes_from_the_catalog(
+    pool: ShardedPool, names: dict[str, str]
+) -> None:
+    """User functions are judged by pg_proc.provolatile (not a name list), also inside views."""
+    shard = pool.shards[0]
+    t = names["t"]
+    fn_v, fn_i, view = f"{t}_vol", f"{t}_imm", f"{t}_clock"
+    await pool.execute(f"CREATE FUNCTION {fn_v}() RETURNS int LANGUAGE sql VOLATILE "
+                       "AS 'SELECT 1'", shard=shard)
+    await pool.execute(f"CREATE FUNCTION {fn_i}(x text) RETURNS text LANGUAGE sql IMMUTABLE "
+                       "AS 'SELECT upper(x)'", shard=shard)
+    await pool.execute(f"CREATE VIEW {view} AS SELECT id, v, now() AS at FROM {t}", shard=shard)
+    try:
+        qc = pool.query_cache
+        assert qc is not None
+        for sql in (f"SELECT {fn_v}(), v FROM {t}", f"SELECT * FROM {view}",
+                    f"SELECT to_char(id, '999') FROM {t}"):
+            await pool.fetch(sql, shard=shard, cache_ttl=30)
+        assert qc.stats()["bypass"].get("volatile") == 3, qc.stats()["bypass"]
+        cached = f"SELECT {fn_i}(v), upper(v), count(*) FROM {t} GROUP BY v ORDER BY v"
+        first = await pool.fetch(cached, shard=shard, cache_ttl=30)
+        assert await pool.fetch(cached, shard=shard, cache_ttl=30) == first
+        assert qc.stats()["hits"] == 1
+    finally:
+        await pool.execute(f"DROP VIEW {view}", shard=shard)
+        await pool.execute(f"DROP FUNCTION {fn_v}(), {fn_i}(text)", shard=shard)

@@ -6,8 +6,9 @@ entry reachable -- a stale read.  Each (shard, relation) is looked up once throu
 ``pg_rewrite``/``pg_depend`` (recursively: views over views) and remembered for
 :data:`RESOLVE_TTL` seconds (DDL through the pool forgets a shard's resolutions at once).
 The same lookup refuses what the parse cannot see: temporary tables (another session's
-relation, or ``relpersistence = 't'``), foreign tables (their data changes elsewhere) and
-names that do not resolve.
+relation, or ``relpersistence = 't'``), foreign tables (their data changes elsewhere), names
+that do not resolve, and calls -- in the query or inside a view's definition -- to functions
+that are not IMMUTABLE (``pg_proc.provolatile``; user functions included, not only a list).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any, Final
 
-from tiercache.tiers._sql import table_name
+from tiercache.tiers._sql import analyze, table_name
 
 __all__ = ["RESOLVE_TTL", "Catalog", "Resolved"]
 
@@ -34,8 +35,14 @@ WITH RECURSIVE rel(oid, depth) AS (
                     AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> rel.oid
     WHERE rel.depth < $2
 )
-SELECT DISTINCT n.nspname, c.relname, c.relkind::text, c.relpersistence::text, rel.depth = 0
+SELECT DISTINCT n.nspname, c.relname, c.relkind::text, c.relpersistence::text, rel.depth = 0,
+       CASE WHEN c.relkind = 'v' THEN pg_get_viewdef(c.oid) END
 FROM rel JOIN pg_class c ON c.oid = rel.oid JOIN pg_namespace n ON n.oid = c.relnamespace
+"""
+# Any overload of these names that is not IMMUTABLE (stable: now(), to_char; volatile: random).
+_UNSTABLE_SQL: Final = """
+SELECT DISTINCT lower(proname) FROM pg_proc WHERE lower(proname) = ANY($1::text[])
+AND provolatile <> 'i'
 """
 # A plain table's single-column primary key, if its equality is exact (row keys, _sql_keys).
 _PK_SQL: Final = """
@@ -75,6 +82,7 @@ class Catalog:
 
     def __init__(self) -> None:
         self._memo: dict[tuple[str, str | None, str], Resolved] = {}
+        self._functions: dict[tuple[str, str], bool] = {}  # (shard, name) -> not immutable
         self.lookups = 0
 
     def known(self, shard: str, schema: str | None, name: str) -> Resolved | None:
@@ -88,6 +96,19 @@ class Catalog:
         for key in [k for k in self._memo if k[0] == shard]:
             del self._memo[key]
 
+    async def unstable(self, shard: str, pool: Any, names: frozenset[str] | set[str]) -> bool:
+        """Is any of these functions not IMMUTABLE on ``shard`` (any overload)?  A STABLE
+        function (``now()``, ``to_char``) may change between statements: not cacheable."""
+        todo = [n for n in names if (shard, n) not in self._functions]
+        if todo:
+            found = {r[0] for r in await pool.fetch(_UNSTABLE_SQL, todo)}
+            self.lookups += 1
+            if len(self._functions) > 65536:
+                self._functions.clear()
+            for n in todo:
+                self._functions[(shard, n)] = n in found
+        return any(self._functions.get((shard, n), True) for n in names)
+
     async def resolve(self, shard: str, pool: Any, schema: str | None, name: str) -> Resolved:
         """Look ``schema.name`` up on ``shard`` (an asyncpg pool of that shard)."""
         text = quote_ident(name) if schema is None else f"{quote_ident(schema)}.{quote_ident(name)}"
@@ -98,9 +119,15 @@ class Catalog:
         table = pk = pk_kind = None
         if not rows:
             refusal = "temp_table"  # not visible to a pooled connection: another session's
-        for nsp, rel, kind, persistence, top in rows:
+        functions: set[str] = set()
+        for nsp, rel, kind, persistence, top, viewdef in rows:
             if top and kind == "r" and len(rows) == 1:
                 table = table_name(rel, nsp)
+            if viewdef:  # a view's own function calls are invisible in the query text
+                inner = analyze(viewdef)
+                functions |= inner.functions
+                if inner.refusal == "volatile":
+                    refusal = refusal or "volatile"
             if persistence == "t" or nsp.startswith("pg_temp"):
                 refusal = "temp_table"
             elif kind == "f":
@@ -108,6 +135,8 @@ class Catalog:
             elif nsp in _SYSTEM:
                 refusal = refusal or "system_catalog"
             tables.add(table_name(rel, nsp))
+        if refusal is None and functions and await self.unstable(shard, pool, functions):
+            refusal = "volatile"
         if table is not None and refusal is None:
             for col, typ, exact in await pool.fetch(_PK_SQL, text):
                 if typ in _INT_TYPES:

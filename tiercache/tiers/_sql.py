@@ -55,6 +55,7 @@ class Analysis:
     set_cols: frozenset[str] = frozenset()  # UPDATE: the columns it sets
     rows: tuple[tuple[tuple[str, Ref | None], ...], ...] | None = None  # INSERT ... VALUES
     pinned: bool = False  # eq/rows describe every row the statement can read or write
+    functions: frozenset[str] = frozenset()  # called function names (lower case, unqualified)
 
 
 def table_name(relname: str, schema: str | None = None) -> str:
@@ -155,7 +156,7 @@ def analyze(sql: str) -> Analysis:
     if simple and body.get("op", "SETOP_NONE") == "SETOP_NONE" and "withClause" not in body:
         eq = where_eq(body.get("whereClause"))
     return Analysis("select", frozen, refusal, complexity, bool(out["funcs"]), rels, eq=eq,
-                    pinned=bool(eq))
+                    pinned=bool(eq), functions=frozenset(out["funcs"]))
 
 
 def _write_keys(head: str, body: dict[str, Any]) -> dict[str, Any]:

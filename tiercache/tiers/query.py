@@ -288,6 +288,9 @@ class QueryCache:
                 only = await self._resolve(shard, pool, schema, name)
                 tables |= only.tables
                 refusal = refusal or only.refusal
+            if refusal is None and analysis.functions and await self._catalog.unstable(
+                    shard, pool, analysis.functions):
+                refusal = "volatile"
         h = hashlib.blake2b(digest_size=16)
         for part in (shard, identity, method, sql, repr(extra)):
             data = part.encode()
