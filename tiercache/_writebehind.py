@@ -44,6 +44,7 @@ __all__ = ["WriteBehindEngine"]
 log = logging.getLogger("tiercache.store")
 
 FULL: Final = 0.9  # queue fill ratio that degrades health when it lasts
+ACK_EVERY: Final = 4  # batches written before their journal entries are acknowledged
 
 
 class RedisOp(Op):
@@ -133,6 +134,7 @@ class WriteBehindEngine:
         self.journal_pending = 0
         self.dead_letters = 0
         self._unacked: list[str] = []
+        self._ack_failed = False  # flush() does not wait for acks Redis refuses
         self._bad: list[tuple[str, Any, str]] = []
         self._lock = threading.Lock()
         self._force = 0
@@ -356,8 +358,12 @@ class WriteBehindEngine:
                     acked += [i for it in items for i in it.ids]
                     break
         self.c["batches"] += 1
-        if acked:
-            yield from self._ack(acked)
+        if acked:  # acknowledged a few batches at a time (or when idle): fewer round trips
+            with self._lock:
+                self._unacked.extend(acked)
+                due = len(self._unacked) >= ACK_EVERY * self.policy.batch_size
+            if due:
+                yield from self._ack([])
         queue = self.queue
         queue.finish(batch, requeue)
         if requeue:
@@ -417,6 +423,11 @@ class WriteBehindEngine:
                         self.store.name, self.journal.redact(exc))
             with self._lock:
                 self._unacked.extend(ids)
+            self._ack_failed = True
+            yield Sleep(0.5)
+        else:
+            self._ack_failed = False
+        self.queue.progress.notify()
 
     def _beat(self) -> Flow[None]:
         """Heartbeat, take over dead flushers' entries, pick up undelivered ones."""
@@ -464,8 +475,8 @@ class WriteBehindEngine:
                     return False
             target = queue.seq
             queue.signal.notify()
-            return bool((yield Wait(queue.progress, lambda: queue.drained_through(target),
-                                    _left(deadline))))
+            return bool((yield Wait(queue.progress, lambda: queue.drained_through(target) and (
+                not self._unacked or self._ack_failed), _left(deadline))))
         finally:
             with self._lock:
                 self._force -= 1
