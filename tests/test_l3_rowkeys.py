@@ -119,3 +119,98 @@ def test_bucket_agrees_with_postgres_spelling() -> None:
     assert bucket(7.0, "int") is None and bucket(True, "int") is None
     assert bucket("abc", "text") == bucket("abc", "text") != bucket("abd", "text")
     assert bucket(7, "text") is None
+
+
+@pytest.fixture
+async def text_table(pool: ShardedPool) -> AsyncIterator[str]:
+    name = f"rkt_{uuid.uuid4().hex[:8]}"
+    await pool.execute(f"CREATE TABLE {name} (k text PRIMARY KEY, v text)")
+    await pool.execute(
+        f"INSERT INTO {name} SELECT 'k' || i, 'v' || i FROM generate_series(1, 50) i")
+    yield name
+    await pool.execute(f"DROP TABLE {name}")
+
+
+async def _settle(pool: ShardedPool, dsn: str, table: str) -> None:
+    """Wait until every NOTIFY sent so far has been handled (a marker write comes last)."""
+    import asyncio
+
+    import asyncpg
+
+    sql = f"SELECT count(*) FROM {table}"
+    before = await pool.fetchval(sql, cache_ttl=30)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"INSERT INTO {table} (id, v, g) VALUES (-1, 'marker', 0)")
+        for _ in range(300):
+            if await pool.fetchval(sql, cache_ttl=30) != before:
+                break
+            await asyncio.sleep(0.01)
+        await conn.execute(f"DELETE FROM {table} WHERE id = -1")
+        for _ in range(300):
+            if await pool.fetchval(sql, cache_ttl=30) == before:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("notifications never arrived")
+    finally:
+        await conn.close()
+
+
+async def test_triggers_notify_row_keys(
+    pool: ShardedPool, table: str, text_table: str, tiercache_stack: Any
+) -> None:
+    """With triggers installed, a write (the pool's or another client's) invalidates only the
+    key buckets it touched; a bulk write, the table."""
+    import asyncio
+
+    import asyncpg
+
+    dsn = next(iter(tiercache_stack.pg_dsns.values()))
+    await pool.install_invalidation_triggers([table, text_table])
+    point = f"SELECT v FROM {table} WHERE id = $1"
+    tpoint = f"SELECT v FROM {text_table} WHERE k = $1"
+    for i in (3, 4, 5):
+        await pool.fetchval(point, i, cache_ttl=30)
+    for k in ("k1", "k2"):
+        await pool.fetchval(tpoint, k, cache_ttl=30)
+    await pool.execute(f"UPDATE {table} SET v = 'pool' WHERE id = $1", 3)  # + its NOTIFY
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"UPDATE {table} SET v = 'ext' WHERE id = 4")
+        await conn.execute(f"UPDATE {text_table} SET v = 'ext' WHERE k = 'k1'")
+    finally:
+        await conn.close()
+    await _settle(pool, dsn, table)
+    for _ in range(300):
+        if await pool.fetchval(tpoint, "k1", cache_ttl=30) == "ext":
+            break
+        await asyncio.sleep(0.01)
+    hits = _stats(pool)["hits"]
+    assert await pool.fetchval(point, 5, cache_ttl=30) == "v5"  # untouched key: still a hit
+    assert await pool.fetchval(tpoint, "k2", cache_ttl=30) == "v2"
+    assert _stats(pool)["hits"] == hits + 2
+    assert await pool.fetchval(point, 3, cache_ttl=30) == "pool"
+    assert await pool.fetchval(point, 4, cache_ttl=30) == "ext"
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"UPDATE {table} SET g = g + 1")  # > 32 buckets: the whole table
+    finally:
+        await conn.close()
+    for _ in range(300):
+        hits = _stats(pool)["hits"]
+        await pool.fetchval(point, 5, cache_ttl=30)
+        if _stats(pool)["hits"] == hits:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("a bulk write did not invalidate the table")
+
+
+def test_payload_parsing_is_bounded() -> None:
+    from tiercache.sharding._l3_listen import parse_payload
+
+    assert parse_payload("public.t") == ("public", "t", None)
+    assert parse_payload("#1,2,4095#s.t#x") == ("s", "t#x", [1, 2, 4095])
+    assert parse_payload("#1,99999#public.t")[2] is None  # out of range: the whole table
+    assert parse_payload("#" + ",".join(["1"] * 40) + "#public.t")[2] is None
+    assert parse_payload("#x#public.t")[2] is None

@@ -19,7 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from tiercache.tiers._query_catalog import INT_TYPES, PK_SQL, TEXT_TYPES
 from tiercache.tiers._sql import table_name
+from tiercache.tiers._sql_keys import BUCKETS
+from tiercache.tiers.query import BUCKET, STAR
 
 if TYPE_CHECKING:
     from tiercache.sharding._endpoints import Endpoint
@@ -38,21 +41,95 @@ BEGIN
   RETURN NULL;
 END $$"""
 
+# Row-keyed tables (a single-column integer or text primary key): the statement's transition
+# tables give the key buckets it touched (the same function as _sql_keys.bucket), sent as
+# "#b1,b2,...#schema.table"; more than MAX_BUCKETS buckets (a bulk write) -> the table.
+MAX_BUCKETS = 32
+_ROWS_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION tiercache_l3_notify_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  expr text;
+  src text;
+  buckets int[];
+BEGIN
+  IF TG_ARGV[1] = 'int' THEN
+    expr := format('(%I & {BUCKETS - 1})::int', TG_ARGV[0]);
+  ELSE
+    expr := format('((''x'' || substr(md5(%I::text), 1, 8))::bit(32)::int & {BUCKETS - 1})',
+                   TG_ARGV[0]);
+  END IF;
+  IF TG_OP = 'INSERT' THEN
+    src := 'SELECT ' || expr || ' AS b FROM tiercache_new';
+  ELSIF TG_OP = 'DELETE' THEN
+    src := 'SELECT ' || expr || ' AS b FROM tiercache_old';
+  ELSE
+    src := 'SELECT ' || expr || ' AS b FROM tiercache_new UNION ALL SELECT ' || expr
+           || ' FROM tiercache_old';
+  END IF;
+  EXECUTE 'SELECT array_agg(DISTINCT b) FROM (' || src || ') s' INTO buckets;
+  IF buckets IS NULL THEN
+    RETURN NULL;  -- no row changed: nothing to invalidate
+  END IF;
+  IF array_length(buckets, 1) > {MAX_BUCKETS} THEN
+    PERFORM pg_notify('{CHANNEL}', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME);
+  ELSE
+    PERFORM pg_notify('{CHANNEL}', '#' || array_to_string(buckets, ',') || '#'
+                      || TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME);
+  END IF;
+  RETURN NULL;
+END $$"""
+_EVENTS = (("ins", "INSERT", "NEW TABLE AS tiercache_new"),
+           ("upd", "UPDATE", "OLD TABLE AS tiercache_old NEW TABLE AS tiercache_new"),
+           ("del", "DELETE", "OLD TABLE AS tiercache_old"))
+
+
+def parse_payload(payload: str) -> tuple[str, str, list[int] | None]:
+    """``(schema, table, buckets or None)`` of a notification (bounded: 256 chars of name,
+    at most MAX_BUCKETS buckets; anything malformed is the whole table)."""
+    buckets: list[int] | None = None
+    if payload.startswith("#"):
+        spec, _, payload = payload[1:].partition("#")
+        try:
+            found = [int(b) for b in spec.split(",")[:MAX_BUCKETS + 1]]
+            if len(found) <= MAX_BUCKETS and all(0 <= b < BUCKETS for b in found):
+                buckets = found
+        except ValueError:
+            buckets = None
+    schema, _, rel = payload[:256].partition(".")
+    return schema, rel, buckets
+
 
 async def install_triggers(conn: Any, tables: list[str]) -> list[str]:
     """Create (or replace) the notify triggers on ``tables``; returns the resolved names."""
     done = []
     async with conn.transaction():
         await conn.execute(_FUNCTION)
+        await conn.execute(_ROWS_FUNCTION)
         for table in tables:
             # to_regclass resolves the name like a query would; ::text quotes it safely.
             rel = await conn.fetchval("SELECT to_regclass($1)::text", table)
             if rel is None:
                 raise ValueError(f"no such table: {table!r}")
-            await conn.execute(f"DROP TRIGGER IF EXISTS tiercache_l3 ON {rel}")
-            await conn.execute(
-                f"CREATE TRIGGER tiercache_l3 AFTER INSERT OR UPDATE OR DELETE ON {rel} "
-                "FOR EACH STATEMENT EXECUTE FUNCTION tiercache_l3_notify()")
+            kind = await conn.fetchval(
+                "SELECT relkind::text FROM pg_class WHERE oid = $1::regclass", rel)
+            pk = await conn.fetchrow(PK_SQL, rel) if kind == "r" else None
+            pk_kind = None
+            if pk is not None:
+                pk_kind = ("int" if pk[1] in INT_TYPES else
+                           "text" if pk[1] in TEXT_TYPES and pk[2] else None)
+            for suffix in ("", *(f"_{e[0]}" for e in _EVENTS)):
+                await conn.execute(f"DROP TRIGGER IF EXISTS tiercache_l3{suffix} ON {rel}")
+            if pk is None or pk_kind is None:
+                await conn.execute(
+                    f"CREATE TRIGGER tiercache_l3 AFTER INSERT OR UPDATE OR DELETE ON {rel} "
+                    "FOR EACH STATEMENT EXECUTE FUNCTION tiercache_l3_notify()")
+            else:
+                column = pk[0].replace("'", "''")
+                for suffix, event, refs in _EVENTS:
+                    await conn.execute(
+                        f"CREATE TRIGGER tiercache_l3_{suffix} AFTER {event} ON {rel} "
+                        f"REFERENCING {refs} FOR EACH STATEMENT "
+                        f"EXECUTE FUNCTION tiercache_l3_notify_rows('{column}', '{pk_kind}')")
             await conn.execute(f"DROP TRIGGER IF EXISTS tiercache_l3_truncate ON {rel}")
             await conn.execute(
                 f"CREATE TRIGGER tiercache_l3_truncate AFTER TRUNCATE ON {rel} "
@@ -109,8 +186,12 @@ class Listener:
         cache = self._cache
 
         def notified(_c: Any, _pid: int, _channel: str, payload: str) -> None:
-            schema, _, rel = payload[:256].partition(".")
-            cache.notified(shard, table_name(rel, schema))
+            schema, rel, buckets = parse_payload(payload)
+            table = table_name(rel, schema)
+            if buckets is None:
+                cache.notified(shard, [table])
+            else:
+                cache.notified(shard, [table + STAR, *(f"{table}{BUCKET}{b}" for b in buckets)])
 
         def terminated(_c: Any) -> None:
             cache.set_trusted(shard, False)  # notifications may be lost from now on

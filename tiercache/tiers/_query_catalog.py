@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from tiercache.tiers._sql import analyze, table_name
 
-__all__ = ["RESOLVE_TTL", "Catalog", "Resolved"]
+__all__ = ["INT_TYPES", "PK_SQL", "RESOLVE_TTL", "TEXT_TYPES", "Catalog", "Resolved"]
 
 RESOLVE_TTL: Final = 300.0
 _MAX_DEPTH: Final = 16
@@ -45,7 +45,7 @@ SELECT DISTINCT lower(proname) FROM pg_proc WHERE lower(proname) = ANY($1::text[
 AND provolatile <> 'i'
 """
 # A plain table's single-column primary key, if its equality is exact (row keys, _sql_keys).
-_PK_SQL: Final = """
+PK_SQL: Final = """
 SELECT a.attname, t.typname, coalesce(co.collisdeterministic, true)
 FROM pg_index i
 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
@@ -53,8 +53,8 @@ JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_collation co ON co.oid = a.attcollation
 WHERE i.indrelid = to_regclass($1) AND i.indisprimary AND i.indnatts = 1
 """
-_INT_TYPES: Final = frozenset({"int2", "int4", "int8"})
-_TEXT_TYPES: Final = frozenset({"text", "varchar"})  # not bpchar: 'a' = 'a ' there
+INT_TYPES: Final = frozenset({"int2", "int4", "int8"})
+TEXT_TYPES: Final = frozenset({"text", "varchar"})  # not bpchar: 'a' = 'a ' there
 _SYSTEM: Final = frozenset({"pg_catalog", "information_schema", "pg_toast"})
 
 
@@ -138,10 +138,10 @@ class Catalog:
         if refusal is None and functions and await self.unstable(shard, pool, functions):
             refusal = "volatile"
         if table is not None and refusal is None:
-            for col, typ, exact in await pool.fetch(_PK_SQL, text):
-                if typ in _INT_TYPES:
+            for col, typ, exact in await pool.fetch(PK_SQL, text):
+                if typ in INT_TYPES:
                     pk, pk_kind = col, "int"
-                elif typ in _TEXT_TYPES and exact:
+                elif typ in TEXT_TYPES and exact:
                     pk, pk_kind = col, "text"
         if len(self._memo) > 65536:
             self._memo.clear()

@@ -216,11 +216,11 @@ class QueryCache:
         """A write of unknown reach (unparsable SQL, DDL, a transaction): the whole shard."""
         await self.bump(shard, [EPOCH])
 
-    def notified(self, shard: str, table: str) -> None:
+    def notified(self, shard: str, names: list[str]) -> None:
         """A NOTIFY from the shard (sync callback): bump now, share in the background."""
-        self.bump_local(shard, [table])
+        self.bump_local(shard, names)
         if self._shared is not None:
-            task = asyncio.ensure_future(self._shared.bump(shard, [table]))
+            task = asyncio.ensure_future(self._shared.bump(shard, names))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
