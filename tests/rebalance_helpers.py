@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import pytest_asyncio
 
 from tiercache.sharding.pool import ShardedPool, create_sharded_pool
 from tiercache.sharding.ring import HashRing
@@ -23,6 +24,18 @@ ORDERS_DDL = """CREATE TABLE orders (id uuid PRIMARY KEY, user_id bigint NOT NUL
     amount numeric(12, 2), at timestamptz NOT NULL DEFAULT now())"""
 ORDERS_INDEX = "CREATE INDEX orders_user ON orders (user_id)"
 TABLES = {"users": "id", "orders": "user_id"}
+
+
+@pytest_asyncio.fixture(loop_scope="session", name="dsns")
+async def fresh_dsns(tiercache_stack: Any) -> AsyncIterator[dict[str, str]]:
+    """The ``dsns`` fixture: fresh databases s1..s3 (one per server) and s4 (a second one on
+    the first server), dropped after the test.  Import ``fresh_dsns`` into a test module."""
+    base = tiercache_stack.pg_dsns
+    made = await make_databases(base)
+    try:
+        yield made
+    finally:
+        await drop_databases(base, made)
 
 
 def with_db(dsn: str, db: str) -> str:

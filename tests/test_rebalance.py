@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from types import ModuleType
-from typing import Any
 
 import asyncpg
 import pytest
-import pytest_asyncio
 from rebalance_helpers import (
     TABLES,
     all_rows,
     create_schema,
-    drop_databases,
+    fresh_dsns,  # noqa: F401  (the dsns fixture)
     load,
-    make_databases,
     misplaced,
     open_pool,
     snapshot,
@@ -42,16 +38,6 @@ from tiercache.sharding.ring import HashRing
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 RING_IMPLS = _impl.both("_ring")
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def dsns(tiercache_stack: Any) -> AsyncIterator[dict[str, str]]:
-    base = tiercache_stack.pg_dsns
-    made = await make_databases(base)
-    try:
-        yield made
-    finally:
-        await drop_databases(base, made)
 
 
 @pytest.mark.parametrize("impl", RING_IMPLS, ids=lambda m: m.__name__.split(".")[1])
@@ -495,5 +481,37 @@ async def test_text_keys_and_unhashable_columns_move_and_verify(dsns: dict[str, 
             assert all(r["body"] == f'{{"k": "{r["key"]}"}}' for r in rows)
         assert sum([await pool.fetchval("SELECT count(*) FROM docs", shard=s)
                     for s in pool.shards]) == 1500
+    finally:
+        await pool.close()
+
+
+async def test_l3_query_cache_does_not_serve_counts_from_before_the_move(
+        dsns: dict[str, str]) -> None:
+    """Rows copied into a target and deleted from a source are writes: cached reads of the
+    moved tables on both shards are invalidated (a fan-out count too)."""
+    from tiercache.sharding.pool import create_sharded_pool
+    from tiercache.tiers.query import QueryCache
+
+    old = HashRing(["s1", "s2", "s3"])
+    await create_schema(dsns, ["s1", "s2", "s3", "s4"])
+    pool = create_sharded_pool(dict(dsns), ring=old, min_size=1, max_size=6,
+                               query_cache=QueryCache())
+    await pool
+    try:
+        await load(pool, users=2000, orders=0)
+        before = {s: await pool.fetchval("SELECT count(*) FROM users", shard=s, cache_ttl=300)
+                  for s in pool.shards}
+        assert before["s4"] == 0 and sum(before.values()) == 2000
+        assert sum((await pool.fetchval_all("SELECT count(*) FROM users",
+                                            cache_ttl=300)).values()) == 2000
+        await Rebalancer(pool, {"users": "id"}).apply(
+            await Rebalancer(pool, {"users": "id"}).plan(add=["s4"]))
+        after = {s: await pool.fetchval("SELECT count(*) FROM users", shard=s, cache_ttl=300)
+                 for s in pool.shards}
+        new = HashRing(["s1", "s2", "s3", "s4"])
+        assert after == {s: sum(1 for i in range(2000) if new.get_node(i) == s)
+                         for s in pool.shards}
+        assert sum((await pool.fetchval_all("SELECT count(*) FROM users",
+                                            cache_ttl=300)).values()) == 2000
     finally:
         await pool.close()

@@ -6,17 +6,13 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import pytest_asyncio
 from rebalance_helpers import (
     create_schema,
-    drop_databases,
+    fresh_dsns,  # noqa: F401  (the dsns fixture)
     load,
-    make_databases,
     misplaced,
     open_pool,
     snapshot,
@@ -25,16 +21,6 @@ from rebalance_helpers import (
 from tiercache.sharding.ring import HashRing
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def dsns(tiercache_stack: Any) -> AsyncIterator[dict[str, str]]:
-    base = tiercache_stack.pg_dsns
-    made = await make_databases(base)
-    try:
-        yield made
-    finally:
-        await drop_databases(base, made)
 
 
 async def _cli(*args: str) -> tuple[int, str, str]:

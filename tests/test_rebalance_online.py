@@ -14,18 +14,15 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from rebalance_helpers import (
     Writers,
     all_rows,
     create_schema,
-    drop_databases,
+    fresh_dsns,  # noqa: F401  (the dsns fixture)
     load,
-    make_databases,
     misplaced,
     open_pool,
     snapshot,
@@ -41,16 +38,6 @@ NEW = HashRing(["s1", "s2", "s3", "s4"])
 
 class Crash(Exception):
     """Stands in for the rebalancer dying at a given step."""
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def dsns(tiercache_stack: Any) -> AsyncIterator[dict[str, str]]:
-    base = tiercache_stack.pg_dsns
-    made = await make_databases(base)
-    try:
-        yield made
-    finally:
-        await drop_databases(base, made)
 
 
 async def _check_end_state(pool: Any, writers: Writers) -> None:

@@ -32,6 +32,7 @@ async def abort(flow: Flow, phase: str) -> None:
         async with flow.conn(move.target) as dst:
             async for _n in mover.delete_in(dst, 50_000):
                 pass
+    await flow.bump(flow.plan.targets())
     await flow.journal.set_phase(flow.plan.job, "aborted")
 
 

@@ -150,6 +150,21 @@ class Flow:
             self.progress.stop()
             self.progress = None
 
+    async def bump(self, shards: list[str]) -> None:
+        """The rebalancer's writes are writes: bump the L3 generations of the moved tables
+        on ``shards`` (a fan-out count cached before a move is not served after it)."""
+        qc = getattr(self.rb.pool, "query_cache", None)
+        if qc is None:
+            return
+        names = []
+        for table in self.plan.tables:
+            schema, _, rel = table.rpartition(".")
+            names.append(rel if schema in ("", "public") else table)
+        for shard in shards:
+            result = qc.bump(shard, names)
+            if inspect.isawaitable(result):
+                await result
+
     def ring_shards(self) -> list[str]:
         """Every shard of the old or the new ring."""
         return sorted(set(self.plan.new_ring["weights"]) | set(self.plan.old_ring["weights"]))
@@ -295,6 +310,7 @@ class Flow:
 
         await _gather(one(group) for group in self.by_source())
         self.report.copy_seconds = time.perf_counter() - started
+        await self.bump(self.plan.targets())
 
     async def copy_move(self, table: str, move: Move, mover: TableMover, src: Any, dst: Any
                         ) -> int:
@@ -328,6 +344,8 @@ class Flow:
                     consumed += (await mover.catch_up_once(src, dst, move.target,
                                                            CATCH_UP_LIMIT))[0]
             self.report.caught_up += consumed
+            if consumed:
+                await self.bump(self.plan.targets())
             await self.hook("catch_up")
             backlog = 0
             for _table, move, mover in self.movers():
@@ -421,6 +439,7 @@ class Flow:
             await self.settle(fenced=True)
             await _gather(mark_moved(s) for s in self.plan.sources())
             self.rb.pool.set_ring(ring_from_spec(self.plan.new_ring))
+        await self.bump(self.plan.targets())  # the last changes caught up
 
         async def topology(shard: str) -> int:
             async with self.conn(shard) as c:
@@ -491,6 +510,7 @@ class Flow:
                     self.report.deleted[table] = self.report.deleted.get(table, 0) + n
 
         await _gather(one(group) for group in self.by_source())  # sources in parallel
+        await self.bump(self.plan.sources())
         await self.drop_captures(keep_guard=self.rb.keep_guard)
 
     async def drop_captures(self, keep_guard: bool) -> None:
