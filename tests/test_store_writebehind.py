@@ -78,6 +78,10 @@ async def test_a_full_queue_makes_the_next_distinct_key_wait_and_drops_nothing(
     await asyncio.sleep(0.5)
     assert not late.done(), "the 101st distinct key must wait for room"
     assert store.stats()["backpressure_waits"] >= 1
+    with pytest.raises(RuntimeError, match="use the async method"):
+        store.put_sync(101, 101)  # would block the loop the flusher needs
+    await asyncio.sleep(0.7)  # full for more than max(1 s, 2 x max_delay): degraded
+    assert any("queue above 90% full" in r for r in store.health_reasons())
     writer.gate.set()
     await asyncio.wait_for(late, 30)
     assert await store.flush(timeout=30)

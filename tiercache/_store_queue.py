@@ -98,13 +98,16 @@ class Wait(Op):
     the sleep is never lost (threads: under the condition's lock; loops: the future).
     """
 
-    __slots__ = ("done", "signal", "timeout")
+    __slots__ = ("done", "guard", "signal", "timeout")
 
     def __init__(self, signal: Signal, done: Callable[[], bool],
-                 timeout: float | None = None) -> None:
-        self.signal, self.done, self.timeout = signal, done, timeout
+                 timeout: float | None = None,
+                 guard: Callable[[], None] | None = None) -> None:
+        self.signal, self.done, self.timeout, self.guard = signal, done, timeout, guard
 
     def run_sync(self) -> bool:
+        if self.guard is not None and not self.done():
+            self.guard()  # e.g. refuse to block the very loop the awaited flusher runs in
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         with self.signal.cond:
             while not self.done():

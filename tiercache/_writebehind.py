@@ -159,7 +159,8 @@ class WriteBehindEngine:
                 seq = queue.begin(rel, policy.max_queue)
                 while seq is None:  # backpressure: wait for the flusher to make room
                     self.c["backpressure_waits"] += 1
-                    yield Wait(queue.progress, _room(queue, rel, policy.max_queue), 1.0)
+                    yield Wait(queue.progress, _room(queue, rel, policy.max_queue), 1.0,
+                               self._loop_guard)
                     seq = queue.begin(rel, policy.max_queue)
                 seqs.append(seq)
             ids: list[str] = []
@@ -177,6 +178,7 @@ class WriteBehindEngine:
                                                                   strict=True))]
         for item in items:
             queue.add(item)
+        self._track_fill()
         yield from self._tiers(items)
 
     def _append(self, payloads: list[bytes]) -> Flow[list[str]]:
@@ -274,6 +276,21 @@ class WriteBehindEngine:
             self._thread = threading.Thread(target=self._thread_main, daemon=True,
                                             name=f"tiercache-store-{self.store.name}")
             self._thread.start()
+
+    def _loop_guard(self) -> None:
+        """A sync wait for the flusher from inside the loop it runs in would never end."""
+        task = self._task
+        if task is None or task.done():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if task.get_loop() is running:
+            raise RuntimeError(
+                f"store {self.store.name!r}: a *_sync call would wait for the flusher, which "
+                "runs in this thread's event loop; use the async method (await store.put / "
+                "flush) here")
 
     def _thread_main(self) -> None:
         store = self.store
@@ -471,12 +488,12 @@ class WriteBehindEngine:
                 self._beat_asked = True
                 queue.signal.notify()
                 if not (yield Wait(queue.progress, lambda: self.beats > asked,
-                                   _left(deadline))):
+                                   _left(deadline), self._loop_guard)):
                     return False
             target = queue.seq
             queue.signal.notify()
             return bool((yield Wait(queue.progress, lambda: queue.drained_through(target) and (
-                not self._unacked or self._ack_failed), _left(deadline))))
+                not self._unacked or self._ack_failed), _left(deadline), self._loop_guard)))
         finally:
             with self._lock:
                 self._force -= 1
