@@ -266,3 +266,42 @@ async def test_listener_heartbeat_catches_an_unresponsive_backend(
         assert listener.backend_pid != pid and shard not in qc.stats()["untrusted_shards"]
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+async def test_transaction_bumps_the_tables_it_wrote(
+    pool: ShardedPool, table: str, dsns: dict[str, str]
+) -> None:
+    """A transaction's commit bumps what it wrote -- seen by Postgres' own per-transaction
+    counters, so COPY and trigger writes count -- not the whole shard; a rollback bumps
+    nothing; DDL inside bumps the shard."""
+    qc = _qc(pool)
+    shard = pool.shard_for(1)
+    other = f"{table}_b"
+    await pool.execute(f"CREATE TABLE {other} (id int PRIMARY KEY, v text)", shard=shard)
+    await pool.execute(f"INSERT INTO {other} VALUES (1, 'b1')", shard=shard)
+    try:
+        sql_a = f"SELECT count(*) FROM {table}"
+        sql_b = f"SELECT v FROM {other} WHERE id = 1"
+        count = await pool.fetchval(sql_a, shard=shard, cache_ttl=30)
+        assert await pool.fetchval(sql_b, shard=shard, cache_ttl=30) == "b1"
+        async with pool.transaction(shard=shard) as conn:
+            await conn.copy_records_to_table(table, records=[(5000, "copied")])
+        hits = qc.stats()["hits"]
+        assert await pool.fetchval(sql_b, shard=shard, cache_ttl=30) == "b1"  # not written
+        assert qc.stats()["hits"] == hits + 1
+        assert await pool.fetchval(sql_a, shard=shard, cache_ttl=30) == count + 1  # COPY seen
+        with pytest.raises(RuntimeError):
+            async with pool.transaction(shard=shard) as conn:
+                await conn.execute(f"UPDATE {other} SET v = 'rolled back'")
+                raise RuntimeError("abort")
+        assert await pool.fetchval(sql_b, shard=shard, cache_ttl=30) == "b1"
+        assert qc.stats()["hits"] == hits + 2  # a rollback invalidates nothing
+        async with pool.transaction(shard=shard) as conn:
+            await conn.execute(f"TRUNCATE {table}")
+        assert await pool.fetchval(sql_a, shard=shard, cache_ttl=30) == 0
+        epochs = qc.stats()["epoch_bumps"]
+        async with pool.transaction(shard=shard) as conn:
+            await conn.execute(f"ALTER TABLE {other} ADD COLUMN w int")
+        assert qc.stats()["epoch_bumps"] == epochs + 1
+    finally:
+        await pool.execute(f"DROP TABLE {other}", shard=shard)

@@ -53,6 +53,7 @@ from tiercache.sharding._endpoints import CONNECTION_ERRORS, Endpoint, name_endp
 from tiercache.sharding._fanout import ShardFanoutError, fanout, fanout_targets
 from tiercache.sharding._pool_metrics import BOUNDS_NS
 from tiercache.sharding._routing import Ring
+from tiercache.tiers._query_tx import TransactionWatch
 from tiercache.tiers._sql import table_name as table_name_of
 from tiercache.tiers.query import QueryCache
 
@@ -322,16 +323,21 @@ class ShardedPool(ShardedPoolBase):
         timeout: float | None,
     ) -> AsyncIterator[Any]:
         ep, connection = await self._acquire_on(ep, timeout)
+        qc = self._query_cache
+        watch = None if qc is None or readonly else TransactionWatch(qc, connection)
         try:
             try:
                 async with connection.transaction(
                     isolation=isolation, readonly=readonly, deferrable=deferrable
                 ):
+                    if watch is not None:
+                        await watch.start()
                     yield connection
+                    if watch is not None:
+                        await watch.collect()  # the tables it wrote, before COMMIT
             finally:
-                # After COMMIT (or rollback): what ran inside is unknown -> the shard epoch.
-                if self._query_cache is not None and not readonly:
-                    await self._query_cache.bump_shard(ep.shard)
+                if watch is not None:  # after COMMIT: bump them (nothing after a rollback)
+                    await watch.done(ep.shard)
         finally:
             await ep.pool.release(connection)
 
