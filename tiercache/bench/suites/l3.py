@@ -153,7 +153,7 @@ def _zipf(n: int, s: float, seed: int, count: int) -> list[int]:
 
 async def _workload(ctx: BenchContext, dsn: str, table: str) -> list[Row]:
     """95/5 reads/writes of a Zipf key set, 32 workers, L3 off then on, same operations."""
-    n_ops, n_warm = ctx.scale(40_000, 6_000), ctx.scale(20_000, 3_000)
+    n_ops, n_warm = ctx.scale(30_000, 6_000), ctx.scale(15_000, 3_000)
     keys = _zipf(10_000, 1.1, 7, n_warm + n_ops)
     rnd = random.Random(11)
     ops = [(rnd.random() < 0.05, k) for k in keys]
@@ -189,7 +189,7 @@ async def _mixed(ctx: BenchContext, dsn: str, table: str, mode: str,
     locks: dict[int, asyncio.Lock] = {}
     seq = stale = 0
     it = iter(warm)
-    async with create_sharded_pool({"s": dsn}, min_size=8, max_size=16,
+    async with create_sharded_pool({"s": dsn}, slow_query_ms=60_000, min_size=8, max_size=16,
                                    query_cache=qc) as pool:
 
         async def worker() -> None:
@@ -237,13 +237,13 @@ async def _eviction(ctx: BenchContext, dsn: str, table: str) -> list[Row]:
     Database time saved is counted two ways: the cache's own figure (each hit credits the
     measured time of the miss that filled it) and hits per kind x that kind's median time
     on Postgres (measured here, so the two policies are credited alike)."""
-    n_ops = ctx.scale(20_000, 4_000)
+    n_ops = ctx.scale(12_000, 4_000)
     point, rng = POINT.format(t=table), SUMMARY.format(t=table)
     rnd = random.Random(5)
     points = _zipf(20_000, 0.8, 3, n_ops)
     ranges = _zipf(300, 0.8, 4, n_ops)
     ops = [(rnd.random() < 0.1, points[i], ranges[i] * 5) for i in range(n_ops)]
-    max_bytes = ctx.scale(256 << 10, 96 << 10)
+    max_bytes = ctx.scale(160 << 10, 96 << 10)
     median = await _median_costs(dsn, point, rng)
     out = {e: await _evict_run(ctx, dsn, point, rng, ops, max_bytes, e, median)
            for e in ("cost", "lru")}
@@ -291,7 +291,7 @@ async def _evict_run(ctx: BenchContext, dsn: str, point: str, summary: str,
     qc = QueryCache(max_bytes=max_bytes, eviction=eviction)
     hits = {"summary": 0, "point": 0}
     count = {"summary": 0, "point": 0}
-    async with create_sharded_pool({"s": dsn}, min_size=1, max_size=1,
+    async with create_sharded_pool({"s": dsn}, slow_query_ms=60_000, min_size=1, max_size=1,
                                    query_cache=qc) as pool:
         t0 = time.perf_counter()
         with ctx.progress(f"l3: eviction {eviction}", len(ops)) as bar:
@@ -320,12 +320,13 @@ async def run(ctx: BenchContext) -> list[Row]:
     table = await _setup(dsn, ctx.scale(200_000, 40_000))
     rows: list[Row] = []
     try:
-        async with create_sharded_pool({"s": dsn}, min_size=1, max_size=2) as plain:
+        async with create_sharded_pool({"s": dsn}, slow_query_ms=60_000, min_size=1,
+                                       max_size=2) as plain:
             for store in ("memory", "redis"):
                 qc = QueryCache("memory" if store == "memory" else url,
                                 namespace=f"l3bench{uuid.uuid4().hex[:6]}")
-                async with create_sharded_pool({"s": dsn}, min_size=1, max_size=2,
-                                               query_cache=qc) as pool:
+                async with create_sharded_pool({"s": dsn}, slow_query_ms=60_000, min_size=1,
+                                               max_size=2, query_cache=qc) as pool:
                     with ctx.progress(f"l3: hits, {store} store", 1) as bar:
                         rows += await _hit_rows(ctx, pool, table, store, plain)
                         bar.advance()
