@@ -40,6 +40,7 @@ MAX_CLAIM: Final = 500  # entries claimed or read per call
 ACK_CHUNK: Final = 1000
 ENVELOPE: Final = 4096  # bytes a journal entry may add around its value
 JOURNAL_TIMEOUT: Final = 5.0  # seconds a journal call may take at least
+MAX_LETTER: Final = 512 * 1024 * 1024  # bytes a dead letter may have (a batch of entries)
 
 # Create the group on first use (a flushed Redis too), append, deliver to ourselves.
 # Returns {ids, {foreign id, payload, ...}}: foreign = undelivered entries of others.
@@ -146,7 +147,7 @@ class Journal:
 
     def read_letter(self, raw: Any) -> DeadLetter:
         """A dead letter as a dict (``entries`` decoded; bad ones listed as errors)."""
-        if not isinstance(raw, bytes) or len(raw) > 64 * self.max_entry:
+        if not isinstance(raw, bytes) or len(raw) > MAX_LETTER:
             raise BadEntry("dead letter not bytes or too large")
         try:
             body: Any = raw

@@ -66,7 +66,7 @@ def _plain(value: Any) -> Any:
 
 
 def main_args(args: argparse.Namespace) -> int:
-    from tiercache._writebehind import describe
+    from tiercache._deadletters import describe
 
     journal = _journal(args)
     try:

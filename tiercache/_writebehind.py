@@ -27,12 +27,14 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from tiercache._flow import Flow, Op, Sleep, drive_async, drive_sync
+from tiercache._deadletters import DeadLetterMixin
+from tiercache._flow import Flow, Sleep, drive_async, drive_sync
 from tiercache._groupcommit import GroupCommit
 from tiercache._journal import BadEntry, Journal, JournalUnavailable
+from tiercache._store_ops import Append, RedisOp, UserBatch
 from tiercache._store_queue import DELETE, PUT, Item, Wait, WriteQueue, order_of
 
 if TYPE_CHECKING:
@@ -47,65 +49,7 @@ FULL: Final = 0.9  # queue fill ratio that degrades health when it lasts
 ACK_EVERY: Final = 4  # batches written before their journal entries are acknowledged
 
 
-class RedisOp(Op):
-    """A journal plan run on the tier's sync or async client (errors reach the flow)."""
-
-    __slots__ = ("journal", "plan")
-
-    def __init__(self, journal: Journal, plan: Any) -> None:
-        self.journal, self.plan = journal, plan
-
-    def run_sync(self) -> Any:
-        return self.journal.run_sync(self.plan)
-
-    def run_async(self) -> Awaitable[Any]:
-        return self.journal.run_async(self.plan)
-
-
-class Append(Op):
-    __slots__ = ("gc", "payloads")
-
-    def __init__(self, gc: GroupCommit, payloads: list[bytes]) -> None:
-        self.gc, self.payloads = gc, payloads
-
-    def run_sync(self) -> list[str]:
-        return self.gc.append_sync(self.payloads)
-
-    def run_async(self) -> Awaitable[list[str]]:
-        return self.gc.append_async(self.payloads)
-
-
-class UserBatch(Op):
-    """A writer/deleter call; a sync one runs in a worker thread under an event loop (a
-    batch write must not stall the loop's other tasks)."""
-
-    __slots__ = ("arg", "fn")
-
-    def __init__(self, fn: Callable[[Any], Any], arg: Any) -> None:
-        self.fn, self.arg = fn, arg
-
-    def run_sync(self) -> Any:
-        result = self.fn(self.arg)
-        if inspect.isawaitable(result):
-            return asyncio.run(_awaited(result))
-        return result
-
-    async def run_async(self) -> Any:
-        fn = self.fn
-        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-                type(fn).__call__):
-            return await fn(self.arg)
-        result = await asyncio.to_thread(fn, self.arg)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
-
-
-async def _awaited(result: Awaitable[Any]) -> Any:
-    return await result
-
-
-class WriteBehindEngine:
+class WriteBehindEngine(DeadLetterMixin):
     """Queue + journal + flusher of one store (see the module docstring)."""
 
     def __init__(self, store: Store, policy: WriteBehind) -> None:
@@ -349,6 +293,7 @@ class WriteBehindEngine:
             parts.append((store.deleter, dels))
         acked: list[str] = []
         requeue: list[Item] = []
+        stale: list[str] = []
         for fn, items in parts:
             arg: Any = ({it.key: it.value for it in items} if fn is store.writer
                         else [it.key for it in items])
@@ -373,7 +318,12 @@ class WriteBehindEngine:
                 else:
                     self.c["flushed"] += len(items)
                     acked += [i for it in items for i in it.ids]
+                    # taken over from another process (or replayed): the tiers may hold what
+                    # a reader loaded before this write landed; let them reload it now
+                    stale += [it.rel for it in items if it.order[0] != math.inf]
                     break
+        if stale:
+            yield from self.store.cache.coherence.invalidate(keys=stale)
         self.c["batches"] += 1
         if acked:  # acknowledged a few batches at a time (or when idle): fewer round trips
             with self._lock:
@@ -386,47 +336,6 @@ class WriteBehindEngine:
         if requeue:
             yield Sleep(1.0)  # Redis is down too: keep them, try again later
         self._track_fill()
-
-    def _dead_letter(self, items: list[Item], exc: BaseException, attempts: int) -> Flow[bool]:
-        journal, name = self.journal, self.store.name
-        error = journal.redact(exc)
-        letter = journal.letter(error, attempts, [self._encoded(it) for it in items])
-        try:
-            yield RedisOp(journal, journal.push_letter_plan(letter))
-        except Exception as push_exc:
-            log.error("tiercache: store %s: %d writes failed (%s) and the dead-letter list is "
-                      "unreachable (%s): kept in memory, retried later", name, len(items),
-                      error, journal.redact(push_exc))
-            return False
-        self.c["dead_lettered"] += len(items)
-        self.dead_letters += 1
-        log.error("tiercache: store %s: %d writes failed %d times (%s): dead-lettered; see "
-                  "store.dead_letters() / `tiercache store dead-letters`", name, len(items),
-                  attempts, error)
-        return True
-
-    def _encoded(self, item: Item) -> bytes:
-        try:
-            return self.journal.encode(item.op, item.key, item.value)
-        except TypeError:  # only possible without Redis (values not encoded at put time)
-            return self.journal.encode(item.op, item.key, f"<unencodable: {item.value!r:.200}>")
-
-    def _letter_bad(self) -> Flow[None]:
-        with self._lock:
-            bad, self._bad = self._bad, []
-        journal = self.journal
-        for entry_id, raw, error in bad:
-            raw_bytes = raw if isinstance(raw, bytes) else b""
-            letter = journal.letter(f"unreadable journal entry {entry_id}: {error}", 0,
-                                    [raw_bytes])
-            try:
-                yield RedisOp(journal, journal.push_letter_plan(letter))
-            except Exception:
-                with self._lock:
-                    self._bad.append((entry_id, raw, error))
-                return
-            self.dead_letters += 1
-            yield from self._ack([entry_id])
 
     def _ack(self, ids: list[str]) -> Flow[None]:
         with self._lock:
@@ -518,45 +427,6 @@ class WriteBehindEngine:
             self._thread.join(30)
         self.journal.close()
 
-    # ------------------------------------------------------------------ dead letters
-
-    def letters_flow(self, limit: int) -> Flow[list[dict[str, Any]]]:
-        journal = self.journal
-        raws = yield RedisOp(journal, journal.letters_plan(limit))
-        return [describe(journal, raw) for raw in raws]
-
-    def replay_flow(self, limit: int | None) -> Flow[int]:
-        journal, queued = self.journal, 0
-        raws = yield RedisOp(journal, journal.letters_plan(limit or 10_000))
-        for raw in raws:
-            try:
-                letter = journal.read_letter(raw)
-            except BadEntry as exc:
-                log.warning("tiercache: store %s: unreadable dead letter left in place: %s",
-                            self.store.name, exc)
-                continue
-            entries = []
-            for payload in letter["entries"]:
-                try:
-                    entries.append(journal.decode(payload))
-                except BadEntry:
-                    self.c["bad_entries"] += 1
-            if self.policy.journaled:
-                ids = yield Append(self.gc, [journal.encode(op, k, v) for op, k, v, _ in entries])
-            else:
-                ids = [None] * len(entries)
-            for (op, key, value, _), entry_id in zip(entries, ids, strict=True):
-                seq = self.queue.begin(None, 0)
-                assert seq is not None
-                self.queue.add(Item(self.store.rel(key), key, op, value,
-                                    order_of(entry_id, seq, False),
-                                    [entry_id] if entry_id else []))
-            yield RedisOp(journal, journal.remove_letter_plan(raw))
-            self.dead_letters = max(0, self.dead_letters - 1)
-            queued += len(entries)
-            self.c["replayed"] += len(entries)
-        return queued
-
     # ------------------------------------------------------------------ figures
 
     def refresh_flow(self) -> Flow[None]:
@@ -609,24 +479,6 @@ def _gauges(journal: Journal) -> Any:
         count = int(pending.get("pending") or 0) if isinstance(pending, dict) else 0
         return count, dead if isinstance(dead, int) else 0
     return plan
-
-
-def describe(journal: Journal, raw: Any) -> dict[str, Any]:
-    """A dead letter for people: its writes decoded (unreadable ones say why)."""
-    try:
-        letter = journal.read_letter(raw)
-    except BadEntry as exc:
-        return {"error": f"unreadable dead letter: {exc}", "writes": [], "raw": raw}
-    writes = []
-    for payload in letter.pop("entries"):
-        try:
-            op, key, value, at = journal.decode(payload)
-            writes.append({"op": "put" if op == PUT else "delete", "key": key, "value": value,
-                           "at": at})
-        except BadEntry as exc:
-            writes.append({"op": "unreadable", "error": str(exc)})
-    letter["writes"] = writes
-    return letter
 
 
 def _room(queue: WriteQueue, rel: str, max_queue: int) -> Callable[[], bool]:
