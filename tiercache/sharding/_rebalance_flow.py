@@ -322,12 +322,14 @@ class Flow:
         step = max(self.batch_size, int(self.batch_size / max(share, 1e-3)))
         last, rows, done = await read_progress(dst, self.plan.job, table, move.source)
         self.progress.advance(label, rows)
-        while not done:
-            upto = await mover.next_bound(src, last, step)
+        if done:
+            return rows
+        bounds: list[list[str] | None] = [*await mover.bounds(src, last, step), None]
+        for upto in bounds:
             record = _recorder(self.plan.job, table, move.source, upto, rows)
             n = await mover.copy_batch(src, dst, last, upto, record)
             rows += n
-            last, done = upto, upto is None
+            last = upto
             self.progress.advance(label, n)
             await self.hook("batch")
         return rows

@@ -94,14 +94,18 @@ class TableMover:
         return "(" + ", ".join(
             f"${start + i}::text::{t}" for i, t in enumerate(self.info.pk_types)) + ")"
 
-    async def next_bound(self, src: Any, after: list[str] | None, step: int) -> list[str] | None:
-        """The primary key ``step`` rows past ``after`` on the source (None: end of table)."""
+    async def bounds(self, src: Any, after: list[str] | None, step: int) -> list[list[str]]:
+        """Every ``step``-th primary key past ``after``, in one index scan (one OFFSET scan
+        per batch re-read the index up to each bound: ~15% of a copy at 1M rows).  Rows
+        added beyond the last bound go to the final, open-ended batch."""
+        pk_cols = ", ".join(ident(c) for c in self.info.pk)
         pk_text = ", ".join(f"{ident(c)}::text" for c in self.info.pk)
         where = f"WHERE {self.pk} > {self._pk_params(2)}" if after is not None else ""
-        row = await src.fetchrow(
-            f"SELECT ARRAY[{pk_text}] FROM {self.table} {where} "
-            f"ORDER BY {self.pk} OFFSET $1 LIMIT 1", step - 1, *(after or []))
-        return None if row is None else list(row[0])
+        rows = await src.fetch(
+            f"SELECT ARRAY[{pk_text}] FROM (SELECT {pk_cols}, row_number() OVER (ORDER BY "
+            f"{self.pk}) AS tc_rn FROM {self.table} {where}) q WHERE tc_rn % $1 = 0 "
+            f"ORDER BY tc_rn", step, *(after or []))
+        return [list(r[0]) for r in rows]
 
     def _window(self, after: list[str] | None, upto: list[str] | None, args: list[Any]
                 ) -> str:
@@ -335,8 +339,7 @@ class TableMover:
         """Delete the rows whose key hashes into the arcs (clean-up, debris), one primary-key
         window of ``step`` rows per transaction; yields the rows deleted per window."""
         after: list[str] | None = None
-        while True:
-            upto = await self.next_bound(conn, after, step)
+        for upto in [*await self.bounds(conn, None, step), None]:
             args: list[Any] = [self.arcs]
             window = self._window(after, upto, args)
             async with conn.transaction():
@@ -346,8 +349,6 @@ class TableMover:
                     f"{self.table} AS tc_t {self.lateral} WHERE {self.in_arcs}{window}))",
                     *args)
             yield int(status.split()[-1])
-            if upto is None:
-                return
             after = upto
 
 
