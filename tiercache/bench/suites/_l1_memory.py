@@ -82,6 +82,11 @@ def store_bytes_per_entry(kind: str, n: int = N_MEMORY) -> float:
     return traced_bytes(ours if kind == "tiercache" else theirs, n)
 
 
+def fresh_entries(n: int) -> int:
+    """Entries of the "with the argument and result objects" figure (n / 5, >= 10k)."""
+    return min(n, max(10_000, n // 5))
+
+
 def _fill_with(filler: Callable[[Callable[[int], int]], Any],
                wrap: Callable[[Callable[[int], int]], Callable[[int], int]],
                func: Callable[[int], int]) -> Any:
@@ -92,6 +97,7 @@ def _fill_with(filler: Callable[[Callable[[int], int]], Any],
 def _cached_bytes(n: int) -> dict[str, float]:
     """Per ``@cached``-style entry: keys are the int argument (already alive)."""
     values = list(range(n))
+    few = fresh_entries(n)
 
     def fill(fn: Callable[[int], int]) -> Callable[[int], int]:
         for i in values:
@@ -101,13 +107,15 @@ def _cached_bytes(n: int) -> dict[str, float]:
         return fn
 
     def fresh(fn: Callable[[int], int]) -> Callable[[int], int]:
-        """Arguments and results created by the calls, kept alive by the cache."""
-        for i in range(n):
+        """Arguments and results created by the calls, kept alive by the cache (on ``few``
+        entries: a traced @cached miss is slow, and this figure only adds the int objects)."""
+        for i in range(few):
             fn(i + n)
         return fn
 
     out: dict[str, float] = {}
     for label, filler, func in (("", fill, _identity), ("_with_objects", fresh, _double)):
+        count = n if label == "" else few
         cache = TierCache(l1=MemoryTier(maxsize=n + 10), namespace=f"bm{label}", bus=False)
         try:
             wraps: dict[str, Callable[[Callable[[int], int]], Callable[[int], int]]] = {
@@ -117,7 +125,7 @@ def _cached_bytes(n: int) -> dict[str, float]:
             }
             for name, wrap in wraps.items():
                 out[name + label] = traced_bytes(functools.partial(_fill_with, filler, wrap,
-                                                                   func), n)
+                                                                   func), count)
         finally:
             cache.close()
     return out
@@ -142,7 +150,8 @@ def memory_rows(n: int = N_MEMORY) -> list[Row]:
         summary=f"{c['tiercache']:.1f} B/entry vs functools.lru_cache {c['lru_cache']:.1f}, "
                 f"cachetools.cached {c['cachetools']:.1f} B/entry (entry + value slot + index; "
                 f"the int argument is the key); counting the argument and result ints the "
-                f"calls create: {c['tiercache_with_objects']:.1f} vs "
+                f"calls create ({fresh_entries(n) // 1000}k entries): "
+                f"{c['tiercache_with_objects']:.1f} vs "
                 f"{c['lru_cache_with_objects']:.1f} vs {c['cachetools_with_objects']:.1f} B",
         data={"bytes": c["tiercache"], "lru_cache_bytes": c["lru_cache"],
               "cachetools_cached_bytes": c["cachetools"],

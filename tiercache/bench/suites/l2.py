@@ -103,7 +103,7 @@ async def _check(c: _Clients, key: str, many: list[str]) -> None:
 
 
 async def _paired(ctx: BenchContext, c: _Clients, key: str, many: list[str]) -> list[Row]:
-    rounds, batch, batch_many = (15, 40, 6) if ctx.quick else (60, 100, 10)
+    rounds, batch, batch_many = (15, 40, 6) if ctx.quick else (40, 100, 8)
     tier, mget_a, mget_s = c.tier, getattr(c.raw_a, c.mget), getattr(c.raw_s, c.mget)
     mapping = {k: value(i) for i, k in enumerate(many)}
     raw_map = {f"{PREFIX}raw:{i}": v for i, v in enumerate(mapping.values())}
@@ -144,7 +144,7 @@ async def _paired(ctx: BenchContext, c: _Clients, key: str, many: list[str]) -> 
 
 
 async def _throughput(ctx: BenchContext, c: _Clients, key: str) -> list[Row]:
-    total = ctx.scale(6000, 1500)
+    total = ctx.scale(4000, 1500)
     series: dict[str, list[tuple[float, float]]] = {"tiercache RedisTier.get": [],
                                                     f"redis-py {c.base}.get": []}
     ours, raw = series

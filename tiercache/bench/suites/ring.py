@@ -72,7 +72,7 @@ def _time_lookups(
 
 async def run(ctx: BenchContext) -> list[Row]:
     n_keys = ctx.scale(100_000, 20_000)
-    repeats = ctx.scale(15, 4)
+    repeats = ctx.scale(8, 4)
     rows: list[Row] = []
     steps = len(SETUPS) * 2
     with ctx.progress("ring: placement check + timing", steps) as bar:
