@@ -149,3 +149,27 @@ async def test_function_volatility_comes_from_the_catalog(
     finally:
         await pool.execute(f"DROP VIEW {view}", shard=shard)
         await pool.execute(f"DROP FUNCTION {fn_v}(), {fn_i}(text)", shard=shard)
+
+
+async def test_partitions_and_their_parent_invalidate_each_other(pool: ShardedPool) -> None:
+    shard = pool.shards[0]
+    p = f"vp_{uuid.uuid4().hex[:8]}"
+    await pool.execute(f"CREATE TABLE {p} (id int PRIMARY KEY, v text) PARTITION BY RANGE (id)",
+                       shard=shard)
+    await pool.execute(f"CREATE TABLE {p}_a PARTITION OF {p} FOR VALUES FROM (1) TO (101)",
+                       shard=shard)
+    await pool.execute(f"CREATE TABLE {p}_b PARTITION OF {p} FOR VALUES FROM (101) TO (201)",
+                       shard=shard)
+    await pool.execute(f"INSERT INTO {p} VALUES (5, 'a'), (150, 'b')", shard=shard)
+    try:
+        whole = f"SELECT count(*) FROM {p} WHERE v = 'new'"
+        part = f"SELECT v FROM {p}_b WHERE id = $1"
+        assert await pool.fetchval(whole, shard=shard, cache_ttl=30) == 0
+        assert await pool.fetchval(part, 150, shard=shard, cache_ttl=30) == "b"
+        await pool.execute(f"UPDATE {p}_a SET v = 'new' WHERE id = 5", shard=shard)  # a child
+        assert await pool.fetchval(whole, shard=shard, cache_ttl=30) == 1
+        await pool.execute(f"UPDATE {p} SET v = 'new' WHERE id = $1", 150, shard=shard)  # parent
+        assert await pool.fetchval(part, 150, shard=shard, cache_ttl=30) == "new"
+        assert await pool.fetchval(whole, shard=shard, cache_ttl=30) == 2
+    finally:
+        await pool.execute(f"DROP TABLE {p}", shard=shard)

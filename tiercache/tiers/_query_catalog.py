@@ -39,6 +39,21 @@ SELECT DISTINCT n.nspname, c.relname, c.relkind::text, c.relpersistence::text, r
        CASE WHEN c.relkind = 'v' THEN pg_get_viewdef(c.oid) END
 FROM rel JOIN pg_class c ON c.oid = rel.oid JOIN pg_namespace n ON n.oid = c.relnamespace
 """
+# A table's inheritance family: partitions/children (a read of the parent sees their rows) and
+# parents (a write naming the parent changes the child's rows).
+_FAMILY_SQL: Final = """
+WITH RECURSIVE down(oid) AS (
+    SELECT to_regclass($1)::oid
+  UNION
+    SELECT i.inhrelid FROM pg_inherits i JOIN down ON i.inhparent = down.oid
+), up(oid) AS (
+    SELECT to_regclass($1)::oid
+  UNION
+    SELECT i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.oid
+)
+SELECT n.nspname, c.relname FROM (SELECT oid FROM down UNION SELECT oid FROM up) r
+JOIN pg_class c ON c.oid = r.oid JOIN pg_namespace n ON n.oid = c.relnamespace
+"""
 # Any overload of these names that is not IMMUTABLE (stable: now(), to_char; volatile: random).
 _UNSTABLE_SQL: Final = """
 SELECT DISTINCT lower(proname) FROM pg_proc WHERE lower(proname) = ANY($1::text[])
@@ -120,9 +135,13 @@ class Catalog:
         if not rows:
             refusal = "temp_table"  # not visible to a pooled connection: another session's
         functions: set[str] = set()
+        family: set[str] = set()
         for nsp, rel, kind, persistence, top, viewdef in rows:
             if top and kind == "r" and len(rows) == 1:
                 table = table_name(rel, nsp)
+            if kind in ("r", "p"):
+                qualified = f"{quote_ident(nsp)}.{quote_ident(rel)}"
+                family |= {table_name(r, n) for n, r in await pool.fetch(_FAMILY_SQL, qualified)}
             if viewdef:  # a view's own function calls are invisible in the query text
                 inner = analyze(viewdef)
                 functions |= inner.functions
@@ -135,6 +154,9 @@ class Catalog:
             elif nsp in _SYSTEM:
                 refusal = refusal or "system_catalog"
             tables.add(table_name(rel, nsp))
+        if family - tables:
+            tables |= family
+            table = None  # partitions or inheritance: no row keys, the family's generations
         if refusal is None and functions and await self.unstable(shard, pool, functions):
             refusal = "volatile"
         if table is not None and refusal is None:
