@@ -337,8 +337,12 @@ async def test_a_hung_master_under_load(own_stack: LocalStack) -> None:
 async def test_pool_exhaustion_is_counted_but_does_not_open_the_breaker(
     tiercache_stack: Any, async_redis_cluster_client: Any
 ) -> None:
-    """A burst bigger than the pool: some calls miss (counted), the cache stays on."""
-    t = RedisTier(tiercache_stack.redis_url, max_connections=2)
+    """A burst bigger than the pool: some calls miss (counted), the cache stays on.
+
+    ``max_in_flight`` above the pool lets the burst reach redis-py's pool limit (its asyncio
+    cluster raises instead of waiting); by default the in-flight gate queues the burst, so
+    every call gets its value (below)."""
+    t = RedisTier(tiercache_stack.redis_url, max_connections=2, max_in_flight=200)
     await t.set("burst:1", "v")
     results = await asyncio.gather(*(t.get("burst:1") for _ in range(200)))
     assert set(results) <= {"v", MISSING} and "v" in results
@@ -346,6 +350,11 @@ async def test_pool_exhaustion_is_counted_but_does_not_open_the_breaker(
     assert s["breaker"] == "closed" and s["breaker_opened"] == 0
     assert s["errors_by_op"].get("get", 0) == results.count(MISSING) > 0
     await t.close()
+
+    gated = RedisTier(tiercache_stack.redis_url, max_connections=2)  # max_in_flight = 2
+    results = await asyncio.gather(*(gated.get("burst:1") for _ in range(200)))
+    assert results == ["v"] * 200 and gated.stats()["errors"] == 0
+    await gated.close()
 
 
 def test_connection_spec_repr_hides_the_password() -> None:

@@ -26,6 +26,13 @@ Why it looks like this:
   command); each step runs under one ``asyncio.timeout`` of ``connect_timeout +
   socket_timeout`` instead (more for big batches). A cancelled read makes redis-py drop
   that connection, so no reply is ever misread.
+* **In-flight gate.** At most ``max_in_flight`` async operations per event loop are on
+  the wire; the others wait their turn *before* their timeout starts. Without it a burst
+  (1k concurrent misses) puts 1k commands on one loop, whose replies take longer than the
+  timeout to process on a busy box: the timeouts cancel reads, redis-py drops those
+  connections, reconnecting costs more CPU, and the breaker opens on a healthy Redis. A
+  waiter checks the breaker once it has its slot: when Redis dies, the holders time out,
+  the breaker opens and the queue drains at once (skips, not timeouts).
 * Each async client follows its event loop (one per loop, closed when that loop shuts
   down, e.g. at the end of ``asyncio.run``); the sync client is created on first use.
 
@@ -114,8 +121,10 @@ class RedisTier(RedisTierBase):
     ``max_value_bytes`` (default 16 MiB, None = unlimited): larger encoded values are not
     written (``ValueTooLarge``, counted in ``stats()["skipped_too_large"]``).
     ``max_pending``: outage repairs kept per key/tag before collapsing into namespace-wide
-    flushes. ``signing_key``: bytes/str or a list (first signs, all verify: rotation);
-    with it, entries not signed by one of the keys for their own Redis key are misses.
+    flushes. ``max_in_flight`` (default ``max_connections``): async operations on the wire at
+    once per event loop (see the module docstring). ``signing_key``: bytes/str or a list
+    (first signs, all verify: rotation); with it, entries not signed by one of the keys for
+    their own Redis key are misses.
     """
 
     def __init__(
@@ -128,6 +137,7 @@ class RedisTier(RedisTierBase):
         connect_timeout: float = 0.25,
         breaker: CircuitBreaker | None = None,
         max_connections: int = 64,
+        max_in_flight: int | None = None,
         cluster: bool | None = None,
         max_value_bytes: int | None = 16 * 1024 * 1024,
         max_pending: int = 10_000,
@@ -138,6 +148,10 @@ class RedisTier(RedisTierBase):
         self.socket_timeout = socket_timeout
         self.connect_timeout = connect_timeout
         self.max_connections = max_connections
+        self.max_in_flight = max_in_flight or max_connections
+        if self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight!r}")
+        self._gates: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
         self._budget = connect_timeout + socket_timeout  # per async step
         self._user_async: AsyncClient | None = None
         self._user_async_taken = False
@@ -218,6 +232,19 @@ class RedisTier(RedisTierBase):
                         self.max_connections)
             return self._sclient
 
+    async def _enter(self) -> asyncio.Semaphore:
+        """Take this loop's in-flight slot (waiting, untimed, while ``max_in_flight``
+        operations are on the wire). Callers check the breaker *after* it: when Redis dies,
+        the slots' holders time out, the breaker opens and the queue drains at once."""
+        loop = get_running_loop()
+        gate = self._gates.get(loop)
+        if gate is None:
+            for old in [lp for lp in self._gates if lp.is_closed()]:
+                del self._gates[old]
+            gate = self._gates[loop] = asyncio.Semaphore(self.max_in_flight)
+        await gate.acquire()
+        return gate
+
     def _batch_budget(self, n: int) -> float:
         """A batch of ``n`` commands moves more bytes: one more timeout per 1000 commands."""
         return self._budget + self.socket_timeout * (n // 1000)
@@ -238,7 +265,9 @@ class RedisTier(RedisTierBase):
     async def _run(self, req: Run) -> Any:
         """Run one request's plan on this loop's client: breaker, timeouts, counting."""
         node = req.node
+        gate = await self._enter()
         if not self._admitted(node):
+            gate.release()
             return req.default
         start = perf_counter()
         try:
@@ -259,6 +288,8 @@ class RedisTier(RedisTierBase):
         except Exception as exc:
             self._failed(req.op, exc, node, req.key)
             return req.default
+        finally:
+            gate.release()
         self._histogram(req.op).observe(perf_counter() - start)
         if node is not None:
             self._succeeded(node)
@@ -339,9 +370,13 @@ class RedisTier(RedisTierBase):
             node = self._guard(key)
             if self._repairs.active and await self._blocked(key, node):
                 return MISSING  # checked first: a key that owes a repair takes no probe
-            if node is not None and node.state is not CLOSED and not node.allow():
-                self._skip()
-                return MISSING
+        gate = await self._enter()
+        if node is None and self.breaker.degraded:  # it may have opened while we waited
+            node = self._guard(key)
+        if node is not None and node.state is not CLOSED and not node.allow():
+            gate.release()
+            self._skip()
+            return MISSING
         start = perf_counter()
         try:
             async with timeout(self._budget):
@@ -352,6 +387,8 @@ class RedisTier(RedisTierBase):
         except Exception as exc:
             self._failed("get", exc, node, key)
             return MISSING
+        finally:
+            gate.release()
         self._lat_get.observe(perf_counter() - start)
         if node is not None:
             self._succeeded(node)
@@ -408,6 +445,10 @@ class RedisTier(RedisTierBase):
             if self._repairs.active:
                 await self.repair()
             return self._decode_parts(await self._drive(self._fetch(wanted), False), entries)
+        gate = await self._enter()
+        if self.breaker.degraded:  # it opened while we waited: the per-node slow path
+            gate.release()
+            return self._decode_parts(await self._drive(self._fetch(wanted), False), entries)
         start = perf_counter()
         try:
             async with timeout(self._batch_budget(len(wanted))):
@@ -421,6 +462,8 @@ class RedisTier(RedisTierBase):
         except Exception as exc:
             self._failed("get_many", exc)
             return {}
+        finally:
+            gate.release()
         self._lat_get_many.observe(perf_counter() - start)
         if sum(len(r) for r in raws if r is not None) > LARGE:
             return await asyncio.to_thread(self._decode_many, wanted, raws, entries)
