@@ -24,9 +24,10 @@ __all__ = ["Contestant", "L3Loader", "in_process_contestants"]
 
 Loader = Callable[[int], Awaitable[Value]]
 
-#: Connections per cluster node for the asyncio cluster clients (redis-py's RedisCluster
-#: raises MaxConnectionsError instead of waiting when they are all busy): cacheme's default
-#: (10 x pool_size 100), given to tiercache and cashews too.
+#: Connections per cluster node for cashews on the cluster: redis-py's asyncio RedisCluster
+#: raises MaxConnectionsError instead of waiting when all are busy, so cashews gets cacheme's
+#: default (10 x pool_size 100). tiercache keeps its defaults (64 per node; its in-flight
+#: gate makes a burst wait for a slot instead).
 MAX_CONNECTIONS = 1000
 
 
@@ -86,7 +87,7 @@ class TierCacheContestant(Contestant):
         extra = (" + RefreshAhead(0.8)" if refresh is not None else "") + (
             " + L3 QueryCache (pool cache_ttl=)" if l3 else "")
         self.label = (f"{self.key} (L1 MemoryTier {l1_size:,} + L2 RedisTier cluster, "
-                      f"max_connections {MAX_CONNECTIONS}{extra}, single-flight)")
+                      f"defaults{extra}, single-flight)")
         self.cache: Any = None
         self.pool: Any = None
 
@@ -94,9 +95,7 @@ class TierCacheContestant(Contestant):
         from tiercache import MemoryTier, RedisTier, TierCache
 
         self.cache = TierCache(l1=MemoryTier(maxsize=self.l1_size, ttl=self.ttl),
-                               l2=RedisTier(self.url, ttl=self.ttl,
-                                            max_connections=MAX_CONNECTIONS),
-                               namespace=f"tce2e{run_id}")
+                               l2=RedisTier(self.url, ttl=self.ttl), namespace=f"tce2e{run_id}")
         options: dict[str, Any] = {"refresh": self.refresh} if self.refresh is not None else {}
 
         cache: TierCache = self.cache

@@ -117,6 +117,7 @@ class RunResult:
     first_mismatch: str
     series: list[dict[str, float]] = field(default_factory=list)  # (t, done, counters...)
     timed_out: bool = False
+    cpu_s: float = 0.0  # this process's CPU time during the run: robust on a busy machine
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -134,6 +135,7 @@ async def drive(get: Get, keys: Sequence[int], w: Workload,
     results: list[Value | None] = [None] * n
     clock = time.perf_counter_ns
     state = {"next": 0, "done": 0}
+    cpu0 = time.process_time()
     start = clock()
     deadline = start + int(w.budget_s * 1e9)
 
@@ -168,6 +170,7 @@ async def drive(get: Get, keys: Sequence[int], w: Workload,
         await asyncio.gather(*(worker() for _ in range(w.concurrency)))
     finally:
         wall = (clock() - start) / 1e9
+        cpu = time.process_time() - cpu0
         sampling.cancel()
     sample()
     done = [j for j in range(n) if results[j] is not None]
@@ -181,4 +184,4 @@ async def drive(get: Get, keys: Sequence[int], w: Workload,
     return RunResult(
         requested=n, completed=len(done), wall_s=wall, latencies_ns=[lat[j] for j in done],
         distinct_keys=len({keys[j] for j in done}), mismatches=mismatches,
-        first_mismatch=first, series=series, timed_out=len(done) < n)
+        first_mismatch=first, series=series, timed_out=len(done) < n, cpu_s=cpu)

@@ -160,6 +160,45 @@ async def single_redis() -> AsyncIterator[tuple[tuple[str, int] | None, str]]:
                 proc.kill()
 
 
+class RedisCommands:
+    """Commands the Redis servers executed (INFO commandstats, summed over the cluster's
+    masters and the single server): what each contestant costs Redis, the figure cacheme's
+    benchmark reports as "Redis GET"."""
+
+    def __init__(self, cluster_url: str, single: tuple[str, int] | None) -> None:
+        import redis
+        import redis.cluster
+
+        self.cluster = redis.cluster.RedisCluster.from_url(cluster_url)
+        self.single = redis.Redis(host=single[0], port=single[1]) if single else None
+
+    def _read(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        infos: list[Any] = list(self.cluster.info(
+            "commandstats", target_nodes=self.cluster.get_primaries()).values())  # type: ignore[no-untyped-call]
+        if self.single is not None:
+            infos.append(self.single.info("commandstats"))
+        for info in infos:
+            for name, stat in info.items():
+                cmd = name.removeprefix("cmdstat_")
+                out[cmd] = out.get(cmd, 0) + int(stat["calls"])
+        return out
+
+    async def snapshot(self) -> dict[str, int]:
+        return await asyncio.to_thread(self._read)
+
+    @staticmethod
+    def diff(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
+        skip = {"info", "cluster", "ping", "hello", "client", "command", "subscribe"}
+        return {k: v - before.get(k, 0) for k, v in after.items()
+                if k not in skip and v - before.get(k, 0) > 0}
+
+    def close(self) -> None:
+        self.cluster.close()
+        if self.single is not None:
+            self.single.close()
+
+
 # ---------------------------------------------------------------------- one run
 
 
@@ -171,6 +210,7 @@ class Outcome:
     loads: int
     counters: dict[str, float]
     pg_queries: int
+    redis_commands: dict[str, int] | None = None
 
     @property
     def throughput(self) -> float:
@@ -262,9 +302,14 @@ def _outcome_row(sc: Scenario, o: Outcome) -> Row:
         tier_text += f", L2 errors {o.counters['l2_errors']:,.0f}"
     partial = (f"; stopped at the {sc.workload.budget_s:g} s bound: {r.completed:,} of "
                f"{r.requested:,}" if r.timed_out else "")
-    summary = (f"{o.throughput:,.0f} req/s, wall {r.wall_s:.2f} s, p50 {p50 / 1e3:,.1f} us, "
-               f"p99 {p99 / 1e3:,.1f} us, loads {o.loads:,} ({o.loads_per_key:.2f}/distinct "
-               f"key), {tier_text}{partial}")
+    cpu_us = r.cpu_s / r.completed * 1e6 if r.completed else float("nan")
+    cmds = o.redis_commands or {}
+    redis_text = (f", Redis {sum(cmds.values()) / max(r.completed, 1):.2f} cmds/request"
+                  if o.redis_commands is not None else "")
+    summary = (f"{o.throughput:,.0f} req/s, wall {r.wall_s:.2f} s, client CPU {cpu_us:,.0f} "
+               f"us/request, p50 {p50 / 1e3:,.1f} us, p99 {p99 / 1e3:,.1f} us, loads "
+               f"{o.loads:,} ({o.loads_per_key:.2f}/distinct key), {tier_text}{redis_text}"
+               f"{partial}")
     return {
         "name": f"{sc.title}: {o.key}", "summary": summary, "target": None, "ok": None,
         "value": o.throughput, "unit": "req/s", "better": "higher",
@@ -274,6 +319,7 @@ def _outcome_row(sc: Scenario, o: Outcome) -> Row:
             "p50_ns": p50, "p99_ns": p99, "loads": o.loads, "pg_queries": o.pg_queries,
             "distinct_keys": r.distinct_keys, "loads_per_distinct_key": o.loads_per_key,
             "hit_ratio": tiers, "counters": o.counters, "workload": sc.workload.as_dict(),
+            "cpu_s": r.cpu_s, "cpu_us_per_request": cpu_us, "redis_commands": cmds,
             "loader": sc.loader,
         },
     }
@@ -312,19 +358,19 @@ def _judge(sc: Scenario, outs: Mapping[str, Outcome], missing: Sequence[str]) ->
     }
 
 
+_TIER_LABELS = {"l1_hits": "L1 hit", "l2_hits": "L2 hit", "l3_hits": "L3 hit (in loads)",
+                "joined_hits": "joined an in-flight read/load", "loads": "loader call (miss)"}
+
+
 def _series(o: Outcome) -> dict[str, list[tuple[float, float]]]:
-    """Hit ratio per tier per sampling interval (share of the requests done in it)."""
+    """Cumulative share of the requests done so far served by each tier (counters move when
+    a request starts, ``done`` when it ends: cumulative ratios keep that skew small)."""
     out: dict[str, list[tuple[float, float]]] = {}
-    prev = o.result.series[0] if o.result.series else None
-    for point in o.result.series[1:]:
-        assert prev is not None
-        done = point["done"] - prev["done"]
-        if done > 0:
-            for k in point:
-                if (k.endswith("_hits") and k != "cache_hits") or k == "loads":
-                    tier = "loader" if k == "loads" else k.removesuffix("_hits").upper()
-                    out.setdefault(tier, []).append((point["t"], (point[k] - prev[k]) / done))
-        prev = point
+    for point in o.result.series:
+        if point["done"] >= 1:
+            for k, label in _TIER_LABELS.items():
+                if k in point:
+                    out.setdefault(label, []).append((point["t"], point[k] / point["done"]))
     return out
 
 
@@ -344,7 +390,8 @@ def _charts(ctx: BenchContext, sc: Scenario, outs: Mapping[str, Outcome]) -> Non
         for key in ("tiercache", "tiercache+l3"):
             if key in outs and outs[key].result.series:
                 timeseries(f"e2e {sc.title}: {key} hit ratio per tier over time",
-                           _series(outs[key]), ylabel="share of requests served (0..1)")
+                           _series(outs[key]),
+                           ylabel="share of the requests so far (cumulative, 0..1)")
         timeseries(f"e2e {sc.title}: throughput over time",
                    {k: _throughput_series(o) for k, o in outs.items()}, ylabel="requests/s")
 
@@ -392,6 +439,7 @@ async def run(ctx: BenchContext, *, requests: int | None = None,
         async with single_redis() as (single, single_why):
             contestants = in_process_contestants(redis_url, single, L1_SIZE, TTL, refresh,
                                                  not l3_why)
+            commands = RedisCommands(redis_url, single)
             total = len(plan) * (len(contestants) + 1)
             with ctx.progress("e2e: zipf workload, every contestant", total) as bar:
                 for sc in plan:
@@ -412,8 +460,11 @@ async def run(ctx: BenchContext, *, requests: int | None = None,
                         why = c.available()
                         if not why:
                             try:
+                                before = await commands.snapshot()
                                 outs[c.key] = await _run_in_process(
                                     c, sc, seq, pools, route, dsns)
+                                outs[c.key].redis_commands = commands.diff(
+                                    before, await commands.snapshot())
                             except Exception as exc:  # a failing peer is reported, not fatal
                                 if c.key.startswith("tiercache"):
                                     raise
@@ -431,8 +482,11 @@ async def run(ctx: BenchContext, *, requests: int | None = None,
                         scen_rows.append(_unavailable(sc, "cacheme", "cacheme", cacheme_note))
                     else:
                         try:
+                            before = await commands.snapshot()
                             outs["cacheme"] = await _run_cacheme(python, sc, seq, route, dsns,
                                                                  redis_url)
+                            outs["cacheme"].redis_commands = commands.diff(
+                                before, await commands.snapshot())
                         except Exception as exc:
                             missing.append("cacheme")
                             scen_rows.append(_unavailable(
@@ -448,6 +502,7 @@ async def run(ctx: BenchContext, *, requests: int | None = None,
                         rows.append(_judge(sc, outs, missing))
                     _charts(ctx, sc, outs)
                     _record(sc, outs)
+            commands.close()
         rows.append(_context_row(plan, cacheme_note, single_why, time.perf_counter() - started))
         _concurrency_chart(ctx, rows)
     finally:
