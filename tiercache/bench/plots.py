@@ -75,10 +75,6 @@ def _time_unit(series: Sequence[Sequence[float]]) -> tuple[str, float]:
     return "ns", 1.0
 
 
-def _num(v: float) -> str:
-    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
-
-
 def _pct(values: Sequence[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * (len(values) - 1) + 0.5))]
 
@@ -93,7 +89,8 @@ def _cdf(ax: Any, chart: Mapping[str, Any]) -> None:
         count = chart.get("counts", {}).get(label, n)
         ax.step([xs[0], *xs], [0.0, *((i + 1) / n for i in range(n))], where="post",
                 **styles[label],
-                label=f"{label}: p50 {_num(_pct(xs, 0.5))}, p99 {_num(_pct(xs, 0.99))} {unit} "
+                label=f"{label}: p50 {fmt_ns(_pct(values, 0.5))}, "
+                      f"p99 {fmt_ns(_pct(values, 0.99))} "
                       f"(n={count:,})")
     lows = [v[0] / factor for v in series.values()]
     highs = [v[-1] / factor for v in series.values()]
