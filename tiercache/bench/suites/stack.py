@@ -109,7 +109,7 @@ async def _pg_rows(ctx: BenchContext, dsns: dict[str, str], calls: int) -> list[
 
 
 async def run(ctx: BenchContext) -> list[Row]:
-    calls = ctx.scale(5000, 500)
+    calls = ctx.scale(2000, 500)
     with ctx.progress("stack: raw redis-py + asyncpg", 2) as bar:
         rows = await _redis_rows(ctx, ctx.require_redis(), calls)
         bar.advance()
