@@ -182,3 +182,36 @@ async def test_redis_down_bypasses_and_stays_correct(dsns: dict[str, str], ns: s
         finally:
             await p.execute_all(f"DROP TABLE {name}")
     await qc.close()
+
+
+async def test_processes_with_other_session_settings_never_share_entries(
+    dsns: dict[str, str], tiercache_stack: Any, ns: str
+) -> None:
+    """Same DSN, other search_path / TimeZone: other results, so other keys in Redis."""
+    url = tiercache_stack.redis_url
+    dsn = next(iter(dsns.values()))
+    schema = f"l3s{uuid.uuid4().hex[:6]}"
+    qa, qb = QueryCache(url, namespace=ns), QueryCache(url, namespace=ns)
+    async with create_sharded_pool({"s": dsn}, min_size=1, max_size=2, query_cache=qa) as a, \
+            create_sharded_pool({"s": dsn}, min_size=1, max_size=2, query_cache=qb,
+                                server_settings={"search_path": f"{schema},public",
+                                                 "TimeZone": "Asia/Tokyo"}) as b:
+        name = f"l3same_{uuid.uuid4().hex[:6]}"
+        await a.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, v text)")
+        await a.execute(f"CREATE SCHEMA {schema}")
+        await a.execute(f"CREATE TABLE {schema}.{name} (id int PRIMARY KEY, v text)")
+        try:
+            await a.execute(f"INSERT INTO {name} VALUES (1, 'public')")
+            await a.execute(f"INSERT INTO {schema}.{name} VALUES (1, 'other')")
+            sql = f"SELECT v FROM {name} WHERE id = 1"
+            assert await a.fetchval(sql, cache_ttl=30) == "public"
+            assert await b.fetchval(sql, cache_ttl=30) == "other"
+            ts = f"SELECT '2026-01-01 00:00+00'::timestamptz::text AS t FROM {name}"
+            seen_a = await a.fetchval(ts, cache_ttl=30)
+            assert (await b.fetchval(ts, cache_ttl=30)).endswith("+09") and not seen_a.endswith("+09")
+            assert qb.stats()["hits"] == 0
+        finally:
+            await a.execute(f"DROP SCHEMA {schema} CASCADE")
+            await a.execute(f"DROP TABLE {name}")
+    await qa.close()
+    await qb.close()

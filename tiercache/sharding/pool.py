@@ -441,7 +441,7 @@ class ShardedPool(ShardedPoolBase):
             qc.bypass("replica")
             return await self._run(ep, method, query, call, kwargs)
         extra_key = getattr(extra, "__qualname__", extra)
-        return await qc.read(ep.shard, ep.redacted, method, query, args, extra_key, cache_ttl,
+        return await qc.read(ep.shard, ep, method, query, args, extra_key, cache_ttl,
                              lambda: self._run(ep, method, query, call, kwargs), ep.pool)
 
     async def _note_copy(self, ep: Endpoint, table_name: str, schema_name: str | None) -> None:

@@ -117,6 +117,22 @@ class Plan:
         return deps
 
 
+def identity_of(endpoint: Any) -> str:
+    """An endpoint's identity for keys: its redacted DSN (user, host, database) plus the
+    session settings it connects with (a plain string is taken as is)."""
+    if isinstance(endpoint, str):
+        return endpoint
+    # The effective connect arguments (pool-wide and per shard) are the asyncpg pool's own.
+    kwargs = getattr(getattr(endpoint, "pool", None), "_connect_kwargs", None)
+    if not isinstance(kwargs, dict):
+        kwargs = getattr(endpoint, "connect_kwargs", None) or {}
+    settings = {k: v for k, v in (kwargs.get("server_settings") or {}).items()
+                if k != "application_name" and not k.startswith("tiercache.")}
+    extra = {k: kwargs[k] for k in ("user", "database") if k in kwargs}
+    return (f"{getattr(endpoint, 'redacted', endpoint)!s}|{sorted(settings.items())!r}"
+            f"|{sorted(extra.items())!r}")
+
+
 def params_key(args: tuple[Any, ...]) -> Hashable:
     """``args`` itself when every param compares exactly, else a canonical encoding."""
     for a in args:
@@ -275,7 +291,7 @@ class QueryCache:
 
     # -- plans ---------------------------------------------------------------------------
 
-    async def _plan(self, memo: tuple[Any, ...], shard: str, identity: str, method: str,
+    async def _plan(self, memo: tuple[Any, ...], shard: str, identity: Any, method: str,
                     sql: str, extra: Any, pool: Any) -> Plan:
         analysis = analyze(sql)
         refusal = analysis.refusal
@@ -292,7 +308,11 @@ class QueryCache:
                     shard, pool, analysis.functions):
                 refusal = "volatile"
         h = hashlib.blake2b(digest_size=16)
-        for part in (shard, identity, method, sql, repr(extra)):
+        # Everything that can change the result: the endpoint (user, database) and its session
+        # settings (search_path, TimeZone, DateStyle...), and the relations the names resolved
+        # to -- two processes with other search_paths never share an entry.
+        for part in (shard, identity_of(identity), method, sql, repr(extra),
+                     ",".join(sorted(tables))):
             data = part.encode()
             h.update(len(data).to_bytes(4, "little"))
             h.update(data)
@@ -334,11 +354,13 @@ class QueryCache:
         return min(float(cache_ttl), self.max_ttl)
 
     async def read(
-        self, shard: str, identity: str, method: str, sql: str, args: tuple[Any, ...],
+        self, shard: str, identity: Any, method: str, sql: str, args: tuple[Any, ...],
         extra: Any, cache_ttl: float | str | bool, run: Callable[[], Awaitable[Any]],
         pool: Any = None,
     ) -> Any:
         """Serve ``run()``'s result from the cache, or run it and store it if still valid.
+
+        ``identity``: the endpoint (or a string naming it; see :func:`identity_of`).
 
         ``pool``: the shard's asyncpg pool, for the one-time catalog lookup of the relations
         (views -> base tables); without it the names as written are the dependencies.
