@@ -208,7 +208,8 @@ async def test_processes_with_other_session_settings_never_share_entries(
             assert await b.fetchval(sql, cache_ttl=30) == "other"
             ts = f"SELECT '2026-01-01 00:00+00'::timestamptz::text AS t FROM {name}"
             seen_a = await a.fetchval(ts, cache_ttl=30)
-            assert (await b.fetchval(ts, cache_ttl=30)).endswith("+09") and not seen_a.endswith("+09")
+            seen_b = await b.fetchval(ts, cache_ttl=30)
+            assert seen_b.endswith("+09") and not seen_a.endswith("+09")
             assert qb.stats()["hits"] == 0
         finally:
             await a.execute(f"DROP SCHEMA {schema} CASCADE")
