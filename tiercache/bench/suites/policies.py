@@ -222,7 +222,7 @@ async def postgres_rows(ctx: BenchContext) -> list[Row]:
     tables: list[str] = []
     try:
         rows = []
-        for label, judged in (("COPY + upsert", True), ("unnest upsert", False)):
+        for label, judged in (("unnest upsert", True), ("COPY + upsert", False)):
             table = f"bench_wb_{uuid.uuid4().hex[:8]}"
             tables.append(table)
             await pool.execute(f"CREATE TABLE {table} (k bigint PRIMARY KEY, v bigint)")
