@@ -515,3 +515,33 @@ async def test_l3_query_cache_does_not_serve_counts_from_before_the_move(
                                             cache_ttl=300)).values()) == 2000
     finally:
         await pool.close()
+
+
+async def test_keys_moved_back_are_writable_again(dsns: dict[str, str]) -> None:
+    """Add s4, then remove it: the ring is the original again.  The guards of the first
+    move must not reject writes to the keys that came back, nor sessions on that ring."""
+    old = HashRing(["s1", "s2", "s3"])
+    await create_schema(dsns, ["s1", "s2", "s3"])
+    pool = await open_pool(dsns, old)
+    try:
+        await load(pool, users=600, orders=0)
+        rb = Rebalancer(pool, {"users": "id"})
+        await rb.apply(await rb.plan(add=["s4"]))
+        await rb.apply(await rb.plan(remove=["s4"]))
+        assert pool.ring.weights == old.weights
+        assert misplaced(await snapshot(pool, "users", "id"), old) == []
+        new = HashRing(["s1", "s2", "s3", "s4"])
+        back = next(i for i in range(600) if new.get_node(i) == "s4")
+        assert await pool.execute("UPDATE users SET n = 1 WHERE id = $1", back,
+                                  shard_key=back) == "UPDATE 1"
+        fresh = next(i for i in range(10**6, 10**7) if new.get_node(i) == "s4")
+        await pool.execute("INSERT INTO users (id, name) VALUES ($1, 'b')", fresh,
+                           shard_key=fresh)
+        restarted = await open_pool(dsns, old.copy())  # a process started on this ring
+        try:
+            assert await restarted.execute("DELETE FROM users WHERE id = $1", back,
+                                           shard_key=back) == "DELETE 1"
+        finally:
+            await restarted.close()
+    finally:
+        await pool.close()

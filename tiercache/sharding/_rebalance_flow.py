@@ -258,18 +258,21 @@ class Flow:
             async with self.conn(move.target) as dst:
                 async for n in mover.delete_in(dst, 50_000):
                     self.report.debris += n
-        new_digest = ring_digest(ring_from_spec(self.plan.new_ring))
+        old_ring = ring_from_spec(self.plan.old_ring)
+        digests = [ring_digest(old_ring), ring_digest(ring_from_spec(self.plan.new_ring))]
         for shard in self.ring_shards():
+            owned = multirange([(lo, hi) for lo, hi, owner in old_ring.arcs() if owner == shard])
             incoming = multirange(sorted(a for m in self.plan.moves if m.target == shard
                                          for a in m.arcs))
             async with self.conn(shard) as c, c.transaction():
-                # the new ring is current from the flip on, and keys moving here are no
-                # longer "moved away" from here (guards of earlier moves)
-                await c.execute(f"DELETE FROM {SCHEMA}.stale_rings WHERE digest = $1",
-                                new_digest)
+                # the job's rings are current (a ring that was stale before, e.g. after a
+                # move back, is not any more); earlier guards no longer cover keys this
+                # shard owns now or receives
+                await c.execute(f"DELETE FROM {SCHEMA}.stale_rings WHERE digest = ANY($1)",
+                                digests)
                 await c.execute(
-                    f"UPDATE {SCHEMA}.arcs SET arcs = arcs - $2::text::int8multirange "
-                    f"WHERE job <> $1", self.plan.job, incoming)
+                    f"UPDATE {SCHEMA}.arcs SET arcs = arcs - $2::text::int8multirange - "
+                    f"$3::text::int8multirange WHERE job <> $1", self.plan.job, owned, incoming)
                 await c.execute(f"DELETE FROM {SCHEMA}.arcs WHERE isempty(arcs)")
         for source in self.plan.sources():
             async with self.conn(source) as c, c.transaction():

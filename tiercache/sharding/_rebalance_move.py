@@ -188,12 +188,12 @@ class TableMover:
                 return total, keys
 
     async def resync_keys(self, src: Any, dst: Any, keys: list[Any]) -> None:
-        """Make the target's rows of ``keys`` equal to the source's current rows."""
+        """Make the target's rows of ``keys`` equal to the source's current rows (``dst`` is a
+        rebalancer session: ``tiercache.rebalancer`` is on for it, see ``Flow.held``)."""
         if not keys:
             return
         key_array = f"$1::{self.info.key_sql_type}[]"
         async with dst.transaction():
-            await dst.execute(BYPASS)
             await dst.execute(
                 f"DELETE FROM {self.table} WHERE {ident(self.info.key)} = ANY({key_array})",
                 keys)

@@ -147,6 +147,11 @@ class TopologyWatcher:
         async with self._lock:
             best = await newest_topology(self.pool)
             if best is not None and (self.version is None or best[0] > self.version):
+                missing = sorted(set(best[1]["weights"]) - set(self.pool.shards))
+                if missing:  # add_shard needs a DSN the topology does not carry
+                    log.warning("tiercache: topology v%d names shard(s) %s this pool lacks; "
+                                "not adopted (add them with pool.add_shard)", best[0], missing)
+                    return self.version
                 self.pool.set_ring(ring_from_spec(best[1]))
                 self.version = best[0]
                 self.refreshes += 1
