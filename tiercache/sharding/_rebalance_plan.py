@@ -55,6 +55,7 @@ class TableMove:
     rows: int
     bytes: int
     source_rows: int  # rows of the table on the source (for the batch step and the summary)
+    index_bytes: int = 0  # estimate: the source's index bytes per heap byte, times ``bytes``
 
 
 @dataclass
@@ -106,6 +107,10 @@ class Plan:
                     f"{100 * move.share:.2f}% of keys, {len(move.arcs)} arcs)"
                 )
         lines.append(f"  {'total':<{width}} {self.rows:,} rows, {_fmt_bytes(self.bytes)}")
+        for target in self.targets():  # disk space: Postgres cannot report free space
+            need = sum(t.bytes + t.index_bytes for t in self.table_moves if t.target == target)
+            lines.append(f"  {target} needs ~{_fmt_bytes(need)} more (rows + indexes, before "
+                         f"WAL; the sources free as much after clean-up and VACUUM)")
         return "\n".join(lines)
 
     def to_json(self) -> str:

@@ -268,12 +268,17 @@ class Rebalancer:
             async with self._conn(source) as conn:
                 await conn.execute(HASH_FUNCTIONS)
                 for table, info in infos.items():
-                    total = await conn.fetchval(
-                        f"SELECT count(*) FROM {TableMover(info, []).table}")
+                    name = TableMover(info, []).table
+                    total = await conn.fetchval(f"SELECT count(*) FROM {name}")
+                    # indexes per heap byte on the source: the target builds the same ones
+                    ratio = await conn.fetchval(
+                        "SELECT pg_indexes_size(to_regclass($1))::float8 / "
+                        "greatest(pg_relation_size(to_regclass($1)), 1)", name)
                     for move in (m for m in plan.moves if m.source == source):
                         mover = TableMover(info, move.arcs)
                         rows, size = await mover.count_in(conn, mover.arcs)
-                        out.append(TableMove(table, source, move.target, rows, size, int(total)))
+                        out.append(TableMove(table, source, move.target, rows, size, int(total),
+                                             int(size * float(ratio))))
         return out
 
     # -- apply / resume ---------------------------------------------------------------------
