@@ -81,15 +81,15 @@ def scenarios(quick: bool, requests: int | None = None, concurrency: int | None 
     """Full: Postgres at 1k (judged) and 10k, 100 ms sleep at 1k; quick: Postgres at 1k,
     20k requests. The overrides shrink a run (tests)."""
     base = Workload(requests=requests or (20_000 if quick else 200_000),
-                    concurrency=concurrency or 1000, budget_s=3.0 if quick else 10.0,
+                    concurrency=concurrency or 1000, budget_s=3.0 if quick else 8.0,
                     sample_s=0.05 if quick else 0.1)
     if keys:
         base = replace(base, keys=keys)
     if quick:
         return [Scenario("pg", base, judged=True)]
     return [Scenario("pg", base, judged=True),
-            Scenario("pg", replace(base, concurrency=10 * base.concurrency, budget_s=6.0)),
-            Scenario("sleep", replace(base, budget_s=6.0))]
+            Scenario("pg", replace(base, concurrency=10 * base.concurrency, budget_s=4.0)),
+            Scenario("sleep", replace(base, budget_s=4.0))]
 
 
 # ---------------------------------------------------------------------- servers and data
