@@ -24,7 +24,7 @@ class SlowWriter(Writer):
 async def main(url: str, dsn: str, namespace: str, table: str, n: str, claim: str) -> None:
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     writer = SlowWriter(pool, table)
-    cache = new_cache(url, namespace)
+    cache = new_cache(url, namespace, bus=False)  # no peers to tell: the journal is tested
     store = Store(cache, "orders", loader=writer.load, writer=writer,
                   policy=WriteBehind(max_delay=0.5, batch_size=1000, journal=True,
                                      claim_after=float(claim)))

@@ -161,3 +161,27 @@ async def test_cli_lists_and_replays_dead_letters_without_the_writer(
     assert await store.dead_letters() == []
     await store.aclose()
     await cache.aclose()
+
+
+async def test_a_put_behind_many_undelivered_entries_still_owns_its_own(
+        tiercache_stack: Any, pg: Any) -> None:
+    table = await make_table(pg)
+    writer = Writer(pg, table)
+    cache = new_cache(tiercache_stack.redis_url)
+    store = Store(cache, "many", loader=writer.load, writer=writer,
+                  policy=WriteBehind(max_delay=0.0, batch_size=1000, claim_after=3.0))
+    assert store.engine is not None
+    journal = store.engine.journal
+    client = RedisCluster.from_url(tiercache_stack.redis_url)
+    pipe = client.pipeline(transaction=False)
+    for k in range(1200):  # as `tiercache store dead-letters --replay` leaves them
+        pipe.xadd(journal.stream, {"d": journal.encode("p", k, k + 5)})
+    pipe.execute()
+    await store.put(5000, 1)  # its script call is delivered all 1201 entries
+    assert await store.flush(timeout=60)
+    assert await rows(pg, table) == {k: k + 5 for k in range(1200)} | {5000: 1}
+    assert client.xpending(journal.stream, "flushers")["pending"] == 0
+    assert client.xlen(journal.stream) == 0
+    client.close()
+    await store.aclose()
+    await cache.aclose()

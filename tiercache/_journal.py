@@ -45,25 +45,29 @@ MAX_LETTER: Final = 512 * 1024 * 1024  # bytes a dead letter may have (a batch o
 # Create the group on first use (a flushed Redis too), append, deliver to ourselves.
 # Returns {ids, {foreign id, payload, ...}}: foreign = undelivered entries of others.
 APPEND_LUA: Final = """
-local ids = {}
-for i = 3, #ARGV do ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', 'd', ARGV[i]) end
-local read = {'XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', #ids + 500, 'STREAMS',
-              KEYS[1], '>'}
-local got = redis.pcall(unpack(read))
-if type(got) == 'table' and got.err then  -- first use (or a flushed Redis): no group yet
-  redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0')
-  got = redis.call(unpack(read))
+local ids, mine = {}, {}
+for i = 3, #ARGV do
+  local id = redis.call('XADD', KEYS[1], '*', 'd', ARGV[i])
+  ids[#ids + 1] = id
+  mine[id] = true
 end
-local mine, foreign = {}, {}
-for _, id in ipairs(ids) do mine[id] = true end
-if got then
+local read = {'XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1000, 'STREAMS', KEYS[1], '>'}
+local foreign, last, seen = {}, ids[#ids], false
+repeat  -- ours are the newest entries: read until they are all delivered to us
+  local got = redis.pcall(unpack(read))
+  if type(got) == 'table' and got.err then  -- first use (or a flushed Redis): no group yet
+    redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0')
+    got = redis.call(unpack(read))
+  end
+  if not got then break end
   for _, e in ipairs(got[1][2]) do
+    if e[1] == last then seen = true end
     if not mine[e[1]] then
       foreign[#foreign + 1] = e[1]
       foreign[#foreign + 1] = (e[2] and e[2][2]) or ''
     end
   end
-end
+until seen
 return {ids, foreign}
 """
 

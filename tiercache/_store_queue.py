@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import threading
 import time
@@ -228,7 +229,7 @@ class WriteQueue:
         """The oldest ``batch_size`` writes, moved to in-flight."""
         with self.lock:
             batch: list[Item] = []
-            for rel in list(self.items)[:batch_size]:
+            for rel in list(itertools.islice(self.items, batch_size)):
                 item = self.items.pop(rel)
                 self.inflight[rel] = item
                 batch.append(item)

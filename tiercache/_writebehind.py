@@ -79,6 +79,7 @@ class WriteBehindEngine(DeadLetterMixin):
         self.dead_letters = 0
         self._unacked: list[str] = []
         self._ack_failed = False  # flush() does not wait for acks Redis refuses
+        self._acking = 0  # ack calls in flight (flush() waits for them)
         self._bad: list[tuple[str, Any, str]] = []
         self._lock = threading.Lock()
         self._force = 0
@@ -342,6 +343,7 @@ class WriteBehindEngine(DeadLetterMixin):
             ids, self._unacked = ids + self._unacked, []
         if not ids:
             return
+        self._acking += 1
         try:
             yield RedisOp(self.journal, self.journal.ack_plan(ids))
         except Exception as exc:
@@ -350,9 +352,11 @@ class WriteBehindEngine(DeadLetterMixin):
             with self._lock:
                 self._unacked.extend(ids)
             self._ack_failed = True
+            self._acking -= 1
             yield Sleep(0.5)
         else:
             self._ack_failed = False
+            self._acking -= 1
         self.queue.progress.notify()
 
     def _beat(self) -> Flow[None]:
@@ -402,7 +406,8 @@ class WriteBehindEngine(DeadLetterMixin):
             target = queue.seq
             queue.signal.notify()
             return bool((yield Wait(queue.progress, lambda: queue.drained_through(target) and (
-                not self._unacked or self._ack_failed), _left(deadline), self._loop_guard)))
+                not (self._unacked or self._acking) or self._ack_failed), _left(deadline),
+                self._loop_guard)))
         finally:
             with self._lock:
                 self._force -= 1
