@@ -152,3 +152,28 @@ async def test_an_l1_only_cache_keeps_dead_letters_in_memory_and_refuses_a_journ
     await store.health()
     assert store.health_reasons() == []
     await store.aclose()
+
+
+async def test_cache_clear_keeps_the_journal_and_the_dead_letters(tiercache_stack: Any,
+                                                                  pg: Any) -> None:
+    from redis.cluster import RedisCluster
+
+    table = await make_table(pg)
+    writer = Writer(pg, table)
+    cache = new_cache(tiercache_stack.redis_url)
+    store = Store(cache, "keep", loader=writer.load, writer=writer,
+                  policy=WriteBehind(max_delay=30, batch_size=1000))
+    assert store.engine is not None
+    await store.put(1, 10)
+    await store.engine.journal.run_async(store.engine.journal.push_letter_plan(
+        store.engine.journal.letter("kept", 1, [store.engine.journal.encode("p", 2, 20)])))
+    await cache.clear()  # namespace-wide: tags, leases, entries -- not acknowledged writes
+    client = RedisCluster.from_url(tiercache_stack.redis_url)
+    assert client.xlen(store.engine.journal.stream) == 1
+    assert client.llen(store.engine.journal.dead) == 1
+    client.close()
+    assert await store.flush(timeout=30)
+    assert await store.replay_dead_letters() == 1 and await store.flush(timeout=30)
+    assert await rows(pg, table) == {1: 10, 2: 20}
+    await store.aclose()
+    await cache.aclose()
