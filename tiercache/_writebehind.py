@@ -34,7 +34,7 @@ from tiercache._deadletters import DeadLetterMixin
 from tiercache._flow import Flow, Sleep, drive_async, drive_sync
 from tiercache._groupcommit import GroupCommit
 from tiercache._journal import BadEntry, Journal, JournalUnavailable
-from tiercache._store_ops import Append, RedisOp, UserBatch
+from tiercache._store_ops import Append, RedisOp, SharedTierUpdates, TierBatch, UserBatch
 from tiercache._store_queue import DELETE, PUT, Item, Wait, WriteQueue, order_of
 
 if TYPE_CHECKING:
@@ -67,6 +67,8 @@ class WriteBehindEngine(DeadLetterMixin):
         # Encoded at put time when Redis will see the value (journal, L2: a value they
         # cannot take fails the put before any I/O); else only if it is dead-lettered.
         self._encode_early = policy.journaled or l2 is not None
+        # with L2, concurrent puts share their tier round trips (none to share without)
+        self._shared = SharedTierUpdates(self._tiers) if l2 is not None else None
         self.consumer = f"{socket.gethostname()[:32]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.journal = Journal(l2, store.cache.namespace, store.name, self.consumer,
                                getattr(l2, "signer", None))
@@ -124,7 +126,10 @@ class WriteBehindEngine(DeadLetterMixin):
         for item in items:
             queue.add(item)
         self._track_fill()
-        yield from self._tiers(items)
+        if self._shared is not None:
+            yield TierBatch(self._shared, items)
+        else:
+            yield from self._tiers(items)
 
     def _append(self, payloads: list[bytes]) -> Flow[list[str]]:
         try:
