@@ -216,3 +216,27 @@ async def test_processes_with_other_session_settings_never_share_entries(
             await a.execute(f"DROP TABLE {name}")
     await qa.close()
     await qb.close()
+
+
+async def test_generations_that_go_back_are_caught(
+    pools: tuple[ShardedPool, ShardedPool], table: str, tiercache_stack: Any, ns: str
+) -> None:
+    """A failover that lost increments (same incarnation, lower counters): a process that
+    saw the higher value bypasses and raises the counters above it; the old entry is dead."""
+    a, _ = pools
+    sql = f"SELECT v FROM {table} WHERE id = $1"
+    assert await a.fetchval(sql, 9, shard_key=9, cache_ttl=30) == "v9"
+    await a.execute(f"UPDATE {table} SET v = 'later' WHERE id = 9", shard_key=9)
+    assert await a.fetchval(sql, 9, shard_key=9, cache_ttl=30) == "later"  # saw the bump
+    client = RedisCluster.from_url(tiercache_stack.redis_url)
+    try:
+        shard = a.shard_for(9)
+        hkey = f"{ns}:~tc:l3:gen:{{{shard}}}"
+        fields = [f for f in client.hkeys(hkey) if f != b"\x00inc"]
+        for f in fields:
+            client.hset(hkey, f, 0)  # back to before the write: the old entry would match
+    finally:
+        client.close()
+    assert await a.fetchval(sql, 9, shard_key=9, cache_ttl=30) == "later"
+    assert _qc(a).stats()["regressions"] >= 1
+    assert await a.fetchval(sql, 9, shard_key=9, cache_ttl=30) == "later"
