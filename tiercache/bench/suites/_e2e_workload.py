@@ -48,6 +48,7 @@ class Workload:
     concurrency: int = 1000
     budget_s: float = 10.0
     sample_s: float = 0.1  # time-series resolution
+    grace_s: float = 2.0  # after the budget, requests in flight get this long, then are cancelled
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -117,6 +118,7 @@ class RunResult:
     first_mismatch: str
     series: list[dict[str, float]] = field(default_factory=list)  # (t, done, counters...)
     timed_out: bool = False
+    cancelled: int = 0  # requests still in flight ``grace_s`` after the budget
     cpu_s: float = 0.0  # this process's CPU time during the run: robust on a busy machine
 
     def as_dict(self) -> dict[str, Any]:
@@ -128,13 +130,14 @@ async def drive(get: Get, keys: Sequence[int], w: Workload,
     """Run ``get`` over ``keys`` with ``w.concurrency`` workers; check every value afterwards.
 
     ``counters()`` (loader calls, hits per tier, ...) is sampled every ``w.sample_s`` for the
-    time series. A worker stops taking requests once ``w.budget_s`` has passed.
+    time series. A worker stops taking requests once ``w.budget_s`` has passed; requests
+    still in flight ``w.grace_s`` later are cancelled (and not counted as completed).
     """
     n = len(keys)
     lat = array.array("q", bytes(8 * n))
     results: list[Value | None] = [None] * n
     clock = time.perf_counter_ns
-    state = {"next": 0, "done": 0}
+    state = {"next": 0, "started": 0, "done": 0}
     cpu0 = time.process_time()
     start = clock()
     deadline = start + int(w.budget_s * 1e9)
@@ -149,6 +152,7 @@ async def drive(get: Get, keys: Sequence[int], w: Workload,
             t0 = clock()
             if t0 > deadline:
                 return
+            st["started"] += 1
             value = await get(keys[j])
             lat[j] = clock() - t0
             results[j] = value
@@ -158,6 +162,7 @@ async def drive(get: Get, keys: Sequence[int], w: Workload,
 
     def sample() -> None:
         series.append({"t": (clock() - start) / 1e9, "done": float(state["done"]),
+                       "started": float(state["started"]),
                        **{k: float(v) for k, v in counters().items()}})
 
     async def sampler() -> None:
@@ -166,8 +171,18 @@ async def drive(get: Get, keys: Sequence[int], w: Workload,
             await asyncio.sleep(w.sample_s)
 
     sampling = asyncio.ensure_future(sampler())
+    workers = [asyncio.ensure_future(worker()) for _ in range(w.concurrency)]
+    cancelled = 0
     try:
-        await asyncio.gather(*(worker() for _ in range(w.concurrency)))
+        _, pending = await asyncio.wait(workers, timeout=w.budget_s + w.grace_s)
+        if pending:  # 10k workers can hold 10k misses at the deadline: bound the drain
+            cancelled = len(pending)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for task in workers:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
     finally:
         wall = (clock() - start) / 1e9
         cpu = time.process_time() - cpu0
@@ -184,4 +199,5 @@ async def drive(get: Get, keys: Sequence[int], w: Workload,
     return RunResult(
         requested=n, completed=len(done), wall_s=wall, latencies_ns=[lat[j] for j in done],
         distinct_keys=len({keys[j] for j in done}), mismatches=mismatches,
-        first_mismatch=first, series=series, timed_out=len(done) < n, cpu_s=cpu)
+        first_mismatch=first, series=series, timed_out=len(done) < n, cancelled=cancelled,
+        cpu_s=cpu)

@@ -302,6 +302,8 @@ def _outcome_row(sc: Scenario, o: Outcome) -> Row:
         tier_text += f", L2 errors {o.counters['l2_errors']:,.0f}"
     partial = (f"; stopped at the {sc.workload.budget_s:g} s bound: {r.completed:,} of "
                f"{r.requested:,}" if r.timed_out else "")
+    if r.cancelled:
+        partial += f" ({r.cancelled:,} in flight cancelled {sc.workload.grace_s:g} s later)"
     cpu_us = r.cpu_s / r.completed * 1e6 if r.completed else float("nan")
     cmds = o.redis_commands or {}
     redis_text = (f", Redis {sum(cmds.values()) / max(r.completed, 1):.2f} cmds/request"
@@ -316,6 +318,7 @@ def _outcome_row(sc: Scenario, o: Outcome) -> Row:
         "data": {
             "label": o.label, "throughput_rps": o.throughput, "wall_s": r.wall_s,
             "requests": r.requested, "completed": r.completed, "timed_out": r.timed_out,
+            "cancelled": r.cancelled,
             "p50_ns": p50, "p99_ns": p99, "loads": o.loads, "pg_queries": o.pg_queries,
             "distinct_keys": r.distinct_keys, "loads_per_distinct_key": o.loads_per_key,
             "hit_ratio": tiers, "counters": o.counters, "workload": sc.workload.as_dict(),
@@ -363,14 +366,15 @@ _TIER_LABELS = {"l1_hits": "L1 hit", "l2_hits": "L2 hit", "l3_hits": "L3 hit (in
 
 
 def _series(o: Outcome) -> dict[str, list[tuple[float, float]]]:
-    """Cumulative share of the requests done so far served by each tier (counters move when
-    a request starts, ``done`` when it ends: cumulative ratios keep that skew small)."""
+    """Cumulative share of the requests started so far that each tier served (the tiers'
+    counters move when a request reaches them, i.e. at its start)."""
     out: dict[str, list[tuple[float, float]]] = {}
     for point in o.result.series:
-        if point["done"] >= 1:
+        started = point.get("started", point["done"])
+        if started >= 1:
             for k, label in _TIER_LABELS.items():
                 if k in point:
-                    out.setdefault(label, []).append((point["t"], point[k] / point["done"]))
+                    out.setdefault(label, []).append((point["t"], min(1.0, point[k] / started)))
     return out
 
 
@@ -391,7 +395,7 @@ def _charts(ctx: BenchContext, sc: Scenario, outs: Mapping[str, Outcome]) -> Non
             if key in outs and outs[key].result.series:
                 timeseries(f"e2e {sc.title}: {key} hit ratio per tier over time",
                            _series(outs[key]),
-                           ylabel="share of the requests so far (cumulative, 0..1)")
+                           ylabel="share of the requests started so far (0..1)")
         timeseries(f"e2e {sc.title}: throughput over time",
                    {k: _throughput_series(o) for k, o in outs.items()}, ylabel="requests/s")
 
