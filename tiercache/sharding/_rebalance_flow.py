@@ -467,7 +467,10 @@ class Flow:
             bad = []
             for table, move, mover in items:
                 src, dst = self.pair(move)
-                n, keys = await mover.drain(src, dst, move.target, CATCH_UP_LIMIT)
+                if fenced:  # writers wait: every capture in one pass, left in place
+                    n, keys = await mover.catch_up_once(src, dst, move.target, None, False)
+                else:
+                    n, keys = await mover.drain(src, dst, move.target, CATCH_UP_LIMIT)
                 self.report.caught_up += n
                 wrong = await mover.compare_keys(src, dst, list(keys), session_ready=True)
                 if wrong and not fenced:

@@ -284,7 +284,7 @@ class Rebalancer:
     # -- apply / resume ---------------------------------------------------------------------
 
     async def apply(self, plan: Plan, *, batch_size: int = 5000, progress: bool | Progress = False,
-                    fence_timeout: float = 10.0, cleanup: bool = True, parallel: int = 2,
+                    fence_timeout: float = 10.0, cleanup: bool = True, parallel: int = 4,
                     hook: Hook | None = None) -> RebalanceReport:
         """Execute ``plan`` online (see the module docstring); returns the report.
 
@@ -294,16 +294,16 @@ class Rebalancer:
         no row; INSERTs of moved keys are rejected either way).  Use it when other processes
         need time to pick up the new topology.
 
-        ``parallel`` moves are copied at once (moves from different sources load different
-        servers).  ``hook(event)`` is called at each step (``prepared``, ``batch``, ``copied``,
-        ``catch_up`` per round, ``caught_up``, ``fenced``, ``flipped``, ``cleaned``): for
-        progress UIs and for tests that inject a crash.
+        Up to ``parallel`` sources copy at once (each reads its own table once; moves from
+        different sources load different servers).  ``hook(event)`` is called at each step
+        (``prepared``, ``batch``, ``copied``, ``catch_up`` per round, ``caught_up``,
+        ``fenced``, ``flipped``, ``cleaned``): for progress UIs and tests that inject a crash.
         """
         return await self._run(plan, None, batch_size, progress, fence_timeout, hook, cleanup,
                                parallel)
 
     async def resume(self, *, batch_size: int = 5000, progress: bool | Progress = False,
-                     fence_timeout: float = 10.0, parallel: int = 2, hook: Hook | None = None
+                     fence_timeout: float = 10.0, parallel: int = 4, hook: Hook | None = None
                      ) -> RebalanceReport | None:
         """Continue the unfinished job from the journal; ``None`` when there is none."""
         found = await Journal(await self._pg(self._journal_shard)).unfinished()
