@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from redis.cluster import RedisCluster
 
-from tiercache import QueryCache, create_sharded_pool
+from tiercache import QueryCache, RedisTier, create_sharded_pool
 from tiercache.sharding.pool import ShardedPool
 
 
@@ -33,13 +33,16 @@ def _qc(pool: ShardedPool) -> QueryCache:
 async def pools(dsns: dict[str, str], tiercache_stack: Any, ns: str
                 ) -> AsyncIterator[tuple[ShardedPool, ShardedPool]]:
     """Two pools with their own QueryCache on one Redis: two application processes."""
-    url = tiercache_stack.redis_url
-    qa, qb = QueryCache(url, namespace=ns), QueryCache(url, namespace=ns)
+    # Generous timeouts: on a loaded 2-core box a 0.5 s budget can expire, and a timed-out
+    # fill is (correctly) a miss elsewhere -- which would fail the hit counts below.
+    tiers = [RedisTier(tiercache_stack.redis_url, ttl=None, ttl_jitter=0.0, socket_timeout=2.0,
+                       connect_timeout=2.0) for _ in range(2)]
+    qa, qb = (QueryCache(t, namespace=ns) for t in tiers)
     async with create_sharded_pool(dsns, min_size=1, max_size=6, query_cache=qa) as a, \
             create_sharded_pool(dsns, min_size=1, max_size=6, query_cache=qb) as b:
         yield a, b
-    await qa.close()
-    await qb.close()
+    for tier in tiers:
+        await tier.close()
 
 
 @pytest.fixture
