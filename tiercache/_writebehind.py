@@ -290,18 +290,18 @@ class WriteBehindEngine(DeadLetterMixin):
 
     def _flush_batch(self, batch: list[Item]) -> Flow[None]:
         store, retry = self.store, self.policy.retry
-        parts: list[tuple[Any, list[Item]]] = []
+        parts: list[tuple[str, Any, list[Item]]] = []
         puts = [it for it in batch if it.op == PUT]
         dels = [it for it in batch if it.op == DELETE]
         if puts:
-            parts.append((store.writer, puts))
+            parts.append((PUT, store.writer, puts))
         if dels:
-            parts.append((store.deleter, dels))
+            parts.append((DELETE, store.deleter, dels))
         acked: list[str] = []
         requeue: list[Item] = []
         stale: list[str] = []
-        for fn, items in parts:
-            arg: Any = ({it.key: it.value for it in items} if fn is store.writer
+        for kind, fn, items in parts:
+            arg: Any = ({it.key: it.value for it in items} if kind == PUT
                         else [it.key for it in items])
             attempt = 0
             while True:
