@@ -20,6 +20,7 @@ databases it creates and drops, so it never touches user data.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import os
 import random
 import statistics
@@ -184,20 +185,27 @@ class _Timeline:
     def stop(self) -> None:
         pass
 
-    def rates(self, step: float = 0.25) -> list[tuple[float, float]]:
-        """Rows/s per ``step`` seconds, from the first batch to the last."""
-        if not self.points:
+    def rates(self, step: float = 0.5) -> list[tuple[float, float]]:
+        """Rows/s per ``step`` seconds, from the first batch to the last.  Rows are counted
+        when a batch commits, so the cumulative count is interpolated linearly between
+        commits (a batch's rows arrive while it streams), then differentiated."""
+        pts = self.points
+        if len(pts) < 2:
             return []
-        out, i, prev = [], 0, 0
-        t = self.points[0][0]
-        end = self.points[-1][0]
-        while t < end + step:
-            rows = prev
-            while i < len(self.points) and self.points[i][0] < t + step:
-                rows = self.points[i][1]
-                i += 1
-            out.append((round(t, 3), (rows - prev) / step))
-            prev, t = rows, t + step
+
+        def rows_at(t: float) -> float:
+            i = bisect.bisect_right([p[0] for p in pts], t)
+            if i == 0:
+                return float(pts[0][1])
+            if i == len(pts):
+                return float(pts[-1][1])
+            (t0, r0), (t1, r1) = pts[i - 1], pts[i]
+            return r0 + (r1 - r0) * (t - t0) / (t1 - t0) if t1 > t0 else float(r1)
+
+        out, t = [], pts[0][0]
+        while t < pts[-1][0]:
+            out.append((round(t - pts[0][0], 3), (rows_at(t + step) - rows_at(t)) / step))
+            t += step
         return out
 
 
