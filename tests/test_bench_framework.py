@@ -218,3 +218,16 @@ def test_readme_section_is_rendered_from_the_json_alone(
     assert "| memory per entry |" in text and "**missed**" in text
     assert "![fake0: fake0-get-latency](../img/fake0-get-latency.png)" in text
     assert (tmp_path / "img" / "fake0-get-latency.png").read_bytes()[:8] == PNG
+
+
+async def _interrupted_run(ctx: BenchContext) -> list[Row]:
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_stops_the_run_but_the_summary_and_json_are_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_selection(monkeypatch, _fake_run, _interrupted_run, _fake_run)
+    out = tmp_path / "r.json"
+    assert main(["bench", "--json", str(out)]) == 2
+    payload = json.loads(out.read_text())
+    assert list(payload["results"]) == ["fake0"] and "interrupted" in payload["failures"]["fake1"]

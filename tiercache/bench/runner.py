@@ -106,6 +106,10 @@ def run_suites(suites: list[Suite], ctx: base.BenchContext, console: Console) ->
             ctx.take_charts()
             try:
                 out.results[suite.name] = asyncio.run(suite.run(ctx))
+            except KeyboardInterrupt:  # Ctrl-C: stop here, still report what ran
+                out.failures[suite.name] = "interrupted (Ctrl-C); later suites not run"
+                out.durations[suite.name] = round(time.perf_counter() - started, 2)
+                break
             except Exception as exc:  # a suite's failure is reported, the run goes on
                 out.failures[suite.name] = f"{type(exc).__name__}: {exc}"
                 console.log(f"[red]suite {suite.name} failed:[/] {out.failures[suite.name]}")
