@@ -39,6 +39,12 @@ async def test_put_serves_at_once_and_flush_writes_every_row(tiercache_stack: An
     assert stats["journal_appends"] == 250 and users.health_reasons() == []
     await users.delete(3)
     await users.flush(timeout=30)
+    from tiercache.tiers.base import ValueTooLarge
+
+    cache.l2.max_value_bytes = 1000  # type: ignore[union-attr]
+    with pytest.raises(ValueTooLarge):  # refused before the journal: no tier or row changes
+        await users.put(4, 7 * 10**3000)
+    assert await users.get(4) == 40 and users.stats()["queue_depth"] == 0
     assert 3 not in await rows(pg, table) and await users.get(3) is None
     await users.aclose()
     await reader.aclose()

@@ -36,6 +36,7 @@ from tiercache._groupcommit import GroupCommit
 from tiercache._journal import BadEntry, Journal, JournalUnavailable
 from tiercache._store_ops import Append, RedisOp, SharedTierUpdates, TierBatch, UserBatch
 from tiercache._store_queue import DELETE, PUT, Item, Wait, WriteQueue, order_of
+from tiercache.tiers.base import ValueTooLarge
 
 if TYPE_CHECKING:
     from tiercache.policies.write import WriteBehind
@@ -99,6 +100,11 @@ class WriteBehindEngine(DeadLetterMixin):
         journal, queue, policy = self.journal, self.queue, self.policy
         payloads = ([journal.encode(op, k, v) for k, v in pairs]  # TypeError before I/O
                     if self._encode_early else [])
+        limit = getattr(self.store.cache.l2, "max_value_bytes", None)
+        if limit is not None and any(len(p) > limit for p in payloads):
+            # L2 would refuse it after the journal took it: the tiers would keep the old value
+            raise ValueTooLarge(f"store {self.store.name!r}: an encoded value is above the "
+                                f"RedisTier's max_value_bytes={limit}; nothing was written")
         self.ensure_running()
         seqs: list[int] = []
         try:
