@@ -14,6 +14,7 @@ import pytest
 
 from tests._store_helpers import Writer, make_table, new_cache, rows
 from tiercache import MISSING, Store, WriteThrough
+from tiercache.tiers.base import ValueTooLarge
 
 READER = '''
 import asyncio, json, sys
@@ -118,6 +119,10 @@ async def test_a_successful_write_reaches_the_database_then_every_tier(
     with pytest.raises(TypeError, match="cannot encode"):
         await store.put(8, object())  # refused before the writer runs
     assert 8 not in await rows(pg, table)
+    cache.l2.max_value_bytes = 1000  # type: ignore[union-attr]
+    with pytest.raises(ValueTooLarge):  # L2 could not take it: the writer never runs
+        await store.put(9, 7 * 10**3000)
+    assert 9 not in await rows(pg, table) and await store.get(9) is None
     assert store.health_reasons() == [] and store.stats()["policy"] == "WriteThrough"
     await cache.aclose()
     await peer_cache.aclose()

@@ -27,6 +27,7 @@ read path (:meth:`Store.read_flow` is the one place it applies).
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -38,7 +39,7 @@ from tiercache._journal import BadEntry, JournalUnavailable
 from tiercache._store_queue import DELETE, PUT
 from tiercache._validate import ttl_seconds
 from tiercache.policies.write import WriteBehind, WriteThrough
-from tiercache.tiers.base import MISSING
+from tiercache.tiers.base import MISSING, ValueTooLarge
 
 if TYPE_CHECKING:
     from tiercache._writebehind import WriteBehindEngine
@@ -209,8 +210,11 @@ class Store:
             yield from self.engine.write(op, pairs, rels)
             return
         if op == PUT:
-            for _, value in pairs:
-                codec.encode(value)  # unencodable: fail before the writer runs
+            limit = getattr(self.cache.l2, "max_value_bytes", None)
+            for _, value in pairs:  # unencodable or too large for L2: fail before the writer
+                if len(codec.encode(value)) > (limit or math.inf):
+                    raise ValueTooLarge(f"store {self.name!r}: an encoded value is above the "
+                                        f"RedisTier's max_value_bytes={limit}; not written")
             mapping = dict(pairs)
             try:
                 yield Call(self.writer, (mapping,), {})  # type: ignore[arg-type]
