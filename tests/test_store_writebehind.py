@@ -34,6 +34,8 @@ async def test_put_serves_at_once_and_flush_writes_every_row(tiercache_stack: An
     reader = Store(other, "users", loader=writer.load, writer=writer,
                    policy=WriteBehind(journal=False))
     assert await reader.get(7) == 70
+    assert await reader.get_many([7, 8, 10**6]) == {7: 70, 8: 80}  # L2 hits, a loader miss
+    assert reader.get_many_sync([9]) == {9: 90}
     stats = users.stats()
     assert stats["flushed"] == 250 and stats["queue_depth"] == 0 and stats["dead_letters"] == 0
     assert stats["journal_appends"] == 250 and users.health_reasons() == []

@@ -50,7 +50,6 @@ __all__ = ["BadEntry", "JournalUnavailable", "Store"]
 log = logging.getLogger("tiercache.store")
 
 _NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_ABSENT: Final = object()
 
 
 class Store:
@@ -181,22 +180,47 @@ class Store:
     def get_sync(self, key: Any, default: Any = None) -> Any:
         return drive_sync(self.read_flow(key, default))
 
+    def _get_many(self, keys: list[Any]) -> Flow[dict[Any, Any]]:
+        """Pending writes and L1 first, then one L2 round trip, then the loader per miss."""
+        cache = self.cache
+        co, l2 = cache.coherence, cache.l2
+        rels = {key: self.rel(key) for key in keys}
+        yield from cache._bus_ready()
+        gen = co.gen
+        found: dict[Any, Any] = {}
+        rest = []
+        for key, rel in rels.items():
+            item = self.engine.queue.peek(rel) if self.engine is not None else None
+            if item is not None:
+                found[key] = item.value if item.op == PUT else None
+                continue
+            value = co.kv.get(rel, MISSING) if co.kv is not None else MISSING
+            if value is not MISSING:
+                found[key] = value
+            else:
+                rest.append(key)
+        if rest and l2 is not None:
+            fulls = {cache.full_key(rels[k]): k for k in rest}
+            hits = yield TierOp(l2.get_many_entries, l2.get_many_entries_sync, list(fulls))
+            for full, entry in hits.items():
+                key = fulls[full]
+                found[key] = entry.value
+                co.fill(co.kv, rels[key], rels[key], entry.value,
+                        self._l1_ttl(_remaining(entry)), (), gen)
+            rest = [k for k in rest if k not in found]
+        self.counts["reads"] += len(rels)
+        for key in rest:
+            rel = rels[key]
+            found[key] = yield Flight(cache.flights, ("store", self.name, rel, gen),
+                                      self._load(key, rel, gen))
+        return {k: v for k, v in found.items() if v is not None}
+
     async def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
-        """Present keys only, each read as by :meth:`get`."""
-        out = {}
-        for key in keys:
-            value = await self.get(key, _ABSENT)
-            if value is not _ABSENT:
-                out[key] = value
-        return out
+        """Present keys only: one L2 round trip for all, the loader for the misses."""
+        return await drive_async(self._get_many(list(keys)))
 
     def get_many_sync(self, keys: Iterable[Any]) -> dict[Any, Any]:
-        out = {}
-        for key in keys:
-            value = self.get_sync(key, _ABSENT)
-            if value is not _ABSENT:
-                out[key] = value
-        return out
+        return drive_sync(self._get_many(list(keys)))
 
     # ------------------------------------------------------------------ writes
 
