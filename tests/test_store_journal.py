@@ -63,7 +63,10 @@ async def test_10k_puts_of_a_sigkilled_process_are_replayed_by_a_new_one(
     cache = new_cache(tiercache_stack.redis_url, namespace)
     store = Store(cache, "orders", loader=writer.load, writer=writer,
                   policy=WriteBehind(max_delay=0.05, batch_size=1000, claim_after=1.0))
-    await asyncio.sleep(1.2)  # the dead flusher's heartbeat expires
+    deadline = time.monotonic() + 60  # no put, no flush: the new store takes over on start
+    while len(await rows(pg, table)) < KEYS and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert store.stats()["recovered"] > 0
     assert await store.flush(timeout=120)
     assert await rows(pg, table) == {k: k * 3 + 1 for k in range(KEYS)}
     assert store.stats()["recovered"] >= unflushed

@@ -88,6 +88,8 @@ class Store:
             from tiercache._writebehind import WriteBehindEngine
 
             self.engine = WriteBehindEngine(self, policy)
+            if policy.journaled:  # on start: take over what dead flushers left, unasked
+                self.engine.ensure_running()
 
     # ------------------------------------------------------------------ keys
 
