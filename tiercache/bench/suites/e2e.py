@@ -81,15 +81,16 @@ def scenarios(quick: bool, requests: int | None = None, concurrency: int | None 
     """Full: Postgres at 1k (judged) and 10k, 100 ms sleep at 1k; quick: Postgres at 1k,
     20k requests. The overrides shrink a run (tests)."""
     base = Workload(requests=requests or (20_000 if quick else 200_000),
-                    concurrency=concurrency or 1000, budget_s=3.0 if quick else 8.0,
+                    concurrency=concurrency or 1000, budget_s=3.0 if quick else 6.0,
                     sample_s=0.05 if quick else 0.1)
     if keys:
         base = replace(base, keys=keys)
     if quick:
         return [Scenario("pg", base, judged=True)]
     return [Scenario("pg", base, judged=True),
-            Scenario("pg", replace(base, concurrency=10 * base.concurrency, budget_s=4.0)),
-            Scenario("sleep", replace(base, budget_s=4.0))]
+            Scenario("pg", replace(base, concurrency=10 * base.concurrency, budget_s=3.0,
+                                   grace_s=1.0)),
+            Scenario("sleep", replace(base, budget_s=3.0))]
 
 
 # ---------------------------------------------------------------------- servers and data
@@ -285,7 +286,10 @@ def _pct(values: list[int], q: float) -> float:
 
 
 def _tiers(o: Outcome) -> dict[str, float]:
-    done = o.result.completed or 1
+    """Share of the requests started that each tier served (counters move at the start)."""
+    series = o.result.series
+    done = int(series[-1].get("started", o.result.completed)) if series else o.result.completed
+    done = max(done, o.result.completed, 1)
     out = {k.removesuffix("_hits"): v / done for k, v in o.counters.items()
            if k.endswith("_hits") and k != "cache_hits"}
     out["loader"] = o.loads / done
@@ -304,7 +308,17 @@ def _outcome_row(sc: Scenario, o: Outcome) -> Row:
                f"{r.requested:,}" if r.timed_out else "")
     if r.cancelled:
         partial += f" ({r.cancelled:,} in flight cancelled {sc.workload.grace_s:g} s later)"
-    cpu_us = r.cpu_s / r.completed * 1e6 if r.completed else float("nan")
+    if not r.completed:
+        return {"name": f"{sc.title}: {o.key}", "target": None, "ok": None,
+                "summary": (f"0 requests completed within {sc.workload.budget_s:g} s + "
+                            f"{sc.workload.grace_s:g} s grace ({r.cancelled:,} in flight "
+                            f"cancelled; loads {o.loads:,}, "
+                            f"L2 errors {o.counters.get('l2_errors', 0):,.0f})"),
+                "value": 0.0, "unit": "req/s", "better": "higher",
+                "data": {"label": o.label, "completed": 0, "cancelled": r.cancelled,
+                         "loads": o.loads, "counters": o.counters,
+                         "workload": sc.workload.as_dict()}}
+    cpu_us = r.cpu_s / r.completed * 1e6
     cmds = o.redis_commands or {}
     redis_text = (f", Redis {sum(cmds.values()) / max(r.completed, 1):.2f} cmds/request"
                   if o.redis_commands is not None else "")
