@@ -45,7 +45,7 @@ SUMMARY = "SELECT count(*), sum(amount), avg(amount) FROM {t} WHERE user_id BETW
 WRITE = ("UPDATE {t} SET v = $2 WHERE id = $1 "
          "AND (v NOT LIKE 'w%' OR substr(v, 2)::bigint < $3)")
 USERS = 2000
-WORKERS = 64  # concurrent callers of the 95/5 workload (one pool of up to 32 connections)
+WORKERS = 128  # concurrent callers of the 95/5 workload (one pool of up to 32 connections)
 WORKLOAD_KEYS = 10_000
 
 
