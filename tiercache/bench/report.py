@@ -111,6 +111,12 @@ def summarize_run(results: dict[str, list[Row]], failures: dict[str, str],
             "warnings": warnings, "load": load}
 
 
+def _one_line(text: str, limit: int = 240) -> str:
+    """A peer's failure can carry a traceback: the summary keeps its first line."""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return first if len(first) <= limit else first[: limit - 3] + "..."
+
+
 def summary_panel(summary: dict[str, Any]) -> Panel:
     t = summary["totals"]
     lines: list[Any] = [Text.from_markup(
@@ -133,8 +139,8 @@ def summary_panel(summary: dict[str, Any]) -> Panel:
             f"[bold red]MISSED[/] {miss['suite']} / {miss['name']}: {miss['summary']} "
             f"[dim](target {miss['target']})[/]", overflow="fold"))
     for row in summary["unavailable"]:
-        lines.append(Text.from_markup(f"[yellow]n/a[/] {row['suite']} / {row['name']}: "
-                                      f"{row['summary']}", overflow="fold"))
+        lines.append(Text.from_markup(f"[yellow]n/a[/] {row['suite']} / {row['name']}: ",
+                                      overflow="fold") + Text(_one_line(row["summary"])))
     for suite, message in summary["failed"].items():
         lines.append(Text.from_markup(f"[bold red]FAILED[/] suite {suite}: {message}",
                                       overflow="fold"))
