@@ -174,11 +174,14 @@ async def _workload(ctx: BenchContext, dsn: str, table: str) -> list[Row]:
            "stale": sum(r["stale"] for r in runs["off"])}
     ratio = on["ops_s"] / off["ops_s"]
     s = on["stats"]
-    hit_ratio = s["hits"] / max(1, s["hits"] + s["misses"])
+    reads = max(1, s["hits"] + s["misses"] + s["singleflight_waits"])
+    hit_ratio = s["hits"] / reads
+    waited = s["singleflight_waits"] / reads
     return [
         target_row(f"95/5 Zipf read/write, {WORKERS} workers: throughput L3 on / off", ratio,
                    "x", at_least=5, summary=f"{on['ops_s']:,.0f} vs {off['ops_s']:,.0f} ops/s: "
-                   f"{ratio:.1f}x (L3 hit ratio {hit_ratio:.1%}; {n_ops:,} ops per run, "
+                   f"{ratio:.1f}x (L3 hits {hit_ratio:.1%} of reads, {waited:.1%} waited for a "
+                   f"refill after a write; {n_ops:,} ops per run, "
                    f"{WORKLOAD_KEYS:,} keys, rounds off/on/on/off)",
                    rounds={"on": [r["ops_s"] for r in runs["on"]],
                            "off": [r["ops_s"] for r in runs["off"]]},
@@ -227,6 +230,7 @@ async def _mixed(ctx: BenchContext, dsn: str, table: str, mode: str,
             bar.advance()
             it = iter(ops)
             hits0, misses0 = qc.hits, qc.misses
+            waits0 = qc.stats()["singleflight_waits"]
             t0 = time.perf_counter()
             await asyncio.gather(*(worker() for _ in range(WORKERS)))
             elapsed = time.perf_counter() - t0
@@ -238,6 +242,7 @@ async def _mixed(ctx: BenchContext, dsn: str, table: str, mode: str,
     stats = qc.stats()
     stats["hits"] -= hits0
     stats["misses"] -= misses0
+    stats["singleflight_waits"] -= waits0
     return {"ops_s": len(ops) / elapsed, "stale": stale, "stats": stats}
 
 
