@@ -132,10 +132,12 @@ def _draw(plt: Any, suite: str, chart: Mapping[str, Any], path: Path) -> Path:
     (_cdf if chart["kind"] == "cdf" else _lines)(ax, chart)
     ax.set_title(f"{suite}: {_title(suite, chart['title'])}")
     ax.grid(True, which="both", alpha=0.3)
-    if chart.get("series"):
-        ax.legend(fontsize="small", loc="best")
+    if chart.get("series"):  # below the axes: a legend inside hides a CDF's middle
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.13),
+                  ncol=2 if len(chart["series"]) > 3 else 1, frameon=False)
     if chart.get("note"):
-        fig.text(0.01, 0.005, chart["note"], fontsize="x-small", color="#555555")
+        ax.set_title(f"{suite}: {_title(suite, chart['title'])}\n{chart['note']}",
+                     fontsize="medium")
     return _save(plt, fig, path)
 
 
@@ -241,6 +243,6 @@ def plot_payload(payload: Mapping[str, Any], directory: str | Path) -> list[Path
 
 def _save(plt: Any, fig: Any, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
