@@ -145,10 +145,13 @@ class Refresher:
 
 
 def policy_read(cache: TierCache, spec: FunctionSpec, l1key: Hashable | None,
-                args: tuple[Any, ...], kwargs: dict[str, Any]) -> Flow[Any]:
-    """An L1 miss of a function with read rules (the counterpart of ``TierCache._read``)."""
+                args: tuple[Any, ...], kwargs: dict[str, Any],
+                rel: str | None = None) -> Flow[Any]:
+    """An L1 miss of a function with read rules (the counterpart of ``TierCache._read``);
+    ``rel``: the relative key when the caller has it (a store's ``"<store>:<key>"``)."""
     co = cache.coherence
-    rel = spec.relative_key(args, kwargs)
+    if rel is None:
+        rel = spec.relative_key(args, kwargs)
     tags = spec.tags_for(args, kwargs) if spec.tags is not None else []
     bus = co.bus
     if bus is not None and not (bus.connected and bus.running()):

@@ -26,6 +26,7 @@ read path (:meth:`Store.read_flow` is the one place it applies).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import re
@@ -35,9 +36,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 from tiercache import codec
 from tiercache._flow import Call, Flight, Flow, TierOp, drive_async, drive_sync
+from tiercache._invalidation import STALE
 from tiercache._journal import BadEntry, JournalUnavailable
+from tiercache._refresh import policy_read, rules_for
 from tiercache._store_queue import DELETE, PUT
 from tiercache._validate import ttl_seconds
+from tiercache.decorators import FunctionSpec
 from tiercache.policies.write import WriteBehind, WriteThrough
 from tiercache.tiers.base import MISSING, ValueTooLarge
 
@@ -50,6 +54,7 @@ __all__ = ["BadEntry", "JournalUnavailable", "Store"]
 log = logging.getLogger("tiercache.store")
 
 _NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_ABSENT: Final = object()  # get_many: "not present", distinct from any value
 
 
 class Store:
@@ -81,6 +86,7 @@ class Store:
         self._prefix = f"{name}:"
         self.counts: dict[str, int] = dict.fromkeys(
             ("reads", "loads", "load_failures", "writes", "write_failures", "deletes"), 0)
+        self.read_spec = None if read is None else self._read_spec(read)
         self.engine: WriteBehindEngine | None = None
         if isinstance(policy, WriteBehind):
             if writer is None:
@@ -105,6 +111,26 @@ class Store:
 
     # ------------------------------------------------------------------ reads
 
+    def _read_spec(self, read: Any) -> FunctionSpec:
+        """A read policy (``RefreshAhead``, ``XFetch``) runs the ``@cached`` policy path
+        (:mod:`tiercache._refresh`) over the loader: the store's values sit in the cache's
+        key/value L1 segment under ``"<store>:<key>"``, their envelopes in a stale segment."""
+        cache = self.cache
+        rules = rules_for(read, None, 0.0, 0.0)
+        assert rules is not None
+        spec = FunctionSpec(
+            func=self.loader, name=f"store.{self.name}", ttl=self.ttl, tags=None, key=None,
+            lock=bool(getattr(read, "lock", False)), cache_none=cache.cache_none, l1_ttl=None,
+            is_async=inspect.iscoroutinefunction(self.loader), read_rules=rules)
+        if cache.ttl_of(spec) is None:
+            raise ValueError(f"store {self.name}: a read policy needs a TTL (ttl= on the store "
+                             "or a default ttl on the RedisTier)")
+        spec.segment = cache.coherence.kv
+        if spec.segment is not None:
+            spec.stale_segment = cache._segment(
+                f"{cache.namespace}:~store.{self.name}{STALE}", self._prefix)
+        return spec
+
     def read_flow(self, key: Any, default: Any) -> Flow[Any]:
         """The store's read path (the one flow both shells drive)."""
         cache, rel = self.cache, self.rel(key)
@@ -121,15 +147,18 @@ class Store:
             value = co.kv.get(rel, MISSING)
             if value is not MISSING:
                 return default if value is None else value
-        l2 = cache.l2
-        if l2 is not None:
-            entry = yield TierOp(l2.get_entry, l2.get_entry_sync, cache.full_key(rel))
-            if entry is not MISSING:
-                co.fill(co.kv, rel, rel, entry.value, self._l1_ttl(_remaining(entry)), (),
-                        gen)
-                return default if entry.value is None else entry.value
-        value = yield Flight(cache.flights, ("store", self.name, rel, gen),
-                             self._load(key, rel, gen))
+        if self.read_spec is not None:  # refresh-ahead / XFetch: the @cached policy path
+            value = yield from policy_read(cache, self.read_spec, rel, (key,), {}, rel)
+        else:
+            l2 = cache.l2
+            if l2 is not None:
+                entry = yield TierOp(l2.get_entry, l2.get_entry_sync, cache.full_key(rel))
+                if entry is not MISSING:
+                    co.fill(co.kv, rel, rel, entry.value, self._l1_ttl(_remaining(entry)),
+                            (), gen)
+                    return default if entry.value is None else entry.value
+            value = yield Flight(cache.flights, ("store", self.name, rel, gen),
+                                 self._load(key, rel, gen))
         if engine is not None:  # a put landed while we loaded: it is newer than the source
             item = engine.queue.peek(rel)
             if item is not None:
@@ -184,6 +213,13 @@ class Store:
 
     def _get_many(self, keys: list[Any]) -> Flow[dict[Any, Any]]:
         """Pending writes and L1 first, then one L2 round trip, then the loader per miss."""
+        if self.read_spec is not None:  # each key on the policy path
+            many: dict[Any, Any] = {}
+            for key in keys:
+                value = yield from self.read_flow(key, _ABSENT)
+                if value is not _ABSENT:
+                    many[key] = value
+            return many
         cache = self.cache
         co, l2 = cache.coherence, cache.l2
         rels = {key: self.rel(key) for key in keys}

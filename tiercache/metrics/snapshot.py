@@ -81,6 +81,8 @@ def snapshot(cache: TierCache) -> dict[str, Any]:
         "errors": {"encode": cache.loader.encode_errors},
         "unencodable": dict(cache.unencodable),
     }
+    if cache.stores:  # cache.store(...) objects: queue, journal, dead letters
+        out["stores"] = {store.name: store.stats() for store in cache.stores}
     bus = cache.bus
     if bus is not None:
         out["bus"] = {**bus.stats, "raced_writes_undone": cache.raced_writes_undone,
