@@ -23,6 +23,9 @@ Documented in one place because every process and version sharing a Redis must a
     (the dead-letter list), ``hb:<consumer>`` (a flusher's heartbeat). These hold
     acknowledged writes, so namespace-wide sweeps (``cache.clear()``) leave them alone
     (:func:`is_durable`); only ``FLUSHDB`` (``RedisTier.clear()``) drops them.
+  - L3 (:mod:`tiercache.tiers._query_redis`): ``{ns}:~tc:l3:gen:{<shard>}`` (a HASH of table
+    generations per shard) and ``{ns}:~tc:l3:e:<plan>:<params>`` (a result set with the
+    generations it was read under).
 
 * **why collisions cannot happen**: namespaces are non-empty and contain no ``":"``, so a
   key of namespace B never starts with ``"A:"``; a namespace called ``tc`` (the old
