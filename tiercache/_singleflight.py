@@ -20,7 +20,9 @@ class _Call:
     __slots__ = ("done", "error", "value")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        # made by the first waiter, under the flight lock: a load nobody joins (nearly every
+        # miss) never pays for an Event (a Condition and two locks)
+        self.done: threading.Event | None = None
         self.value: Any = None
         self.error: BaseException | None = None
 
@@ -43,8 +45,11 @@ class SingleFlight:
                 call = self._calls[key] = _Call()
             else:
                 self.waits += 1
+                if call.done is None:
+                    call.done = threading.Event()
+                done = call.done
         if not leader:
-            call.done.wait()
+            done.wait()
             if call.error is not None:
                 raise call.error
             return call.value
@@ -56,7 +61,9 @@ class SingleFlight:
         finally:
             with self._lock:
                 del self._calls[key]
-            call.done.set()
+                waiting = call.done  # no waiter can arrive once the call is out of the dict
+            if waiting is not None:
+                waiting.set()
         return call.value
 
     async def do_async(self, key: Hashable, make: Callable[..., Awaitable[Any]],
