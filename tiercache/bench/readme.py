@@ -1,8 +1,11 @@
 """Render the README "Performance" section from one real run's JSON file.
 
     make bench                       # writes bench-results/results.json + PNGs
-    python -m tiercache.bench.readme bench-results/results.json -o docs/performance.md \\
+    cp bench-results/results.json docs/bench/results.json
+    python -m tiercache.bench.readme docs/bench/results.json -o section.md \\
         --images docs/bench          # redraws the charts there, links them relative to -o
+
+``section.md`` then replaces the README's "## Performance" section.
 
 Every figure in the output comes from the JSON file (and every chart is redrawn from it), so
 the README never shows a number that a command doesn't produce.
