@@ -38,6 +38,7 @@ from tiercache import codec
 from tiercache._flow import Call, Flight, Flow, TierOp, drive_async, drive_sync
 from tiercache._invalidation import STALE
 from tiercache._journal import BadEntry, JournalUnavailable
+from tiercache._kv import remaining
 from tiercache._refresh import policy_read, rules_for
 from tiercache._store_queue import DELETE, PUT
 from tiercache._validate import ttl_seconds
@@ -154,7 +155,7 @@ class Store:
             if l2 is not None:
                 entry = yield TierOp(l2.get_entry, l2.get_entry_sync, cache.full_key(rel))
                 if entry is not MISSING:
-                    co.fill(co.kv, rel, rel, entry.value, self._l1_ttl(_remaining(entry)),
+                    co.fill(co.kv, rel, rel, entry.value, self._l1_ttl(remaining(entry)),
                             (), gen)
                     return default if entry.value is None else entry.value
             value = yield Flight(cache.flights, ("store", self.name, rel, gen),
@@ -199,10 +200,7 @@ class Store:
         return value
 
     def _l1_ttl(self, ttl: float | None) -> float | None:
-        l1 = self.cache.l1
-        default = getattr(getattr(l1, "store", None), "ttl", None) if l1 is not None else None
-        candidates = [t for t in (default, ttl) if t is not None]
-        return min(candidates) if candidates else None
+        return self.cache.l1_ttl_for(None, ttl)  # the cache's one L1-lifetime rule
 
     async def get(self, key: Any, default: Any = None) -> Any:
         """The value of ``key`` (``default`` when the loader says absent)."""
@@ -244,7 +242,7 @@ class Store:
                 key = fulls[full]
                 found[key] = entry.value
                 co.fill(co.kv, rels[key], rels[key], entry.value,
-                        self._l1_ttl(_remaining(entry)), (), gen)
+                        self._l1_ttl(remaining(entry)), (), gen)
             rest = [k for k in rest if k not in found]
         self.counts["reads"] += len(rels)
         for key in rest:
@@ -403,9 +401,3 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({self.name!r}, policy={self.policy!r}, cache={self.cache.name!r})"
-
-
-def _remaining(entry: Any) -> float | None:
-    if entry.ttl is None:
-        return None
-    return max(0.0, float(entry.ttl) - (time.time() - float(entry.stored_at)))
