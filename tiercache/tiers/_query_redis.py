@@ -39,14 +39,15 @@ from typing import TYPE_CHECKING, Any, Final
 
 from tiercache import codec
 from tiercache.tiers._query_mem import MemEntry
+from tiercache.tiers._query_plan import params_key
 from tiercache.tiers._redis_plans import FAILED, Run, eval_
 from tiercache.tiers.base import MISSING, ValueTooLarge
 from tiercache.tiers.keys import internal_prefix
-from tiercache.tiers.query import params_key
 from tiercache.tiers.redis import RedisTier
 
 if TYPE_CHECKING:
-    from tiercache.tiers.query import Plan, QueryCache
+    from tiercache.tiers._query_plan import Plan
+    from tiercache.tiers.query import QueryCache
 
 __all__ = ["SharedStore"]
 
