@@ -58,6 +58,24 @@ async def test_update_of_one_key_keeps_other_point_reads(pool: ShardedPool, tabl
     assert _stats(pool)["hits"] == hits + 1
 
 
+async def test_a_write_keeps_the_point_reads_of_keys_4096_apart(
+    pool: ShardedPool, table: str
+) -> None:
+    """Buckets are 2**16 per table: 7 and 4096 + 7 (one bucket with 4096 buckets) no longer
+    invalidate each other, so a write refills only its own key's entries."""
+    point = f"SELECT v FROM {table} WHERE id = $1"
+    await pool.execute(f"INSERT INTO {table} (id, v, g) VALUES ($1, 'far', 0)", 4096 + 7)
+    assert await pool.fetchval(point, 4096 + 7, cache_ttl=30) == "far"
+    assert await pool.fetchval(point, 7, cache_ttl=30) == "v7"
+    await pool.execute(f"UPDATE {table} SET v = 'new7' WHERE id = $1", 7)
+    hits = _stats(pool)["hits"]
+    assert await pool.fetchval(point, 4096 + 7, cache_ttl=30) == "far"
+    assert _stats(pool)["hits"] == hits + 1
+    assert await pool.fetchval(point, 7, cache_ttl=30) == "new7"
+    await pool.execute(f"UPDATE {table} SET v = 'new65543' WHERE id = $1", 7 + 65536)
+    assert await pool.fetchval(point, 7, cache_ttl=30) == "new7"  # no such row: nothing changed
+
+
 async def test_literal_key_read_and_param_write(pool: ShardedPool, table: str) -> None:
     sql = f"SELECT v FROM {table} WHERE id = 5"
     assert await pool.fetchval(sql, cache_ttl=30) == "v5"
@@ -115,7 +133,8 @@ def test_row_key_shapes(sql: str, pinned: bool, eq: tuple[Any, ...]) -> None:
 
 def test_bucket_agrees_with_postgres_spelling() -> None:
     assert bucket(7, "int") == bucket("7", "int") == bucket(" +7 ", "int") == 7
-    assert bucket(-5, "int") == 4091 and bucket(4096 + 3, "int") == 3
+    assert bucket(-5, "int") == 65531 and bucket(65536 + 3, "int") == 3
+    assert bucket(4096 + 3, "int") == 4099  # 2**16 buckets: keys 4096 apart are distinct
     assert bucket(7.0, "int") is None and bucket(True, "int") is None
     assert bucket("abc", "text") == bucket("abc", "text") != bucket("abd", "text")
     assert bucket(7, "text") is None
@@ -206,11 +225,51 @@ async def test_triggers_notify_row_keys(
         raise AssertionError("a bulk write did not invalidate the table")
 
 
+async def test_trigger_buckets_agree_with_the_pool_above_4096(
+    pool: ShardedPool, table: str, text_table: str, tiercache_stack: Any
+) -> None:
+    """The trigger computes the pool's 2**16 buckets (int and md5 of text): another client's
+    write to key 4096 + 7 invalidates that key's reads, and not key 7's."""
+    import asyncio
+
+    import asyncpg
+
+    dsn = next(iter(tiercache_stack.pg_dsns.values()))
+    await pool.install_invalidation_triggers([table, text_table])
+    point = f"SELECT v FROM {table} WHERE id = $1"
+    tpoint = f"SELECT v FROM {text_table} WHERE k = $1"
+    far = next(f"k{i}" for i in range(1, 51) if (bucket(f"k{i}", "text") or 0) >= 4096)
+    await pool.execute(f"INSERT INTO {table} (id, v, g) VALUES ($1, 'far', 0)", 4096 + 7)
+    assert await pool.fetchval(point, 4096 + 7, cache_ttl=30) == "far"
+    assert await pool.fetchval(point, 7, cache_ttl=30) == "v7"
+    assert await pool.fetchval(tpoint, far, cache_ttl=30) == "v" + far[1:]
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"UPDATE {table} SET v = 'ext' WHERE id = $1", 4096 + 7)
+        await conn.execute(f"UPDATE {text_table} SET v = 'ext' WHERE k = $1", far)
+    finally:
+        await conn.close()
+    await _settle(pool, dsn, table)
+    for _ in range(300):
+        if (await pool.fetchval(point, 4096 + 7, cache_ttl=30) == "ext"
+                and await pool.fetchval(tpoint, far, cache_ttl=30) == "ext"):
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("another client's write to a key >= 4096 was not seen")
+    hits = _stats(pool)["hits"]
+    assert await pool.fetchval(point, 7, cache_ttl=30) == "v7"
+    assert _stats(pool)["hits"] == hits + 1
+
+
 def test_payload_parsing_is_bounded() -> None:
     from tiercache.sharding._l3_listen import parse_payload
 
     assert parse_payload("public.t") == ("public", "t", None)
-    assert parse_payload("#1,2,4095#s.t#x") == ("s", "t#x", [1, 2, 4095])
-    assert parse_payload("#1,99999#public.t")[2] is None  # out of range: the whole table
-    assert parse_payload("#" + ",".join(["1"] * 40) + "#public.t")[2] is None
-    assert parse_payload("#x#public.t")[2] is None
+    assert parse_payload("#16:1,2,65535#s.t#x") == ("s", "t#x", [1, 2, 65535])
+    assert parse_payload("#16:1,99999#public.t")[2] is None  # out of range: the whole table
+    assert parse_payload("#16:" + ",".join(["1"] * 40) + "#public.t")[2] is None
+    assert parse_payload("#16:x#public.t")[2] is None
+    # a trigger installed with another bucket count (the 4096 of older versions): the table
+    assert parse_payload("#1,2,4095#s.t") == ("s", "t", None)
+    assert parse_payload("#12:1,2#s.t") == ("s", "t", None)

@@ -21,7 +21,7 @@ import asyncpg
 
 from tiercache.tiers._query_catalog import INT_TYPES, PK_SQL, TEXT_TYPES
 from tiercache.tiers._sql import table_name
-from tiercache.tiers._sql_keys import BUCKETS
+from tiercache.tiers._sql_keys import BUCKET_BITS, BUCKETS
 from tiercache.tiers.query import BUCKET, STAR
 
 if TYPE_CHECKING:
@@ -43,7 +43,9 @@ END $$"""
 
 # Row-keyed tables (a single-column integer or text primary key): the statement's transition
 # tables give the key buckets it touched (the same function as _sql_keys.bucket), sent as
-# "#b1,b2,...#schema.table"; more than MAX_BUCKETS buckets (a bulk write) -> the table.
+# "#<BUCKET_BITS>:b1,b2,...#schema.table"; more than MAX_BUCKETS buckets (a bulk write) -> the
+# table.  The bit count makes a payload of a trigger installed with another bucket count (an
+# older version) a whole-table bump, never a bump of the wrong buckets.
 MAX_BUCKETS = 32
 _ROWS_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION tiercache_l3_notify_rows() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -73,7 +75,7 @@ BEGIN
   IF array_length(buckets, 1) > {MAX_BUCKETS} THEN
     PERFORM pg_notify('{CHANNEL}', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME);
   ELSE
-    PERFORM pg_notify('{CHANNEL}', '#' || array_to_string(buckets, ',') || '#'
+    PERFORM pg_notify('{CHANNEL}', '#{BUCKET_BITS}:' || array_to_string(buckets, ',') || '#'
                       || TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME);
   END IF;
   RETURN NULL;
@@ -85,11 +87,15 @@ _EVENTS = (("ins", "INSERT", "NEW TABLE AS tiercache_new"),
 
 def parse_payload(payload: str) -> tuple[str, str, list[int] | None]:
     """``(schema, table, buckets or None)`` of a notification (bounded: 256 chars of name,
-    at most MAX_BUCKETS buckets; anything malformed is the whole table)."""
+    at most MAX_BUCKETS buckets; anything malformed or of another bucket count is the whole
+    table)."""
     buckets: list[int] | None = None
     if payload.startswith("#"):
         spec, _, payload = payload[1:].partition("#")
+        bits, _, spec = spec.partition(":")
         try:
+            if bits != str(BUCKET_BITS):
+                raise ValueError(bits)
             found = [int(b) for b in spec.split(",")[:MAX_BUCKETS + 1]]
             if len(found) <= MAX_BUCKETS and all(0 <= b < BUCKETS for b in found):
                 buckets = found

@@ -16,13 +16,18 @@ from tiercache.tiers._query_catalog import Resolved
 from tiercache.tiers._sql import Analysis
 from tiercache.tiers._sql_keys import BUCKETS, bucket
 
-__all__ = ["BUCKET", "EPOCH", "STAR", "Plan", "identity_of", "params_key", "row_names"]
+__all__ = ["BUCKET", "EPOCH", "MAX_ROW_BUCKETS", "STAR", "BucketDeps", "Plan", "identity_of",
+           "params_key", "row_names"]
 
 EPOCH = ""  # the shard epoch's generation key (no table can have an empty name)
 STAR = "\x00*"  # <table>STAR: bumped by row-keyed writes; every read but a point read needs it
 BUCKET = "\x00#"  # <table>BUCKET<n>: one key bucket of a table (see _sql_keys)
-_BSTR = tuple(str(i) for i in range(BUCKETS))
 _SIMPLE = frozenset({int, str, type(None)})  # params whose == is exact (no 1 == 1.0 == True)
+# A write pinned to more key buckets than this bumps its table instead (one name per bucket
+# is an HINCRBY field and a local counter each: a bulk write would cost more than it saves).
+MAX_ROW_BUCKETS = 1024
+_MASK = BUCKETS - 1
+BucketDeps = dict[int, tuple[tuple[str, str], ...]]  # a table's per-bucket generation keys
 
 
 class Plan:
@@ -54,12 +59,13 @@ class Plan:
         self.fine_fields: tuple[str, ...] = ()
         self.fine_deps: tuple[tuple[str, str], ...] = ()
         self.fine_zeros: tuple[int, ...] = ()
-        self.bdeps: list[tuple[tuple[str, str], ...] | None] = []
+        self.bdeps: BucketDeps = {}
 
     def pin(self, table: str, kind: str, index: int, const_bucket: int | None,
-            bdeps: list[tuple[tuple[str, str], ...] | None]) -> None:
+            bdeps: BucketDeps) -> None:
         """Make this a point read of ``table`` (key at params[index], or a literal's bucket);
-        ``bdeps``: the table's per-bucket generation keys, built once, shared by its plans."""
+        ``bdeps``: the table's per-bucket generation keys, built on first use (a dict: most
+        of a table's buckets are never read), shared by its plans."""
         self.bdeps = bdeps
         self.key_index, self.key_bucket, self.key_kind = index, const_bucket, kind
         self.bucket_prefix = table + BUCKET
@@ -76,7 +82,7 @@ class Plan:
             b = bucket(args[self.key_index], self.key_kind)
         if b is None:
             return self.fields
-        return (*self.fine_fields, self.bucket_prefix + _BSTR[b])
+        return (*self.fine_fields, f"{self.bucket_prefix}{b}")
 
     def deps_for(self, args: tuple[Any, ...]) -> tuple[tuple[str, str], ...]:
         """:meth:`names` as ``(shard, name)`` generation keys (the memory store's)."""
@@ -86,14 +92,12 @@ class Plan:
         i = self.key_index
         if 0 <= i < len(args):
             v = args[i]
-            b = v & (BUCKETS - 1) if type(v) is int and self.key_kind == "int" else bucket(
-                v, self.key_kind)
+            b = v & _MASK if type(v) is int and self.key_kind == "int" else bucket(v, self.key_kind)
         if b is None:
             return self.deps
-        deps = self.bdeps[b]
+        deps = self.bdeps.get(b)
         if deps is None:
-            deps = self.bdeps[b] = (*self.fine_deps,
-                                    (self.shard, self.bucket_prefix + _BSTR[b]))
+            deps = self.bdeps[b] = (*self.fine_deps, (self.shard, f"{self.bucket_prefix}{b}"))
         return deps
 
 
@@ -161,6 +165,6 @@ def row_names(a: Analysis, rel: Resolved, rows: list[Any]) -> list[str] | None:
             if b is None:
                 return None
             buckets.add(b)
-    if len(buckets) > BUCKETS // 4:
-        return None  # most of the table anyway
-    return [table + STAR, *(table + BUCKET + _BSTR[b] for b in sorted(buckets))]
+    if len(buckets) > MAX_ROW_BUCKETS:
+        return None  # a bulk write: the table
+    return [table + STAR, *(f"{table}{BUCKET}{b}" for b in sorted(buckets))]

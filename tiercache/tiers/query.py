@@ -34,13 +34,14 @@ from tiercache.tiers._query_plan import (
     BUCKET,
     EPOCH,
     STAR,
+    BucketDeps,
     Plan,
     identity_of,
     params_key,
     row_names,
 )
 from tiercache.tiers._sql import Analysis, analyze
-from tiercache.tiers._sql_keys import BUCKETS, bucket
+from tiercache.tiers._sql_keys import bucket
 
 __all__ = ["BUCKET", "EPOCH", "STAR", "QueryCache"]
 
@@ -93,7 +94,7 @@ class QueryCache:
         self._untrusted: set[str] = set()
         self._plans: dict[tuple[Any, ...], Plan] = {}
         self._catalog = Catalog()
-        self._bdeps: dict[tuple[str, str], list[tuple[tuple[str, str], ...] | None]] = {}
+        self._bdeps: dict[tuple[str, str], BucketDeps] = {}
         self._flights: dict[Hashable, asyncio.Future[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.metrics_name: str | None = None
@@ -225,7 +226,7 @@ class QueryCache:
             ref = dict(analysis.eq).get(only.pk)
             bdeps = self._bdeps.get((shard, only.table))
             if bdeps is None:
-                bdeps = self._bdeps[(shard, only.table)] = [None] * BUCKETS
+                bdeps = self._bdeps[(shard, only.table)] = {}
             if ref is not None and ref[0] == "p":
                 plan.pin(only.table, only.pk_kind or "", int(ref[1]) - 1, None, bdeps)
             elif ref is not None:
