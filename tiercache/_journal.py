@@ -26,7 +26,17 @@ import time
 from collections.abc import Generator, Sequence
 from typing import Any, Final
 
-from redis.exceptions import NoScriptError
+from redis.asyncio.cluster import RedisCluster as AsyncCluster
+from redis.crc import key_slot
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from tiercache import codec
 from tiercache.codec import CodecError, Signer
@@ -73,6 +83,14 @@ return {ids, foreign}
 
 APPEND_SHA: Final = hashlib.sha1(APPEND_LUA.encode()).hexdigest()
 
+# Acknowledge written entries and drop them from the stream, in one call.
+ACK_LUA: Final = """
+redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
+"""
+
+ACK_SHA: Final = hashlib.sha1(ACK_LUA.encode()).hexdigest()
+
 # Move one dead letter back into the stream as undelivered entries, exactly once.
 REQUEUE_LUA: Final = """
 if redis.call('LREM', KEYS[2], 1, ARGV[1]) == 0 then return 0 end
@@ -110,6 +128,7 @@ class Journal:
                  signer: Signer | None = None) -> None:
         self.tier, self.consumer, self.signer = tier, consumer, signer
         self.stream = store_key(namespace, store, "journal")
+        self.slot = key_slot(self.stream.encode())
         self.dead = store_key(namespace, store, "dead")
         self.hb_prefix = store_key(namespace, store, "hb:")
         limit = getattr(tier, "max_value_bytes", None)
@@ -173,11 +192,8 @@ class Journal:
     def append_plan(self, payloads: list[bytes]) -> Any:
         assert self.consumer is not None
         def plan(client: Any) -> Generator[Any, Any, tuple[list[str], list[tuple[str, bytes]]]]:
-            args = (1, self.stream, GROUP, self.consumer, *payloads)
-            try:  # EVALSHA: the script's text is sent once per server, not per batch
-                reply = yield client.evalsha(APPEND_SHA, *args)
-            except NoScriptError:
-                reply = yield client.eval(APPEND_LUA, *args)
+            reply = yield from self._script(client, APPEND_LUA, APPEND_SHA,
+                                            GROUP, self.consumer, *payloads)
             ids = [_text(i) for i in reply[0]]
             flat = reply[1]
             foreign = [(_text(flat[i]), flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
@@ -187,12 +203,16 @@ class Journal:
     def ack_plan(self, ids: list[str]) -> Any:
         def plan(client: Any) -> Generator[Any, Any, None]:
             for start in range(0, len(ids), ACK_CHUNK):
-                part = ids[start:start + ACK_CHUNK]
-                pipe = client.pipeline(transaction=False)
-                pipe.xack(self.stream, GROUP, *part)
-                pipe.xdel(self.stream, *part)
-                yield pipe.execute()
+                yield from self._script(client, ACK_LUA, ACK_SHA, GROUP,
+                                        *ids[start:start + ACK_CHUNK])
         return plan
+
+    def _script(self, client: Any, text: str, sha: str, *args: Any) -> Generator[Any, Any, Any]:
+        """A script on the stream (its one key); EVALSHA sends the text once per server."""
+        try:
+            return (yield self.command(client, "EVALSHA", sha, 1, self.stream, *args))
+        except NoScriptError:
+            return (yield self.command(client, "EVAL", text, 1, self.stream, *args))
 
     def beat_plan(self, ttl_ms: int) -> Any:
         """Heartbeat, then the group's consumers, pending total and dead-letter length."""
@@ -277,6 +297,32 @@ class Journal:
         return plan
 
     # ------------------------------------------------------------------ runners
+
+    def command(self, client: Any, *args: Any) -> Any:
+        """One command on the stream's slot (the awaitable, on an async client).
+
+        On the async cluster client it goes straight to the node that owns the slot:
+        redis-py's cluster dispatch (command policies, key parsing, metrics) costs about as
+        much client work as the round trip itself, and every journal call targets one known
+        slot. What that dispatch is for -- a MOVED/ASK, a failover, a dead connection -- sends
+        the command through it after all (it refreshes the slot map and retries, as before).
+        """
+        if type(client) is AsyncCluster:
+            return self._on_node(client, args)
+        return client.execute_command(*args)
+
+    async def _on_node(self, client: AsyncCluster, args: tuple[Any, ...]) -> Any:
+        nodes = client.nodes_manager.slots_cache.get(self.slot)
+        if not nodes:  # not connected yet (or the slot is not covered): the full dispatch
+            return await client.execute_command(*args)
+        try:
+            return await nodes[0].execute_command(*args)
+        except ResponseError as exc:  # the server's answer: only a redirect is retried
+            if not isinstance(exc, (AskError, TryAgainError, ClusterDownError)):
+                raise
+        except (RedisError, RedisClusterException):
+            pass
+        return await client.execute_command(*args)
 
     async def run_async(self, plan: Any) -> Any:
         if self.memory is not None:
