@@ -19,9 +19,10 @@ from collections.abc import Awaitable, Callable, Generator, Hashable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
+    from tiercache._batching import Coalescer
     from tiercache._singleflight import SingleFlight
 
-__all__ = ["BusGate", "Call", "Flight", "Flow", "Op", "Sleep", "TierOp", "Until",
+__all__ = ["BusGate", "Call", "Coalesced", "Flight", "Flow", "Op", "Sleep", "TierOp", "Until",
            "drive_async", "drive_sync"]
 
 T = TypeVar("T")
@@ -57,6 +58,25 @@ class TierOp(Op, Generic[T]):
 
     def run_async(self) -> Awaitable[T]:
         return self.afn(*self.args, **self.kwargs)
+
+
+class Coalesced(Op, Generic[T]):
+    """One item of a batchable call: async, it joins this loop turn's batch of ``coalescer``
+    (:mod:`tiercache._batching`); sync, ``sfn(item)`` runs it alone."""
+
+    __slots__ = ("coalescer", "item", "sfn")
+
+    def __init__(self, coalescer: Coalescer[Any, T], sfn: Callable[[Any], T] | None,
+                 item: Any) -> None:
+        self.coalescer, self.sfn, self.item = coalescer, sfn, item
+
+    def run_sync(self) -> T:
+        if self.sfn is None:
+            raise TypeError("a batched call has no sync form")
+        return self.sfn(self.item)
+
+    def run_async(self) -> Awaitable[T]:
+        return self.coalescer.submit(self.item)
 
 
 class Call(Op):

@@ -183,7 +183,7 @@ def _fetch(cache: TierCache, spec: FunctionSpec, rel: str, l1key: Hashable | Non
         # hold a newer value; a copy due for reload is served as is, with no round trip
         entry = MISSING
         if l2 is not None:
-            entry = yield TierOp(l2.get_entry, l2.get_entry_sync, cache.full_key(rel))
+            entry = yield cache.l2_ops.read(cache.full_key(rel))  # type: ignore[union-attr]
         if entry is MISSING:
             entry = kept  # no L2, or L2 down / lost it
         if entry is not MISSING:
@@ -285,7 +285,7 @@ def _reload(cache: TierCache, spec: FunctionSpec, rel: str, l1key: Hashable | No
             return
     try:
         try:
-            value, seconds = yield from cache.call_loader(spec.func, args, kwargs)
+            value, seconds = yield from cache.call_loader(spec, args, kwargs)
         except Exception as exc:
             stats.refreshes_failed += 1
             _warn(cache, spec.name, "tiercache: background reload of %s failed (%s: %s); the "

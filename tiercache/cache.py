@@ -9,6 +9,8 @@ The read path of a ``@cached`` call, top to bottom (everything below the L1 hit 
    or leads the single-flight of ``(key, generation)``.
 4. The leader runs :meth:`_fetch`: L2 ``get_entry``; on a miss, optionally a Redis lease, then
    :meth:`call_loader` (the user's function) and :meth:`write_l2` (fenced by the generation).
+   Async, the L2 reads and writes of one event-loop turn go to Redis as one pipeline, and a
+   function with ``batch=`` loads the misses of one turn with one call (:mod:`._batching`).
    A function with a read policy (refresh-ahead, stale windows) takes the same steps in
    :mod:`tiercache._refresh`, which also decides when to reload in the background.
 5. Back in :meth:`_read`: fill L1 unless an invalidation overlapped (``Coherence.fill``).
@@ -27,8 +29,19 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 from tiercache import health as _health
+from tiercache._batching import L2Ops
 from tiercache._bus import InvalidationBus
-from tiercache._flow import BusGate, Call, Flight, Flow, Sleep, TierOp, drive_async, drive_sync
+from tiercache._flow import (
+    BusGate,
+    Call,
+    Coalesced,
+    Flight,
+    Flow,
+    Sleep,
+    TierOp,
+    drive_async,
+    drive_sync,
+)
 from tiercache._invalidation import STALE, Coherence
 from tiercache._keys import MAX_KEY_LENGTH, definition_site, function_name
 from tiercache._kv import KeyValueAPI, remaining
@@ -37,6 +50,7 @@ from tiercache._refresh import Refresher, policy_read, rules_for
 from tiercache._singleflight import SingleFlight
 from tiercache._validate import duration_seconds, ttl_seconds
 from tiercache.decorators import (
+    BatchLoader,
     Cached,
     CopyArg,
     FunctionSpec,
@@ -70,7 +84,8 @@ class TierCache(KeyValueAPI):
     processes' L1 coherent through Redis pub/sub (needs both tiers). ``lock_wait``: how long a
     ``lock=True`` caller waits for another process's load before loading itself;
     ``lease_ttl``: lifetime of that lease. ``min_hit_ratio``/``min_requests``/
-    ``max_error_rate``: thresholds for :meth:`health`.
+    ``max_error_rate``: thresholds for :meth:`health`. ``coalesce``: async L2 reads and
+    writes made in one event-loop turn go to Redis as one pipeline (:mod:`tiercache._batching`).
     """
 
     def __init__(
@@ -89,6 +104,7 @@ class TierCache(KeyValueAPI):
         min_requests: int = 100,
         max_error_rate: float = 0.05,
         pool: Any = None,
+        coalesce: bool = True,
     ) -> None:
         if ":" in namespace or not namespace:
             raise ValueError("namespace must be a non-empty string without ':'")
@@ -113,6 +129,7 @@ class TierCache(KeyValueAPI):
         self._policies: list[tuple[Any, Any]] = []  # policy_for(pattern, policy)
         self._specs: dict[str, FunctionSpec] = {}
         self._prefix = co.prefix
+        self.l2_ops = L2Ops(l2, coalesce) if l2 is not None else None
         if l1 is not None:
             co.kv = self._segment(co.prefix)
         if bus and l1 is not None and l2 is not None:
@@ -135,6 +152,7 @@ class TierCache(KeyValueAPI):
         xfetch: ReadPolicy | None = None,
         stale_while_revalidate: Seconds = None,
         stale_if_error: Seconds = None,
+        batch: BatchLoader | None = None,
     ) -> Callable[[Callable[P, R]], Cached[P, R]]:
         """Cache a sync or async function; see :mod:`tiercache._keys` for its keys.
 
@@ -151,6 +169,10 @@ class TierCache(KeyValueAPI):
         ``stale_while_revalidate=s`` serves an expired value up to ``s`` seconds while one
         reload runs; ``stale_if_error=s`` serves it up to ``s`` seconds when the loader fails.
         Without them, a policy set with :meth:`policy_for` for the function's name applies.
+
+        ``batch=load_many`` (async functions of one argument): the L2 misses of one
+        event-loop turn are loaded with one ``load_many([arg, ...])`` call, which returns a
+        mapping arg -> value (a missing arg means ``None``) or the values in order.
         """
         if callable(ttl):
             raise TypeError("use @cache.cached() with parentheses (ttl= got a function)")
@@ -165,7 +187,7 @@ class TierCache(KeyValueAPI):
                                   None, 0.0, 0.0)
             wrapper: Cached[P, R] = make_cached(
                 self, func, ttl=ttl, tags=tags, key=key, lock=lock, cache_none=cache_none,
-                l1_ttl=l1_ttl, name=name, copy=copy, read_rules=rules)
+                l1_ttl=l1_ttl, name=name, copy=copy, read_rules=rules, batch=batch)
             return wrapper
 
         return decorate
@@ -284,7 +306,7 @@ class TierCache(KeyValueAPI):
         """L2, then (optionally under a lease) the loader; -> (value, cacheable, ttl)."""
         full, l2 = self._prefix + rel, self.l2
         if l2 is not None:
-            entry = yield TierOp(l2.get_entry, l2.get_entry_sync, full)
+            entry = yield self.l2_ops.read(full)  # type: ignore[union-attr]
             if entry is not MISSING:
                 return entry.value, True, remaining(entry)
         value, cacheable, ttl, _ = yield from self.load_through(spec, full, args, kwargs, tags,
@@ -314,7 +336,7 @@ class TierCache(KeyValueAPI):
                     if entry is not MISSING:
                         return entry.value, True, remaining(entry), None
         try:
-            value, seconds = yield from self.call_loader(spec.func, args, kwargs)
+            value, seconds = yield from self.call_loader(spec, args, kwargs)
             if value is None and not spec.cache_none:
                 return value, False, None, seconds
             if l2 is not None:
@@ -328,12 +350,16 @@ class TierCache(KeyValueAPI):
         """A function's TTL: its own, else L2's default (None: no expiry)."""
         return spec.ttl if spec.ttl is not None or self.l2 is None else self.l2.ttl
 
-    def call_loader(self, func: Callable[..., Any], args: tuple[Any, ...],
+    def call_loader(self, spec: FunctionSpec, args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Flow[tuple[Any, float]]:
-        """Call the user's function, timed and counted -> (value, seconds)."""
+        """Call the user's function (or join this turn's ``batch=`` call), timed and counted
+        -> (value, seconds)."""
         began = time.perf_counter()
         try:
-            value = yield Call(func, args, kwargs)
+            if spec.batcher is not None:
+                value = yield Coalesced(spec.batcher, None, spec.batch_item(args, kwargs))
+            else:
+                value = yield Call(spec.func, args, kwargs)
         except BaseException:
             self.loader.observe(time.perf_counter() - began, True)
             raise
@@ -356,8 +382,8 @@ class TierCache(KeyValueAPI):
                 return
             try:
                 rules = spec.read_rules
-                yield TierOp(l2.set, l2.set_sync, full, value, spec.ttl, load_time=seconds,
-                             stale=rules.keep if rules is not None else 0.0)
+                yield self.l2_ops.write(  # type: ignore[union-attr]
+                    (full, value, spec.ttl, seconds, rules.keep if rules is not None else 0.0))
             except TypeError as exc:  # unencodable: serve it, keep it in L1 only, say so
                 self._unencodable(spec, value, exc)
                 return

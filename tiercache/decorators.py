@@ -17,12 +17,13 @@ import asyncio
 import copy as _copy
 import functools
 import inspect
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar
 
+from tiercache._batching import Coalescer
 from tiercache._keys import MAX_KEY_LENGTH, canonical_digest, function_name, shorten
 from tiercache._validate import ttl_seconds
 from tiercache.tiers.memory import MemoryTier
@@ -31,8 +32,8 @@ if TYPE_CHECKING:
     from tiercache._refresh import ReadRules
     from tiercache.cache import TierCache
 
-__all__ = ["MAX_KEY_LENGTH", "Cached", "CopyArg", "FunctionSpec", "make_cached", "warm",
-           "warm_sync"]
+__all__ = ["MAX_KEY_LENGTH", "BatchLoader", "Cached", "CopyArg", "FunctionSpec", "make_cached",
+           "warm", "warm_sync"]
 
 P = ParamSpec("P")
 R_co = TypeVar("R_co", covariant=True)
@@ -69,6 +70,9 @@ KeyFn = Callable[..., str]
 
 CopyArg = bool | Literal["deep", "shallow"] | Callable[[Any], Any] | None
 
+#: ``batch=``: items -> {item: value} (missing = None) or values in order; usually async.
+BatchLoader = Callable[[list[Any]], Any]
+
 
 @dataclass(eq=False)
 class FunctionSpec:
@@ -88,6 +92,11 @@ class FunctionSpec:
     encode_warned: bool = field(default=False, repr=False)  # unencodable result reported
     read_rules: ReadRules | None = None  # refresh-ahead / stale windows (tiercache._refresh)
     stale_segment: Any = field(default=None, repr=False)  # envelopes kept for stale reads
+    batcher: Coalescer[Any, Any] | None = field(default=None, repr=False)  # batch= loads
+
+    def batch_item(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The one argument of a ``batch=`` function's call (what the batch loader gets)."""
+        return args[0] if args else next(iter(kwargs.values()))
 
     def __post_init__(self) -> None:
         try:
@@ -134,6 +143,7 @@ def make_cached(
     name: str | None = None,
     copy: CopyArg = None,
     read_rules: ReadRules | None = None,
+    batch: BatchLoader | None = None,
 ) -> Any:
     """Wrap ``func``: the MemoryTier's C hit path in front, the core behind it on a miss.
 
@@ -159,6 +169,8 @@ def make_cached(
         is_async=is_async,
         read_rules=read_rules,
     )
+    if batch is not None:
+        spec.batcher = _batcher(func, batch, is_async)
     segment = cache.register(spec)
     # the miss handler the C wrapper calls: the core's shell, bound once (no closure frame)
     miss = functools.partial(cache.read_async if is_async else cache.read_sync, spec)
@@ -191,6 +203,41 @@ def make_cached(
     wrapper.cache = cache
     wrapper.spec = spec
     return wrapper
+
+
+def _batcher(func: Callable[..., Any], batch: BatchLoader, is_async: bool) -> Coalescer[Any, Any]:
+    """The coalescer of a ``batch=`` function: the misses of one loop turn, one call."""
+    name = getattr(func, "__qualname__", func)
+    if not is_async:
+        raise TypeError(f"batch= needs an async function ({name} is sync): misses are batched "
+                        "per event-loop turn")
+    if not callable(batch):
+        raise TypeError(f"batch= must be a callable taking a list of arguments, got {batch!r}")
+    try:
+        params = [p for p in inspect.signature(func).parameters.values()
+                  if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    if len(params) != 1:
+        raise TypeError(f"batch= needs a function of exactly one argument (the item the batch "
+                        f"loader gets); {name} takes {len(params)}")
+
+    async def many(items: list[Any]) -> list[Any]:
+        result = batch(items)
+        if inspect.isawaitable(result):
+            result = await result
+        if isinstance(result, Mapping):  # missing items are None (not found)
+            return [result.get(item) for item in items]
+        if isinstance(result, Sequence) and not isinstance(result, str | bytes):
+            if len(result) != len(items):
+                raise TypeError(f"batch loader of {name} returned {len(result)} values for "
+                                f"{len(items)} items (return a mapping item -> value, or one "
+                                "value per item in order)")
+            return list(result)
+        raise TypeError(f"batch loader of {name} must return a mapping item -> value or a "
+                        f"sequence, got {type(result).__name__}")
+
+    return Coalescer(many)
 
 
 def _copier(copy: CopyArg) -> Callable[[Any], Any] | None:

@@ -10,15 +10,19 @@ serve sync ``@cached`` functions also implement :class:`SyncTier` (``*_sync`` tw
 from __future__ import annotations
 
 import enum
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     from tiercache.codec import Entry
 
-__all__ = ["MISSING", "BreakerView", "Missing", "RemoteTier", "SyncTier", "Tier", "ValueTooLarge"]
+__all__ = ["MISSING", "BreakerView", "EntryWrite", "Missing", "RemoteTier", "SyncTier", "Tier",
+           "ValueTooLarge"]
 
 K_contra = TypeVar("K_contra", bound=Hashable, contravariant=True)
+
+#: One write of :meth:`RemoteTier.set_many_entries`: (key, value, ttl, load_time, stale).
+EntryWrite = tuple[str, Any, "float | None", float, float]
 
 
 class Missing(enum.Enum):
@@ -145,6 +149,8 @@ class RemoteTier(Protocol):
     async def set(self, key: str, value: Any, ttl: float | None = None, *,
                   load_time: float = 0.0, stale: float = 0.0) -> None: ...
     async def set_many(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None: ...
+    async def set_many_entries(self, items: Sequence[EntryWrite]
+                               ) -> list[BaseException | None]: ...
     async def add_tags(self, key: str, tags: Iterable[str], ttl: float | None = None) -> None: ...
     async def delete(self, key: str) -> bool: ...
     async def delete_many(self, keys: Iterable[str]) -> int: ...

@@ -89,7 +89,7 @@ from tiercache.tiers._redis_plans import (
     tag_of_call,
     writer,
 )
-from tiercache.tiers.base import MISSING, Missing, RemoteTier
+from tiercache.tiers.base import MISSING, EntryWrite, Missing, RemoteTier
 from tiercache.tiers.keys import (
     RELEASE_LUA,
     TAG_POP_LUA,
@@ -577,6 +577,33 @@ class RedisTier(RedisTierBase):
         """Every value is encoded first (``TypeError`` -> nothing written), then pipelined."""
         check_user_keys(mapping)
         await self._drive(self._set_many(self._pack_many(mapping, ttl_seconds(ttl))))
+
+    async def set_many_entries(self, items: Sequence[EntryWrite]
+                               ) -> list[BaseException | None]:
+        """Many :meth:`set` calls as one pipeline, each ``(key, value, ttl, load_time,
+        stale)``. An item that cannot be encoded gets its error (``TypeError``,
+        :class:`ValueTooLarge`) in the returned list and is not written; the others are.
+        The core's coalesced L2 writes (:mod:`tiercache._batching`) come through here."""
+        errors: list[BaseException | None] = []
+        batch: list[tuple[str, bytes, int | None]] = []
+        for key, value, ttl, load_time, stale in items:
+            try:
+                check_user_key(key)
+                seconds = ttl_seconds(ttl)
+                if (isinstance(value, list | dict | tuple | set | frozenset)
+                        and len(value) > LARGE_ITEMS):
+                    payload, px = await asyncio.to_thread(self._pack, key, value, seconds,
+                                                          load_time, stale)
+                else:
+                    payload, px = self._pack(key, value, seconds, load_time, stale)
+            except (TypeError, ValueError) as exc:
+                errors.append(exc)
+                continue
+            errors.append(None)
+            batch.append((key, payload, px))
+        if batch:
+            await self._drive(self._set_many(batch))
+        return errors
 
     def set_many_sync(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
         check_user_keys(mapping)

@@ -80,12 +80,17 @@ class TierCacheContestant(Contestant):
     redis = "cluster"
 
     def __init__(self, redis_url: str, l1_size: int, ttl: float, *, refresh: Any = None,
-                 l3: bool = False) -> None:
+                 l3: bool = False, batch: bool = False) -> None:
         self.url, self.l1_size, self.ttl, self.refresh, self.l3 = (
             redis_url, l1_size, ttl, refresh, l3)
-        self.key = "tiercache" + ("+refresh" if refresh is not None else "") + ("+l3" if l3 else "")
+        self.batch: Any = None  # batch=True: the suite sets the batch loader before open()
+        self.batched = batch
+        self.key = ("tiercache" + ("+refresh" if refresh is not None else "")
+                    + ("+l3" if l3 else "") + ("+batch" if batch else ""))
         extra = (" + RefreshAhead(0.8)" if refresh is not None else "") + (
-            " + L3 QueryCache (pool cache_ttl=)" if l3 else "")
+            " + L3 QueryCache (pool cache_ttl=)" if l3 else "") + (
+            " + batch= loader: one WHERE id = ANY($1) per shard per event-loop turn"
+            if batch else "")
         self.label = (f"{self.key} (L1 MemoryTier {l1_size:,} + L2 RedisTier cluster, "
                       f"defaults{extra}, single-flight)")
         self.cache: Any = None
@@ -97,11 +102,16 @@ class TierCacheContestant(Contestant):
         self.cache = TierCache(l1=MemoryTier(maxsize=self.l1_size, ttl=self.ttl),
                                l2=RedisTier(self.url, ttl=self.ttl), namespace=f"tce2e{run_id}")
         options: dict[str, Any] = {"refresh": self.refresh} if self.refresh is not None else {}
+        if self.batch is not None:
+            options["batch"] = self.batch
 
         cache: TierCache = self.cache
+        batch = self.batch
 
         @cache.cached(ttl=self.ttl, name="e2e.get_user", **options)
         async def get_user(key: int) -> Value:
+            if batch is not None:  # called alone (the batch= loader serves the misses)
+                return (await batch([key]))[key]  # type: ignore[no-any-return]
             return await loader(key)
 
         @cache.cached(ttl=self.ttl, name="e2e.warm")
@@ -235,6 +245,31 @@ class NoCacheContestant(Contestant):
         return loader
 
 
+class NoCacheBatchContestant(Contestant):
+    """No cache, but concurrent requests batched per event-loop turn into one
+    ``WHERE id = ANY($1)`` per shard (a DataLoader; here tiercache's Coalescer): shows how
+    much of ``tiercache+batch``'s gain is the batching alone."""
+
+    key = "no cache+batch"
+    label = "no cache + batched loads (every request reaches Postgres, batched per loop turn)"
+    batched = True
+    batch: Any = None
+
+    async def open(self, loader: Any, run_id: str) -> Get:
+        from tiercache._batching import Coalescer
+
+        async def many(keys: list[int]) -> list[Value]:
+            found = await loader(keys)
+            return [found[k] for k in keys]
+
+        coalescer: Coalescer[int, Value] = Coalescer(many)
+
+        async def get(key: int) -> Value:
+            return await coalescer.submit(key)
+
+        return get
+
+
 async def _gather_bounded(calls: list[Awaitable[Any]]) -> None:
     """Await them all at once; a failure here shows up again in the timed run."""
     await asyncio.gather(*calls, return_exceptions=True)
@@ -273,5 +308,7 @@ def in_process_contestants(cluster_url: str, single: tuple[str, int] | None, l1_
               AiocacheContestant(single[0], single[1], ttl) if single else None):
         if c is not None:
             out[c.key] = c
+    out["tiercache+batch"] = TierCacheContestant(cluster_url, l1_size, ttl, batch=True)
     out["no cache"] = NoCacheContestant()
+    out["no cache+batch"] = NoCacheBatchContestant()
     return out

@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
-    "TABLE", "PgLoader", "RunResult", "SleepLoader", "Workload", "drive", "expected",
-    "key_sequence",
+    "TABLE", "PgBatchLoader", "PgLoader", "RunResult", "SleepLoader", "Workload", "drive",
+    "expected", "key_sequence",
 ]
 
 TABLE = "tcbench_e2e_users"
 SELECT = f"SELECT id, name, score FROM {TABLE} WHERE id = $1"
+SELECT_MANY = f"SELECT id, name, score FROM {TABLE} WHERE id = ANY($1::int[])"
 
 Value = dict[str, Any]
 Get = Callable[[int], Awaitable[Value]]
@@ -88,6 +89,30 @@ class PgLoader:
         self.calls += 1
         row = await self.pools[self.route[key]].fetchrow(SELECT, key)
         return {"id": row[0], "name": row[1], "score": row[2]}
+
+
+class PgBatchLoader:
+    """The same rows for a list of keys: one ``WHERE id = ANY($1)`` per shard, in parallel
+    (for a cache that can batch its misses). ``calls`` counts keys loaded, like the single
+    loader's, so loads per distinct key compare; ``batches`` counts the queries' rounds."""
+
+    kind = "pg"
+
+    def __init__(self, pools: Mapping[str, Any], route: Sequence[str]) -> None:
+        self.pools, self.route = pools, route
+        self.calls = 0
+        self.batches = 0
+
+    async def __call__(self, keys: list[int]) -> dict[int, Value]:
+        self.calls += len(keys)
+        self.batches += 1
+        by_shard: dict[str, list[int]] = {}
+        for key in keys:
+            by_shard.setdefault(self.route[key], []).append(key)
+        parts = await asyncio.gather(*(self.pools[shard].fetch(SELECT_MANY, part)
+                                       for shard, part in by_shard.items()))
+        return {row[0]: {"id": row[0], "name": row[1], "score": row[2]}
+                for rows in parts for row in rows}
 
 
 class SleepLoader:
