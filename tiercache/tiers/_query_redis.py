@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from tiercache import codec
+from tiercache.tiers._query_flight import RunnerGone
 from tiercache.tiers._query_mem import MemEntry
 from tiercache.tiers._query_plan import params_key
 from tiercache.tiers._redis_plans import FAILED, Run, eval_
@@ -225,26 +226,23 @@ class SharedStore:
             qc.db_time_saved_ns += entry.load_time * 1e9
             self._keep(qc, plan, lkey, fields, gens, entry.value[1], entry.load_time * 1e9,
                        entry.ttl, entry.stored_at)
-            return entry.value[1]
-        flights = qc._flights
+            return _copy(entry.value[1])  # the near copy keeps the original
         fkey = (key, *gens)
-        flight = flights.get(fkey)
-        if flight is not None:
+        waiter = qc._flights.join(fkey)
+        if waiter is not None:
             qc.count("singleflight_waits")
-            return await asyncio.shield(flight)
+            try:
+                return await waiter
+            except RunnerGone:  # its runner was cancelled: start over (and maybe run it)
+                return await self.read(qc, plan, args, cache_ttl, run)
         qc.misses += 1
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        flights[fkey] = fut
         try:
             result = await self._fill(qc, plan, args, fields, key, gens, cache_ttl, run)
         except BaseException as exc:
-            flights.pop(fkey, None)
-            fut.set_exception(exc)
-            fut.exception()
+            qc._flights.failed(fkey, exc)
             raise
-        flights.pop(fkey, None)
-        fut.set_result(result)
-        return result
+        qc._flights.done(fkey, result)
+        return _copy(result)  # the near copy keeps the original
 
     async def _fill(self, qc: QueryCache, plan: Plan, args: tuple[Any, ...],
                     fields: tuple[str, ...], key: str, gens: list[Any],
@@ -328,3 +326,8 @@ class SharedStore:
 
 def _text(raw: Any) -> str:
     return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+def _copy(value: Any) -> Any:
+    """A fresh list per caller (Records themselves are immutable)."""
+    return list(value) if type(value) is list else value

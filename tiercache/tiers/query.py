@@ -29,6 +29,7 @@ from typing import Any
 
 from tiercache import codec
 from tiercache.tiers._query_catalog import Catalog, Resolved
+from tiercache.tiers._query_flight import Flights, RunnerGone
 from tiercache.tiers._query_mem import MemEntry, MemoryStore
 from tiercache.tiers._query_plan import (
     BUCKET,
@@ -95,7 +96,7 @@ class QueryCache:
         self._plans: dict[tuple[Any, ...], Plan] = {}
         self._catalog = Catalog()
         self._bdeps: dict[tuple[str, str], BucketDeps] = {}
-        self._flights: dict[Hashable, asyncio.Future[Any]] = {}
+        self._flights = Flights()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.metrics_name: str | None = None
         self.hits = 0
@@ -288,36 +289,37 @@ class QueryCache:
         deps = plan.deps_for(args)
         gens = tuple(map(self._gens.get, deps, plan.zeros if deps is plan.deps else _ZEROS3))
         key = (plan, gens, params_key(args))
-        entry = self._mem.entries.get(key)
-        if entry is not None:
-            if entry.expires > _now():
-                self.hits += 1
-                entry.hits += 1
-                self.db_time_saved_ns += entry.cost
-                if self._mem.lru:
-                    self._mem.seq += 1
-                    entry.last = self._mem.seq
-                value = entry.value
-                return list(value) if type(value) is list else value
-            self._mem.drop(key)
-        flight = self._flights.get(key)
-        if flight is not None:
+        entries = self._mem.entries
+        while True:
+            entry = entries.get(key)
+            if entry is not None:
+                if entry.expires > _now():
+                    self.hits += 1
+                    entry.hits += 1
+                    self.db_time_saved_ns += entry.cost
+                    if self._mem.lru:
+                        self._mem.seq += 1
+                        entry.last = self._mem.seq
+                    value = entry.value
+                    return list(value) if type(value) is list else value
+                self._mem.drop(key)
+            waiter = self._flights.join(key)
+            if waiter is None:
+                break  # ours to run
             self._counts["singleflight_waits"] += 1
-            return _copy(await asyncio.shield(flight))
+            try:
+                return await waiter
+            except RunnerGone:
+                continue  # its runner was cancelled: look again (and maybe run it)
         self.misses += 1
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._flights[key] = fut
         try:
             t0 = time.perf_counter_ns()
             result = await run()
             elapsed = time.perf_counter_ns() - t0
         except BaseException as exc:
-            self._flights.pop(key, None)
-            fut.set_exception(exc)
-            fut.exception()  # retrieved: waiters re-raise it, nobody logs "never retrieved"
+            self._flights.failed(key, exc)
             raise
-        self._flights.pop(key, None)
-        fut.set_result(result)
+        self._flights.done(key, result)
         if (tuple(map(self._gens.get, deps, plan.zeros if deps is plan.deps else _ZEROS3)) != gens
                 or shard in self._untrusted):
             self._counts["race_skips"] += 1  # a write committed meanwhile: don't store
