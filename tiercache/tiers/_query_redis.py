@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from tiercache import codec
 from tiercache.tiers._query_flight import RunnerGone
-from tiercache.tiers._query_mem import MemEntry
+from tiercache.tiers._query_mem import MemEntry, encoded_size
 from tiercache.tiers._query_plan import params_key
 from tiercache.tiers._redis_plans import FAILED, Run, eval_
 from tiercache.tiers.base import MISSING, ValueTooLarge
@@ -300,7 +300,7 @@ class SharedStore:
             return
         if size is None:
             try:
-                size = len(codec.encode(result))
+                size = encoded_size(result)
             except TypeError:
                 return
         size += 96

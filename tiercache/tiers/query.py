@@ -27,10 +27,9 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any
 
-from tiercache import codec
 from tiercache.tiers._query_catalog import Catalog, Resolved
 from tiercache.tiers._query_flight import Flights, RunnerGone
-from tiercache.tiers._query_mem import MemEntry, MemoryStore
+from tiercache.tiers._query_mem import MemEntry, MemoryStore, encoded_size
 from tiercache.tiers._query_plan import (
     BUCKET,
     EPOCH,
@@ -330,7 +329,7 @@ class QueryCache:
     def _store(self, key: Hashable, deps: tuple[tuple[str, str], ...], result: Any,
                elapsed_ns: int, ttl: float) -> None:
         try:
-            size = len(codec.encode(result)) + 96
+            size = encoded_size(result) + 96
         except TypeError:
             self._bypass["unencodable"] += 1
             return
