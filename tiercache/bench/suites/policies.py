@@ -100,7 +100,7 @@ async def journal_rows(ctx: BenchContext) -> list[Row]:
     is reported beside it, and the concurrent row is judged against the isolated one.
     """
     url = ctx.require_redis()
-    number, rounds = ctx.scale(400, 60), ctx.scale(9, 3)
+    number, rounds = ctx.scale(200, 60), ctx.scale(9, 3)
     ns = f"bj{uuid.uuid4().hex[:6]}"
     cache = _cache(url, ns)
     journaled = Store(cache, "j", loader=_load_none, writer=_nothing,
@@ -175,7 +175,7 @@ async def journal_rows(ctx: BenchContext) -> list[Row]:
 
 async def _concurrent_row(ctx: BenchContext, journaled: Store, plain: Store,
                           rtt_ns: float) -> Row:
-    per_task, repeats = ctx.scale(40, 10), ctx.scale(5, 2)
+    per_task, repeats = ctx.scale(20, 10), ctx.scale(7, 2)
 
     async def wall(store: Store, base: int) -> float:
         async def task(t: int) -> None:
@@ -193,7 +193,10 @@ async def _concurrent_row(ctx: BenchContext, journaled: Store, plain: Store,
     costs, with_j, without = [], [], []
     for r in range(repeats):
         base = 10_000_000 + r * CONCURRENT * per_task
-        j, p = await wall(journaled, base), await wall(plain, base)
+        if r % 2 == 0:  # alternate which store goes first (a load change hits both)
+            j, p = await wall(journaled, base), await wall(plain, base)
+        else:
+            p, j = await wall(plain, base), await wall(journaled, base)
         with_j.append(j)
         without.append(p)
         costs.append(j - p)
@@ -248,7 +251,7 @@ UNNEST = ("INSERT INTO {t} (k, v) SELECT * FROM unnest($1::bigint[], $2::bigint[
 async def postgres_rows(ctx: BenchContext) -> list[Row]:
     """Write-behind (journal on, batch_size=1000) into Postgres vs the rows one by one."""
     url, dsns = ctx.require_redis(), ctx.require_pg()
-    n, single = ctx.scale(50_000, 5000), ctx.scale(3000, 500)
+    n, single = ctx.scale(30_000, 5000), ctx.scale(1000, 500)
     pool = await asyncpg.create_pool(next(iter(dsns.values())), min_size=2, max_size=4)
     cache = _cache(url, f"bw{uuid.uuid4().hex[:6]}")
     tables: list[str] = []
