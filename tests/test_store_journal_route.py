@@ -11,14 +11,20 @@ from redis.cluster import RedisCluster
 
 from tests._store_helpers import Writer, make_table, new_cache, rows
 from tiercache import Store, WriteBehind
+from tiercache._journal import Journal
 
 
-async def _store(stack: Any, pool: Any, name: str) -> tuple[Store, Writer]:
-    writer = Writer(pool, await make_table(pool))
+async def _store(stack: Any, pg_pools: dict[str, Any], name: str) -> tuple[Store, Writer,
+                                                                           Journal]:
+    """A journaled store whose first put went through (connected, slot map known)."""
+    writer = Writer(next(iter(pg_pools.values())), "")
+    writer.table = await make_table(writer.pool)
     cache = new_cache(stack.redis_url)
     store = Store(cache, name, loader=writer.load, writer=writer,
                   policy=WriteBehind(max_delay=0.05, batch_size=100, claim_after=3.0))
-    return store, writer
+    assert store.engine is not None
+    await store.put(1, 10)
+    return store, writer, store.engine.journal
 
 
 def _stream_state(url: str, stream: str) -> tuple[int, int]:
@@ -31,11 +37,7 @@ def _stream_state(url: str, stream: str) -> tuple[int, int]:
 
 async def test_a_stale_slot_map_still_journals_through_the_cluster_dispatch(
         tiercache_stack: Any, pg_pools: dict[str, Any]) -> None:
-    pool = next(iter(pg_pools.values()))
-    store, writer = await _store(tiercache_stack, pool, "route")
-    assert store.engine is not None
-    journal = store.engine.journal
-    await store.put(1, 10)  # connects; the slot map is known now
+    store, writer, journal = await _store(tiercache_stack, pg_pools, "route")
     client = await journal.tier._client()
     owner = client.nodes_manager.slots_cache[journal.slot][0]
     other = next(n for n in client.get_primaries() if n.name != owner.name)
@@ -47,7 +49,7 @@ async def test_a_stale_slot_map_still_journals_through_the_cluster_dispatch(
     await store.put(3, 30)  # straight to the owner again
     assert store.stats()["journal_errors"] == 0
     assert await store.flush(timeout=30)
-    assert await rows(pool, writer.table) == {1: 10, 2: 20, 3: 30}
+    assert await rows(writer.pool, writer.table) == {1: 10, 2: 20, 3: 30}
     assert _stream_state(tiercache_stack.redis_url, journal.stream) == (0, 0)
     await store.aclose()
     await store.cache.aclose()
@@ -55,11 +57,7 @@ async def test_a_stale_slot_map_still_journals_through_the_cluster_dispatch(
 
 async def test_scripts_forgotten_by_redis_are_sent_again(
         tiercache_stack: Any, pg_pools: dict[str, Any]) -> None:
-    pool = next(iter(pg_pools.values()))
-    store, writer = await _store(tiercache_stack, pool, "noscript")
-    assert store.engine is not None
-    journal = store.engine.journal
-    await store.put(1, 10)
+    store, writer, journal = await _store(tiercache_stack, pg_pools, "noscript")
     assert await store.flush(timeout=30)
     flush = RedisCluster.from_url(tiercache_stack.redis_url)
     flush.execute_command("SCRIPT FLUSH", target_nodes=RedisCluster.ALL_NODES)  # as a restart
@@ -68,7 +66,7 @@ async def test_scripts_forgotten_by_redis_are_sent_again(
     assert _stream_state(tiercache_stack.redis_url, journal.stream) == (1, 1)
     assert await store.flush(timeout=30)  # ack: NOSCRIPT -> EVAL
     assert _stream_state(tiercache_stack.redis_url, journal.stream) == (0, 0)
-    assert await rows(pool, writer.table) == {1: 10, 2: 20}
+    assert await rows(writer.pool, writer.table) == {1: 10, 2: 20}
     assert store.stats()["journal_errors"] == 0
     await store.aclose()
     await store.cache.aclose()

@@ -151,13 +151,7 @@ class Journal:
         """An entry read back; :class:`BadEntry` for anything we did not write."""
         if not isinstance(raw, bytes) or not raw or len(raw) > self.max_entry:
             raise BadEntry("journal entry missing, not bytes, or too large")
-        try:
-            body: Any = raw
-            if raw[:3] == b"\xc1TS" or self.signer is not None:
-                body = codec.unseal(raw, self.signer, self.stream)
-            fields = codec.decode(body)
-        except CodecError as exc:
-            raise BadEntry(str(exc)) from None
+        fields = self._open(raw, self.stream)
         if (type(fields) is not list or len(fields) != 4 or fields[0] not in ("p", "d")
                 or type(fields[1]) not in (str, int) or type(fields[3]) is not float):
             raise BadEntry("malformed journal entry")
@@ -172,18 +166,23 @@ class Journal:
         """A dead letter as a dict (``entries`` decoded; bad ones listed as errors)."""
         if not isinstance(raw, bytes) or len(raw) > MAX_LETTER:
             raise BadEntry("dead letter not bytes or too large")
-        try:
-            body: Any = raw
-            if raw[:3] == b"\xc1TS" or self.signer is not None:
-                body = codec.unseal(raw, self.signer, self.dead)
-            letter = codec.decode(body)
-        except CodecError as exc:
-            raise BadEntry(str(exc)) from None
+        letter = self._open(raw, self.dead)
         entries = letter.get("entries") if type(letter) is dict else None
         if type(entries) is not list or not all(type(e) is bytes for e in entries):
             raise BadEntry("malformed dead letter")
         return {"error": _text(letter.get("error", "")), "at": letter.get("at"),
                 "attempts": letter.get("attempts"), "entries": entries, "raw": raw}
+
+    def _open(self, raw: bytes, key: str) -> Any:
+        """Bytes read back from ``key``, decoded (bounded): when we sign, the envelope is
+        checked against ``key`` before anything parses it, and an unsigned blob is refused."""
+        try:
+            body: Any = raw
+            if raw[:3] == b"\xc1TS" or self.signer is not None:
+                body = codec.unseal(raw, self.signer, key)
+            return codec.decode(body)
+        except CodecError as exc:
+            raise BadEntry(str(exc)) from None
 
     # ------------------------------------------------------------------ plans
     # Generators of redis-py calls: the same plan runs on the sync and the async client
