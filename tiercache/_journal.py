@@ -236,6 +236,17 @@ class Journal:
             return out
         return plan
 
+    def gauges_plan(self) -> Any:
+        """(pending entries of the group, dead letters), for a fresh look without upkeep."""
+        def plan(client: Any) -> Generator[Any, Any, tuple[int, int]]:
+            pipe = client.pipeline(transaction=False)
+            pipe.xpending(self.stream, GROUP)
+            pipe.llen(self.dead)
+            pending, dead = yield pipe.execute(raise_on_error=False)
+            count = int(pending.get("pending") or 0) if isinstance(pending, dict) else 0
+            return count, dead if isinstance(dead, int) else 0
+        return plan
+
     def alive_plan(self, names: list[str]) -> Any:
         def plan(client: Any) -> Generator[Any, Any, list[bool]]:
             pipe = client.pipeline(transaction=False)

@@ -12,7 +12,9 @@ Why it looks like this:
   dead-letters what still fails, then acknowledges the batch's journal entries.
 * **journal upkeep** (every ``claim_after / 3`` s and on ``flush()``): heartbeat, take over
   the pending entries of flushers whose heartbeat expired, pick up undelivered entries
-  (dead letters replayed by the CLI), refresh the pending / dead-letter gauges.
+  (dead letters replayed by the CLI), refresh the pending / dead-letter gauges; those flows,
+  and the acknowledgements, are in :mod:`tiercache._upkeep`; dead letters in
+  :mod:`tiercache._deadletters`.
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ from typing import TYPE_CHECKING, Any, Final
 from tiercache._deadletters import DeadLetterMixin
 from tiercache._flow import Flow, Sleep, drive_async, drive_sync
 from tiercache._groupcommit import GroupCommit
-from tiercache._journal import BadEntry, Journal, JournalUnavailable
-from tiercache._store_ops import Append, RedisOp, SharedTierUpdates, TierBatch, UserBatch
+from tiercache._journal import Journal, JournalUnavailable
+from tiercache._store_ops import Append, SharedTierUpdates, TierBatch, UserBatch
 from tiercache._store_queue import DELETE, PUT, Item, Wait, WriteQueue, order_of
+from tiercache._upkeep import JournalUpkeepMixin
 from tiercache.tiers.base import ValueTooLarge
 
 if TYPE_CHECKING:
@@ -50,7 +53,7 @@ FULL: Final = 0.9  # queue fill ratio that degrades health when it lasts
 ACK_EVERY: Final = 4  # batches written before their journal entries are acknowledged
 
 
-class WriteBehindEngine(DeadLetterMixin):
+class WriteBehindEngine(JournalUpkeepMixin, DeadLetterMixin):
     """Queue + journal + flusher of one store (see the module docstring)."""
 
     def __init__(self, store: Store, policy: WriteBehind) -> None:
@@ -202,30 +205,6 @@ class WriteBehindEngine(DeadLetterMixin):
                 return
         yield from cache.coherence.invalidate(keys=[it.rel for it in pending])
 
-    # ------------------------------------------------------------------ taken-over entries
-
-    def _taken_over(self, entries: list[tuple[str, Any]], counter: str = "replayed") -> None:
-        """Queue journal entries this process did not write (claimed or undelivered)."""
-        queue = self.queue
-        for entry_id, raw in entries:
-            try:
-                op, key, value, _ = self.journal.decode(raw)
-                rel = self.store.rel(key)
-            except (BadEntry, TypeError, ValueError) as exc:
-                self.c["bad_entries"] += 1
-                with self._lock:
-                    self._bad.append((entry_id, raw, str(exc)))
-                continue
-            seq = queue.begin(None, 0)
-            assert seq is not None
-            queue.add(Item(rel, key, op, value, order_of(entry_id, seq, False), [entry_id]))
-            self.c[counter] += 1
-
-    def _orphaned(self, ids: list[str]) -> None:
-        """Entries appended for puts that were cancelled: they never happened."""
-        with self._lock:
-            self._unacked.extend(ids)
-
     # ------------------------------------------------------------------ the flusher
 
     def ensure_running(self) -> None:
@@ -368,56 +347,6 @@ class WriteBehindEngine(DeadLetterMixin):
             yield Sleep(1.0)  # Redis is down too: keep them, try again later
         self._track_fill()
 
-    def _ack(self, ids: list[str]) -> Flow[None]:
-        with self._lock:
-            ids, self._unacked = ids + self._unacked, []
-        if not ids:
-            return
-        self._acking += 1
-        try:
-            yield RedisOp(self.journal, self.journal.ack_plan(ids))
-        except Exception as exc:
-            log.warning("tiercache: store %s: journal ack failed (%s); retried later",
-                        self.store.name, self.journal.redact(exc))
-            with self._lock:
-                self._unacked.extend(ids)
-            self._ack_failed = True
-            self._acking -= 1
-            yield Sleep(0.5)
-        else:
-            self._ack_failed = False
-            self._acking -= 1
-        self.queue.progress.notify()
-
-    def _beat(self) -> Flow[None]:
-        """Heartbeat, take over dead flushers' entries, pick up undelivered ones."""
-        journal = self.journal
-        try:
-            info = yield RedisOp(journal, journal.beat_plan(int(self.policy.claim_after * 1000)))
-            self.journal_pending, self.dead_letters = info["pending"], info["dead"]
-            others = [n for n, _ in info["consumers"] if n != self.consumer]
-            if others and self.policy.journaled:
-                alive = yield RedisOp(journal, journal.alive_plan(others))
-                for name, ok in zip(others, alive, strict=True):
-                    while not ok:
-                        claimed = yield RedisOp(journal, journal.claim_plan(name))
-                        if not claimed:
-                            break
-                        self._taken_over(claimed, "recovered")
-            if self.policy.journaled:
-                while True:
-                    fresh = yield RedisOp(journal, journal.undelivered_plan())
-                    if not fresh:
-                        break
-                    self._taken_over(fresh)
-        except Exception as exc:
-            self.c["beat_errors"] += 1
-            log.debug("tiercache: store %s: journal upkeep failed: %s", self.store.name,
-                      journal.redact(exc))
-        finally:
-            self.beats += 1
-            self.queue.progress.notify()
-
     # ------------------------------------------------------------------ flush, close
 
     def flush_flow(self, timeout: float | None) -> Flow[bool]:
@@ -464,16 +393,6 @@ class WriteBehindEngine(DeadLetterMixin):
 
     # ------------------------------------------------------------------ figures
 
-    def refresh_flow(self) -> Flow[None]:
-        if self.journal.memory is not None:
-            self.dead_letters = len(self.journal.memory.items)
-            return
-        try:
-            info = yield RedisOp(self.journal, _gauges(self.journal))
-        except Exception:
-            return
-        self.journal_pending, self.dead_letters = info
-
     def _track_fill(self) -> None:
         if self.queue.distinct() >= FULL * self.policy.max_queue:
             if self._full_since is None:
@@ -503,17 +422,6 @@ class WriteBehindEngine(DeadLetterMixin):
             reasons.append(f"store {name}: journal unavailable (last failure "
                            f"{time.monotonic() - self._journal_failed_at:.0f} s ago)")
         return reasons
-
-
-def _gauges(journal: Journal) -> Any:
-    def plan(client: Any) -> Any:
-        pipe = client.pipeline(transaction=False)
-        pipe.xpending(journal.stream, "flushers")
-        pipe.llen(journal.dead)
-        pending, dead = yield pipe.execute(raise_on_error=False)
-        count = int(pending.get("pending") or 0) if isinstance(pending, dict) else 0
-        return count, dead if isinstance(dead, int) else 0
-    return plan
 
 
 def _room(queue: WriteQueue, rel: str, max_queue: int) -> Callable[[], bool]:
