@@ -236,3 +236,24 @@ def test_batch_needs_an_async_function_of_one_argument(cache_factory: Factory) -
         @cache.cached(batch=many)
         async def two(a: int, b: int) -> int:
             return a
+
+
+def test_plain_positional_calls_key_like_bound_calls(cache_factory: Factory) -> None:
+    """relative_key's fast path (no Signature.bind for a plain positional call) builds the
+    key bind would: the keyword and mixed forms, which take bind, agree with it."""
+    cache = cache_factory()
+
+    @cache.cached(ttl=60)
+    async def pair(a: int, b: str) -> str:
+        return f"{a}{b}"
+
+    assert pair.spec.plain_names == ("a", "b")
+    assert pair.key_for(1, "x") == pair.key_for(a=1, b="x") == pair.key_for(1, b="x")
+    assert pair.key_for(1, "x") != pair.key_for(1, "y")
+
+    @cache.cached(ttl=60)
+    async def defaults(a: int, b: int = 2) -> int:
+        return a + b
+
+    assert defaults.spec.plain_names is None  # defaults: bind applies them
+    assert defaults.key_for(1) == defaults.key_for(1, 2)

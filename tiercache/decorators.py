@@ -93,6 +93,10 @@ class FunctionSpec:
     read_rules: ReadRules | None = None  # refresh-ahead / stale windows (tiercache._refresh)
     stale_segment: Any = field(default=None, repr=False)  # envelopes kept for stale reads
     batcher: Coalescer[Any, Any] | None = field(default=None, repr=False)  # batch= loads
+    # parameter names when a positional call binds trivially (no defaults, *args, **kw,
+    # positional-only or keyword-only parameters): relative_key skips Signature.bind, which
+    # costs ~10 us per miss (measured under the 10k-concurrency e2e burst: 9% of the CPU)
+    plain_names: tuple[str, ...] | None = field(default=None, repr=False)
 
     def batch_item(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The one argument of a ``batch=`` function's call (what the batch loader gets)."""
@@ -101,6 +105,9 @@ class FunctionSpec:
     def __post_init__(self) -> None:
         try:
             self.signature = inspect.signature(self.func)
+            params = self.signature.parameters.values()
+            if all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params):
+                self.plain_names = tuple(self.signature.parameters)
         except (TypeError, ValueError):  # some builtins: bind nothing, key by position
             self.signature = None
 
@@ -111,8 +118,11 @@ class FunctionSpec:
             if not isinstance(key, str):
                 raise TypeError(f"key= function must return str, got {type(key).__name__}")
         else:
-            if self.signature is None:
-                named: dict[str, Any] = {"*args": args, "**kwargs": kwargs}
+            names = self.plain_names
+            if names is not None and not kwargs and len(args) == len(names):
+                named: dict[str, Any] = dict(zip(names, args, strict=True))  # what bind gives
+            elif self.signature is None:
+                named = {"*args": args, "**kwargs": kwargs}
             else:  # by parameter name, defaults applied: the key's stable form
                 bound = self.signature.bind(*args, **kwargs)
                 bound.apply_defaults()
