@@ -11,32 +11,36 @@ from typing import Any
 
 import pytest
 
+from tiercache.tiers import redis as redis_tier
 from tiercache.tiers.base import MISSING
 from tiercache.tiers.redis import RedisTier
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-async def test_burst_is_bounded_by_max_in_flight(tiercache_stack: Any) -> None:
+async def test_burst_is_bounded_by_max_in_flight(tiercache_stack: Any,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     tier = RedisTier(tiercache_stack.redis_url, ttl=60, max_in_flight=4)
     prefix = f"inflight{uuid.uuid4().hex[:8]}"
     try:
         await tier.set(f"{prefix}:0", "zero")
         client = tier._aclient
         assert client is not None
-        real_get, now, peak = client.get, 0, 0
+        # a GET is client.get, or on a cluster node_command (straight to the slot's node)
+        real_get, real_node, now, peak = client.get, redis_tier.node_command, 0, 0
 
-        async def counted(*args: Any, **kwargs: Any) -> Any:
+        async def held(call: Any, *args: Any) -> Any:
             nonlocal now, peak
             now += 1
             peak = max(peak, now)
             try:
                 await asyncio.sleep(0.002)  # hold the slot a little: waiters pile up
-                return await real_get(*args, **kwargs)
+                return await call(*args)
             finally:
                 now -= 1
 
-        client.get = counted  # type: ignore[method-assign]
+        client.get = lambda *a: held(real_get, *a)  # type: ignore[method-assign]
+        monkeypatch.setattr(redis_tier, "node_command", lambda *a: held(real_node, *a))
         got = await asyncio.gather(*(tier.get_entry(f"{prefix}:{i % 50}") for i in range(300)))
         assert peak == 4  # never more on the wire, and the gate was full
         assert tier.stats()["errors"] == 0 and tier.breaker.state == "closed"

@@ -20,6 +20,7 @@ import redis.asyncio.cluster
 import redis.cluster
 
 from tiercache.tiers._breaker import CircuitBreaker
+from tiercache.tiers._redis_direct import node_command, node_pipeline
 from tiercache.tiers._redis_ops import scan_cursor
 from tiercache.tiers.keys import is_durable, is_reserved, key_text
 
@@ -75,7 +76,12 @@ def eval_(script: str, *args: Any) -> Plan:
 
 
 def setter(key: str, payload: bytes, px: int | None) -> Plan:
-    return call("set", key, payload, px=px)
+    def plan(client: Any) -> Generator[Any, Any, Any]:
+        if isinstance(client, redis.asyncio.cluster.RedisCluster):  # straight to the node
+            args = ("SET", key, payload, "PX", px) if px is not None else ("SET", key, payload)
+            return (yield node_command(client, key, *args))
+        return (yield client.set(key, payload, px=px))
+    return plan
 
 
 def lease_taker(lkey: str, token: str, ttl_ms: int) -> Plan:
@@ -94,6 +100,12 @@ def mget(keys: list[str], cluster: bool) -> Plan:
 
 def writer(batch: list[tuple[str, bytes, int | None]]) -> Plan:
     def plan(client: Any) -> Generator[Any, Any, bool]:
+        if isinstance(client, redis.asyncio.cluster.RedisCluster):  # straight to the nodes
+            commands = [("DEL", key) if px == 0 else ("SET", key, payload, "PX", px)
+                        if px is not None else ("SET", key, payload)
+                        for key, payload, px in batch]
+            yield node_pipeline(client, commands, [key for key, _, _ in batch])
+            return True
         pipe = client.pipeline(transaction=False)
         for key, payload, px in batch:
             if px == 0:

@@ -70,6 +70,7 @@ from tiercache.tiers._redis_conn import (
     spec_from_client,
     spec_from_url,
 )
+from tiercache.tiers._redis_direct import node_command, node_pipeline
 from tiercache.tiers._redis_ops import LOCAL_LEASE_PREFIX, RedisTierBase
 from tiercache.tiers._redis_plans import (
     FAILED,
@@ -383,7 +384,10 @@ class RedisTier(RedisTierBase):
                 client = self._aclient
                 if client is None or self._aloop is not get_running_loop():
                     client = await self._client()
-                raw = await client.get(key)
+                if self._cluster:
+                    raw = await node_command(client, key, "GET", key)  # type: ignore[arg-type]
+                else:
+                    raw = await client.get(key)
         except Exception as exc:
             self._failed("get", exc, node, key)
             return MISSING
@@ -425,7 +429,7 @@ class RedisTier(RedisTierBase):
         return MISSING if entry is MISSING else entry.value
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        """Only the hits. Cluster: MGET per slot, pipelined per node (``mget_nonatomic``)."""
+        """Only the hits. Cluster: one GET pipeline per node (:mod:`._redis_direct`)."""
         return await self._get_many(list(keys), False)
 
     async def get_many_entries(self, keys: Iterable[str]) -> dict[str, Entry]:
@@ -456,7 +460,8 @@ class RedisTier(RedisTierBase):
                 if client is None or self._aloop is not get_running_loop():
                     client = await self._client()
                 if self._cluster:
-                    raws = await client.mget_nonatomic(wanted)  # type: ignore[union-attr]
+                    raws = await node_pipeline(
+                        client, [("GET", k) for k in wanted], wanted)  # type: ignore[arg-type]
                 else:
                     raws = await client.mget(wanted)
         except Exception as exc:
