@@ -12,6 +12,7 @@ import pytest
 
 from tiercache import RedisTier
 from tiercache.cache import TierCache
+from tiercache.tiers.base import MISSING
 
 Factory = Callable[..., TierCache]
 
@@ -257,3 +258,38 @@ def test_plain_positional_calls_key_like_bound_calls(cache_factory: Factory) -> 
 
     assert defaults.spec.plain_names is None  # defaults: bind applies them
     assert defaults.key_for(1) == defaults.key_for(1, 2)
+
+
+async def test_direct_node_batches_follow_a_stale_slot_map(tiercache_stack: Any) -> None:
+    """GET/SET batches go straight to the slot owners from the client's slot map; when that
+    map is stale (a resharding or failover), the nodes answer MOVED and those commands go
+    through redis-py's dispatch, which follows the redirect and refreshes the map."""
+    from redis.crc import key_slot
+
+    tier = RedisTier(tiercache_stack.redis_url, ttl=60)
+    try:
+        for _ in range(100):  # connected, slot map loaded (the first call may time out here)
+            await tier.set("direct:warm", 1)
+            if await tier.get("direct:warm") == 1:
+                break
+        keys = [f"direct:{i}" for i in range(60)]
+        await tier.set_many({k: i for i, k in enumerate(keys)})
+        client = await tier._client()
+        slots = client.nodes_manager.slots_cache  # type: ignore[union-attr]
+        primaries = client.get_primaries()  # type: ignore[union-attr]
+        moved = {key_slot(k.encode()) for k in keys[:30]}
+        real = {s: slots[s][0] for s in moved}
+        for s in moved:  # as if these slots had moved to another master
+            slots[s] = [next(n for n in primaries if n.name != real[s].name)]
+        assert await tier.get_many(keys) == {k: i for i, k in enumerate(keys)}
+        for s in moved:
+            slots[s] = [next(n for n in primaries if n.name != real[s].name)]
+        await tier.set_many({k: -i for i, k in enumerate(keys)})  # writes too
+        assert (await tier.get_entry(keys[0])) is not MISSING  # single GET: the same path
+        assert await tier.get_many(keys) == {k: -i for i, k in enumerate(keys)}
+        fresh = client.nodes_manager.slots_cache  # type: ignore[union-attr]  # may be rebuilt
+        assert all(fresh[s][0].name == real[s].name for s in moved)  # map refreshed
+        assert tier.stats()["errors"] == 0
+    finally:
+        await tier.delete_pattern("direct:*")
+        await tier.close()
