@@ -90,7 +90,7 @@ async def _hit_rows(ctx: BenchContext, pool: ShardedPool, table: str, store: str
     cases: list[tuple[str, str, tuple[Any, ...], str, float | None, int]] = []
     if store == "memory":
         cases += [("point read (fetchrow by primary key)", point, (7,), "fetchrow", 50.0, 200),
-                  ("aggregate over the table (GROUP BY, fetch)", agg, (), "fetch", None, 5)]
+                  ("aggregate over the table (GROUP BY, fetch)", agg, (), "fetch", None, 2)]
     else:
         cases += [("query >= 1 ms (41-user range GROUP BY, fetch)", rng, (100,), "fetch", 3.0,
                    20),
@@ -124,7 +124,7 @@ async def _hit_rows(ctx: BenchContext, pool: ShardedPool, table: str, store: str
         rounds = await rounds_async({"l3 hit": cached, "postgres": direct},
                                     ctx.scale(number, max(2, number // 5)), n_rounds)
         samples = await _samples({"l3 hit": cached, "postgres": direct},
-                                 ctx.scale(max(40, min(400, int(budget / pg_s))), 40))
+                                 ctx.scale(max(30, min(400, int(budget / pg_s))), 30))
         ctx.cdf(f"L3 {store} store: {label}", samples)
         pg_ms = min(rounds["postgres"]) / 1e6
         rows.append(compare_row(
@@ -251,7 +251,7 @@ async def _workload(ctx: BenchContext, dsn: str, table: str) -> list[Row]:
     are the next ``n_ops`` of the same sequence, in segments run by both sides, alternating
     which goes first (off/on, on/off, ...): both sides see the machine's load drift alike;
     throughput is each side's ops over its summed time."""
-    n_ops, n_warm = ctx.scale(20_000, 4_000), ctx.scale(10_000, 2_000)
+    n_ops, n_warm = ctx.scale(20_000, 4_000), ctx.scale(6_000, 2_000)
     n_settle, n_seg = ctx.scale(40_000, 4_000), ctx.scale(8, 2)
     keys = _zipf(WORKLOAD_KEYS, 0.99, 7, n_warm + n_settle + n_ops)
     rnd = random.Random(11)
@@ -324,7 +324,7 @@ async def _eviction(ctx: BenchContext, dsn: str, table: str) -> list[Row]:
     Database time saved is counted two ways: the cache's own figure (each hit credits the
     measured time of the miss that filled it) and hits per kind x that kind's median time
     on Postgres (measured here, so the two policies are credited alike)."""
-    n_ops = ctx.scale(12_000, 4_000)
+    n_ops = ctx.scale(8_000, 4_000)
     point, rng = POINT.format(t=table), SUMMARY.format(t=table)
     rnd = random.Random(5)
     points = _zipf(20_000, 0.8, 3, n_ops)
