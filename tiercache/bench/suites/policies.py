@@ -175,7 +175,7 @@ async def journal_rows(ctx: BenchContext) -> list[Row]:
 
 async def _concurrent_row(ctx: BenchContext, journaled: Store, plain: Store,
                           rtt_ns: float) -> Row:
-    per_task, repeats = ctx.scale(20, 10), ctx.scale(7, 2)
+    per_task, repeats = ctx.scale(10, 10), ctx.scale(14, 2)
 
     async def wall(store: Store, base: int) -> float:
         async def task(t: int) -> None:
