@@ -172,7 +172,7 @@ def _fetch(cache: TierCache, spec: FunctionSpec, rel: str, l1key: Hashable | Non
            gen: int) -> Flow[tuple[Any, float | None, Entry | None]]:
     """-> (value, L1 TTL or None to skip L1, envelope for the stale segment or None)."""
     rules = _rules(spec)
-    l2, stats = cache.l2, cache.loader
+    stats = cache.loader
     kept: Any = MISSING  # this process's own copy, from the stale segment
     if l1key is not None and spec.stale_segment is not None:
         kept = spec.stale_segment.get(l1key, MISSING)
@@ -182,8 +182,8 @@ def _fetch(cache: TierCache, spec: FunctionSpec, rel: str, l1key: Hashable | Non
         # our copy is fresh but its L1 copy is gone (evicted, or l1_ttl): ask L2, which may
         # hold a newer value; a copy due for reload is served as is, with no round trip
         entry = MISSING
-        if l2 is not None:
-            entry = yield cache.l2_ops.read(cache.full_key(rel))  # type: ignore[union-attr]
+        if cache.l2_ops is not None:
+            entry = yield cache.l2_ops.read(cache.full_key(rel))
         if entry is MISSING:
             entry = kept  # no L2, or L2 down / lost it
         if entry is not MISSING:

@@ -304,9 +304,9 @@ class TierCache(KeyValueAPI):
     def _fetch(self, spec: FunctionSpec, rel: str, args: tuple[Any, ...],
                kwargs: dict[str, Any], tags: list[str], gen: int) -> Flow[Any]:
         """L2, then (optionally under a lease) the loader; -> (value, cacheable, ttl)."""
-        full, l2 = self._prefix + rel, self.l2
-        if l2 is not None:
-            entry = yield self.l2_ops.read(full)  # type: ignore[union-attr]
+        full, ops = self._prefix + rel, self.l2_ops
+        if ops is not None:
+            entry = yield ops.read(full)
             if entry is not MISSING:
                 return entry.value, True, remaining(entry)
         value, cacheable, ttl, _ = yield from self.load_through(spec, full, args, kwargs, tags,
@@ -374,15 +374,15 @@ class TierCache(KeyValueAPI):
         Registered *before* the generation check, so an invalidation either makes us skip
         the write or sees it in flight and waits for it (and we undo it after it landed).
         """
-        co, l2 = self.coherence, self.l2
-        assert l2 is not None
+        co, l2, ops = self.coherence, self.l2, self.l2_ops
+        assert l2 is not None and ops is not None
         co.writing(full, +1, gen)
         try:
             if gen != co.gen:
                 return
             try:
                 rules = spec.read_rules
-                yield self.l2_ops.write(  # type: ignore[union-attr]
+                yield ops.write(
                     (full, value, spec.ttl, seconds, rules.keep if rules is not None else 0.0))
             except TypeError as exc:  # unencodable: serve it, keep it in L1 only, say so
                 self._unencodable(spec, value, exc)
