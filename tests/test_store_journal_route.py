@@ -5,6 +5,7 @@ Either way the put is journaled before it returns and the flusher's acknowledgem
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from redis.cluster import RedisCluster
@@ -16,12 +17,13 @@ from tiercache._journal import Journal
 
 async def _store(stack: Any, pg_pools: dict[str, Any], name: str) -> tuple[Store, Writer,
                                                                            Journal]:
-    """A journaled store whose first put went through (connected, slot map known)."""
+    """A journaled store whose first put went through (connected, slot map known); it
+    flushes only when asked, so the stream holds every put until then."""
     writer = Writer(next(iter(pg_pools.values())), "")
     writer.table = await make_table(writer.pool)
     cache = new_cache(stack.redis_url)
     store = Store(cache, name, loader=writer.load, writer=writer,
-                  policy=WriteBehind(max_delay=0.05, batch_size=100, claim_after=3.0))
+                  policy=WriteBehind(max_delay=30.0, batch_size=100, claim_after=3.0))
     assert store.engine is not None
     await store.put(1, 10)
     return store, writer, store.engine.journal
@@ -68,5 +70,26 @@ async def test_scripts_forgotten_by_redis_are_sent_again(
     assert _stream_state(tiercache_stack.redis_url, journal.stream) == (0, 0)
     assert await rows(writer.pool, writer.table) == {1: 10, 2: 20}
     assert store.stats()["journal_errors"] == 0
+    await store.aclose()
+    await store.cache.aclose()
+
+
+async def test_put_sync_with_a_stale_slot_map_still_journals(
+        tiercache_stack: Any, pg_pools: dict[str, Any]) -> None:
+    store, writer, journal = await _store(tiercache_stack, pg_pools, "route-sync")
+    await asyncio.to_thread(store.put_sync, 2, 20)  # the journal's sync client connects
+    client = journal._client_sync()
+    owner = client.nodes_manager.slots_cache[journal.slot][0]
+    other = next(n for n in client.get_primaries() if n.name != owner.name)
+    client.get_redis_connection(other)
+    client.nodes_manager.slots_cache[journal.slot] = [other]
+
+    await asyncio.to_thread(store.put_sync, 3, 30)  # MOVED, followed by the dispatch
+    assert _stream_state(tiercache_stack.redis_url, journal.stream) == (3, 3)
+    assert client.nodes_manager.slots_cache[journal.slot][0].name == owner.name
+    await asyncio.to_thread(store.put_sync, 4, 40)
+    assert store.stats()["journal_errors"] == 0
+    assert await store.flush(timeout=30)
+    assert await rows(writer.pool, writer.table) == {1: 10, 2: 20, 3: 30, 4: 40}
     await store.aclose()
     await store.cache.aclose()
