@@ -137,7 +137,7 @@ def _check(calls: Mapping[str, Callable[[], Any]], expected: Any, what: str) -> 
 
 def sync_rows(ctx: BenchContext) -> list[Row]:
     """Sync hit (1 and 2 args), miss, set: tiercache vs every sync peer."""
-    number, rounds = ctx.scale(5000, 2000), ctx.scale(40, 12)
+    number, rounds = ctx.scale(5000, 2000), ctx.scale(25, 12)
     rows: list[Row] = []
     caches: list[TierCache] = []
     try:
@@ -258,7 +258,7 @@ async def _verify(fns: dict[str, Callable[[int], Awaitable[Any]]], key: int,
 
 async def measure_async(ctx: BenchContext) -> list[Row]:
     """Async hit, miss and set on the running event loop."""
-    batch, rounds = ctx.scale(500, 200), ctx.scale(20, 10)
+    batch, rounds = ctx.scale(500, 200), ctx.scale(15, 10)
     peers = ("bare await", *ASYNC_PEERS)
     cache, miss_cache = _l1_cache("bench-async"), _l1_cache("bench-async-miss", MISS_SIZE)
     try:
