@@ -178,30 +178,48 @@ class WriteQueue:
         write of its key; True if it is the winner (newer than what was queued)."""
         with self.lock:
             self.entering.discard(item.order[2])
-            item.first = item.order[2]
-            self.queued += 1
-            items = self.items
-            old = items.get(item.rel)
-            wake = False
-            if old is None:
-                item.since = time.monotonic()
-                items[item.rel] = item
-                if item.rel in self.inflight:
-                    self._overlap += 1
-                won = True
-                # the flusher sleeps until the oldest write is due: only a first write
-                # (nothing was due) or a full batch changes when it must wake up
-                wake = len(items) == 1 or len(items) == self.batch_size
-            else:
-                self.coalesced += 1
-                old.ids.extend(item.ids)
-                won = item.order > old.order
-                if won:
-                    old.key, old.op, old.value, old.order = (item.key, item.op, item.value,
-                                                             item.order)
+            won, wake = self._queue_locked(item)
         if wake:
             self.signal.notify()
         return won
+
+    def add_now(self, rel: str, key: Any, op: str, value: Any, max_queue: int) -> Item | None:
+        """:meth:`begin` + :meth:`add` of a local write with no I/O between them (no
+        journal), under one lock; None when the queue is full (the caller then waits)."""
+        with self.lock:
+            if rel not in self.items and self.distinct() + len(self.entering) >= max_queue:
+                return None
+            self.seq += 1
+            item = Item(rel, key, op, value, (math.inf, 0, self.seq), [])
+            wake = self._queue_locked(item)[1]
+        if wake:
+            self.signal.notify()
+        return item
+
+    def _queue_locked(self, item: Item) -> tuple[bool, bool]:
+        """-> (item won over a queued write of its key, the flusher must wake up)."""
+        item.first = item.order[2]
+        self.queued += 1
+        items = self.items
+        old = items.get(item.rel)
+        wake = False
+        if old is None:
+            item.since = time.monotonic()
+            items[item.rel] = item
+            if item.rel in self.inflight:
+                self._overlap += 1
+            won = True
+            # the flusher sleeps until the oldest write is due: only a first write
+            # (nothing was due) or a full batch changes when it must wake up
+            wake = len(items) == 1 or len(items) == self.batch_size
+        else:
+            self.coalesced += 1
+            old.ids.extend(item.ids)
+            won = item.order > old.order
+            if won:
+                old.key, old.op, old.value, old.order = (item.key, item.op, item.value,
+                                                         item.order)
+        return won, wake
 
     def peek(self, rel: str) -> Item | None:
         """The newest pending write of ``rel`` (queued, else in flight): read-your-writes."""

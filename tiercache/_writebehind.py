@@ -101,19 +101,17 @@ class WriteBehindEngine(JournalUpkeepMixin, DeadLetterMixin):
 
     def write_one(self, key: Any, value: Any, rel: str) -> Flow[None]:
         """:meth:`write` of one put without the batch bookkeeping (the common call)."""
-        queue = self.queue
-        if self._encode_early or queue.distinct() + len(queue.entering) >= self.policy.max_queue:
+        if self._encode_early:
             yield from self.write(PUT, [(key, value)], [rel])
             return
         task = self._task
         if task is None or task.done():
             self.ensure_running()
-        seq = queue.begin(rel, self.policy.max_queue)
-        if seq is None:  # filled up meanwhile: the general path waits for room
+        queue = self.queue
+        item = queue.add_now(rel, key, PUT, value, self.policy.max_queue)
+        if item is None:  # full: the general path waits for room
             yield from self.write(PUT, [(key, value)], [rel])
             return
-        item = Item(rel, key, PUT, value, (math.inf, 0, seq), [])
-        queue.add(item)
         if self._full_since is not None or queue.distinct() >= FULL * self.policy.max_queue:
             self._track_fill()
         yield from self._tiers([item])
