@@ -131,6 +131,14 @@ class GroupCommit:
         if orphans:
             self.on_orphans(orphans)
 
+    def _settled(self, batch: list[_Slot], leader: _Slot, reply: Any,
+                 error: BaseException | None) -> list[str]:
+        """The leader's batch came back: everybody gets its ids (or the error), the lead
+        moves on; -> the leader's ids ([] when it failed: the caller re-raises)."""
+        self._deliver(batch, reply, error, leader)
+        self._finished()
+        return [] if error is not None else self._result(leader)
+
     @staticmethod
     def _flat(batch: list[_Slot]) -> list[bytes]:
         return [p for slot in batch for p in slot.payloads]
@@ -160,14 +168,11 @@ class GroupCommit:
         try:
             reply = await self.journal.run_async(self.journal.append_plan(self._flat(batch)))
         except BaseException as exc:  # every appender of the batch gets the error
-            shared = exc if isinstance(exc, Exception) else JournalUnavailable(
-                "journal append interrupted (the appending task was cancelled)")
-            self._deliver(batch, None, shared, slot)
-            self._finished()
+            self._settled(batch, slot, None, exc if isinstance(exc, Exception) else
+                          JournalUnavailable("journal append interrupted (the appending "
+                                             "task was cancelled)"))
             raise
-        self._deliver(batch, reply, None, slot)
-        self._finished()
-        return self._result(slot)
+        return self._settled(batch, slot, reply, None)
 
     def append_sync(self, payloads: list[bytes]) -> list[str]:
         slot = _Slot(payloads)
@@ -187,12 +192,9 @@ class GroupCommit:
         try:
             reply = self.journal.run_sync(self.journal.append_plan(self._flat(batch)))
         except Exception as exc:
-            self._deliver(batch, None, exc, slot)
-            self._finished()
+            self._settled(batch, slot, None, exc)
             raise
-        self._deliver(batch, reply, None, slot)
-        self._finished()
-        return self._result(slot)
+        return self._settled(batch, slot, reply, None)
 
 
 def _call_in_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
