@@ -138,7 +138,9 @@ class RunResult:
     completed: int
     wall_s: float
     latencies_ns: list[int]
-    distinct_keys: int  # distinct keys among the completed requests: the fewest loads possible
+    # distinct keys among the requests started (completed or still in flight at the bound: a
+    # load for either counts): the fewest loads possible
+    distinct_keys: int
     mismatches: int
     first_mismatch: str
     series: list[dict[str, float]] = field(default_factory=list)  # (t, done, counters...)
@@ -161,6 +163,7 @@ async def drive(get: Get, keys: Sequence[int], w: Workload,
     n = len(keys)
     lat = array.array("q", bytes(8 * n))
     results: list[Value | None] = [None] * n
+    began = bytearray(n)
     clock = time.perf_counter_ns
     state = {"next": 0, "started": 0, "done": 0}
     cpu0 = time.process_time()
@@ -178,6 +181,7 @@ async def drive(get: Get, keys: Sequence[int], w: Workload,
             if t0 > deadline:
                 return
             st["started"] += 1
+            began[j] = 1
             value = await get(keys[j])
             lat[j] = clock() - t0
             results[j] = value
@@ -223,6 +227,6 @@ async def drive(get: Get, keys: Sequence[int], w: Workload,
                 first = f"key {keys[j]}: got {value!r:.120}, expected {expected(keys[j])!r}"
     return RunResult(
         requested=n, completed=len(done), wall_s=wall, latencies_ns=[lat[j] for j in done],
-        distinct_keys=len({keys[j] for j in done}), mismatches=mismatches,
+        distinct_keys=len({keys[j] for j in range(n) if began[j]}), mismatches=mismatches,
         first_mismatch=first, series=series, timed_out=len(done) < n, cancelled=cancelled,
         cpu_s=cpu)
