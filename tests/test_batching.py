@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from redis.crc import key_slot
 
 from tiercache import RedisTier
 from tiercache.cache import TierCache
@@ -293,3 +294,61 @@ async def test_direct_node_batches_follow_a_stale_slot_map(tiercache_stack: Any)
     finally:
         await tier.delete_pattern("direct:*")
         await tier.close()
+
+
+@pytest.mark.timeout(120)
+async def test_coalesced_reads_keep_serving_the_live_masters_while_one_is_dead() -> None:
+    """A batch spans every master. With one master dead, the first batches fail and send
+    the tier into its per-node mode: the live masters' keys are L2 hits again, the dead
+    one's are skipped by its breaker (loaded, never an error to the caller)."""
+    import redis as redis_py
+
+    from tiercache.local import LocalStack
+    from tiercache.tiers._breaker import CircuitBreaker
+
+    with LocalStack(redis_masters=3, pg_shards=0) as stack:
+        for host, port in stack.redis_nodes:
+            with redis_py.Redis(host=host, port=port) as client:
+                client.config_set("cluster-require-full-coverage", "no")
+        host, port = stack.redis_nodes[1]
+        victim = f"{host}:{port}"
+        loads: list[int] = []
+
+        def make() -> TierCache:  # no L1: every read asks L2
+            return TierCache(l1=None, l2=RedisTier(
+                stack.redis_url, ttl=60, breaker=CircuitBreaker(3, reset_timeout=30.0)),
+                namespace="deadnode", bus=False)
+
+        writer, reader = make(), make()
+        for cache in (writer, reader):
+            @cache.cached(ttl=60, name="value")
+            async def value(n: int) -> int:
+                loads.append(n)
+                return n * 10
+            cache.value = value  # type: ignore[attr-defined]
+        keys = list(range(300))
+        assert await asyncio.gather(*(writer.value(n) for n in keys)) == [  # type: ignore[attr-defined]
+            n * 10 for n in keys]
+        client = await reader.l2._client()  # type: ignore[union-attr]
+        await client.initialize()
+        dead = {n for n in keys
+                if client.nodes_manager.slots_cache[  # type: ignore[union-attr]
+                    key_slot(value_key(reader, n).encode())][0].name == victim}
+        assert 0 < len(dead) < len(keys)
+        stack.kill_redis_node(1)
+        try:
+            for _ in range(3):  # the first rounds find the dead node and open its breaker
+                assert await asyncio.gather(*(reader.value(n) for n in keys)) == [  # type: ignore[attr-defined]
+                    n * 10 for n in keys]
+            loads.clear()
+            assert await asyncio.gather(*(reader.value(n) for n in keys)) == [  # type: ignore[attr-defined]
+                n * 10 for n in keys]
+            assert set(loads) == dead  # the live masters' keys came from L2
+            assert reader.stats()["l2"]["breakers"][victim] == "open"
+        finally:
+            await reader.aclose()
+            await writer.aclose()
+
+
+def value_key(cache: TierCache, n: int) -> str:
+    return cache.full_key(cache.value.key_for(n))  # type: ignore[attr-defined]
