@@ -305,3 +305,31 @@ async def test_transaction_bumps_the_tables_it_wrote(
         assert qc.stats()["epoch_bumps"] == epochs + 1
     finally:
         await pool.execute(f"DROP TABLE {other}", shard=shard)
+
+
+async def test_memory_hit_is_served_without_awaiting_read(pool: ShardedPool, table: str) -> None:
+    """The pool asks ``lookup`` first: a memory hit builds no ``read`` coroutine and no query
+    closure; anything else (a cold plan, an untrusted shard, an expired entry) goes to
+    ``read``."""
+    sql = f"SELECT v FROM {table} WHERE id = $1"
+    qc = _qc(pool)
+    assert await pool.fetchval(sql, 7, shard_key=7, cache_ttl=30) == "v7"
+    real = qc.read
+
+    async def not_here(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("went through read()")
+
+    qc.read = not_here  # type: ignore[method-assign]
+    try:
+        hits = qc.stats()["hits"]
+        assert await pool.fetchval(sql, 7, shard_key=7, cache_ttl=30) == "v7"
+        assert qc.stats()["hits"] == hits + 1
+        with pytest.raises(AssertionError):  # never read: no plan entry to hit
+            await pool.fetchval(sql, 8, shard_key=8, cache_ttl=30)
+        shard = pool.shard_for(7)
+        qc.set_trusted(shard, False)
+        with pytest.raises(AssertionError):  # untrusted: read() bypasses
+            await pool.fetchval(sql, 7, shard_key=7, cache_ttl=30)
+        qc.set_trusted(shard, True)
+    finally:
+        qc.read = real  # type: ignore[method-assign]

@@ -55,6 +55,7 @@ from tiercache.sharding._pool_metrics import BOUNDS_NS
 from tiercache.sharding._routing import Ring
 from tiercache.tiers._query_tx import TransactionWatch
 from tiercache.tiers._sql import table_name as table_name_of
+from tiercache.tiers.base import MISSING
 from tiercache.tiers.query import QueryCache
 
 CacheTTL = float | str | bool | None
@@ -436,11 +437,14 @@ class ShardedPool(ShardedPoolBase):
         qc = self._query_cache
         if qc is None:
             raise TypeError("cache_ttl= needs create_sharded_pool(..., query_cache=QueryCache())")
-        call = (query, *args)
         if ep.role != "primary":
             qc.bypass("replica")
-            return await self._run(ep, method, query, call, kwargs)
+            return await self._run(ep, method, query, (query, *args), kwargs)
         extra_key = getattr(extra, "__qualname__", extra)
+        value = qc.lookup(ep.shard, ep, method, query, args, extra_key)  # a memory hit
+        if value is not MISSING:
+            return value
+        call = (query, *args)
         return await qc.read(ep.shard, ep, method, query, args, extra_key, cache_ttl,
                              lambda: self._run(ep, method, query, call, kwargs), ep.pool)
 
