@@ -108,6 +108,7 @@ class SharedStore:
         self._pending_at = 0.0
         self.errors = 0
         self.regressions = 0
+        self.bump_retries = 0
 
     def gens_key(self, shard: str) -> str:
         return f"{self._prefix}gen:{{{shard}}}"
@@ -115,10 +116,12 @@ class SharedStore:
     def entry_key(self, plan: Plan, args: tuple[Any, ...]) -> str:
         return f"{self._prefix}e:{plan.prefix}:{params_digest(args)}"
 
-    async def _eval(self, op: str, script: str, key: str, *args: Any) -> Any:
+    async def _eval(self, op: str, script: str, key: str, *args: Any,
+                    force: bool = False) -> Any:
+        """``force``: past the key's node breaker (refused only when every node's is open)."""
         tier = self.tier
         reply = await tier._run(Run(op, eval_(script, 1, key, *args), FAILED,
-                                    tier._guard(key), tier._budget, key))
+                                    None if force else tier._guard(key), tier._budget, key))
         if reply is FAILED:
             self.errors += 1
         return reply
@@ -156,11 +159,29 @@ class SharedStore:
         return [inc, *values]
 
     async def bump(self, shard: str, names: list[str]) -> bool:
-        """HINCRBY each name; on failure remember it (reads of ``shard`` bypass until done)."""
-        reply = await self._eval("l3_bump", BUMP_LUA, self.gens_key(shard), *names)
+        """HINCRBY each name (and any still owed for ``shard``) before the write returns.
+
+        Why a second, forced attempt: the other processes learn of this write only from the
+        hash.  A bump that was dropped (a lost connection) or skipped (this process's breaker
+        for the node is open while Redis answers the others) would let them keep serving the
+        old rows -- only this process bypasses while it owes the bump.  So a failure is
+        retried at once past the node's breaker (a fresh connection), costing one Redis
+        timeout at most; only when that fails too is the bump owed (reads of ``shard`` here
+        bypass until it is applied; see the known limits for the other processes)."""
+        owed = self._pending.get(shard)
+        send = sorted(owed.union(names)) if owed else names
+        hkey = self.gens_key(shard)
+        reply = await self._eval("l3_bump", BUMP_LUA, hkey, *send)
         if reply is FAILED:
-            self._pending.setdefault(shard, set()).update(names)
+            self.bump_retries += 1
+            reply = await self._eval("l3_bump", BUMP_LUA, hkey, *send, force=True)
+        if reply is FAILED:
+            self._pending.setdefault(shard, set()).update(send)
             return False
+        if owed:
+            owed.difference_update(send)
+            if not owed:
+                self._pending.pop(shard, None)
         return True
 
     async def _settled(self, shard: str) -> bool:
@@ -315,6 +336,7 @@ class SharedStore:
         return {
             "store_errors": self.errors + int(t.get("errors", 0)),
             "pending_bumps": sum(len(v) for v in self._pending.values()),
+            "bump_retries": self.bump_retries,
             "regressions": self.regressions,
             "redis_breaker": t.get("breaker"),
         }
