@@ -8,6 +8,8 @@ QueryCache and RedisTier on one Redis stand for two application processes.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Generator
 from typing import Any
@@ -196,3 +198,47 @@ async def test_a_bump_that_fails_twice_is_owed_and_rides_the_next_write(
     assert await b.fetchval(sql, 1, cache_ttl=30) == "1"
     assert await b.fetchval(other, 2, cache_ttl=30) == 1
     assert await a.fetchval(sql, 1, cache_ttl=30) == "1"
+
+
+async def test_a_bump_redis_refused_twice_reaches_listening_processes_through_postgres(
+    procs: tuple[ShardedPool, ShardedPool, str],
+) -> None:
+    """The writer's Redis is gone for its bump (both attempts), the other process's is fine:
+    the names go out as a NOTIFY on the shard, and the listening process owes them at once
+    (bypass) and puts them into Redis for everybody -- no trigger on the table needed."""
+    a, b, table = procs
+    sql = f"SELECT v FROM {table} WHERE id = $1"
+    side = f"l3fs_{uuid.uuid4().hex[:8]}"
+    await a.execute(f"CREATE TABLE {side} (id int PRIMARY KEY)")
+    try:
+        await b.install_invalidation_triggers([side])  # b listens on the shard
+        await _warm(b, sql, "0")
+        faults = _faults(a)
+        faults.fail("l3_bump", 2)
+        seen = _qc(b).stats()["invalidations"]
+        await a.execute(f"UPDATE {table} SET v = '1' WHERE id = 1")
+        assert faults.raised == {"l3_bump": 2} and _qc(a).stats()["notify_fallbacks"] == 1
+        for _ in range(200):  # NOTIFY is asynchronous: wait until b was told
+            if _qc(b).stats()["invalidations"] > seen:
+                break
+            await asyncio.sleep(0.01)
+        assert _qc(b).stats()["invalidations"] > seen
+        assert await b.fetchval(sql, 1, cache_ttl=30) == "1"
+        for _ in range(200):  # b's background bump lands in Redis: hits again, fresh ones
+            if _qc(b).stats()["pending_bumps"] == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert await b.fetchval(sql, 1, cache_ttl=30) == "1"
+        assert await b.fetchval(sql, 1, cache_ttl=30) == "1"
+    finally:
+        await a.execute(f"DROP TABLE {side}")
+
+
+def test_names_payload_is_bounded_and_hostile_ones_bump_the_epoch() -> None:
+    from tiercache.sharding._l3_listen import MAX_NAMES, names_payload, parse_names
+
+    assert parse_names(names_payload(["t", "t*", "t#3"])) == ["t", "t#3", "t*"]
+    assert parse_names(names_payload([f"t{i}" for i in range(MAX_NAMES + 1)])) == [""]
+    for bad in ("~", "~{}", "~[]", "~[1]", '~["' + "x" * 600 + '"]', "~" + "[" * 5000,
+                "~" + json.dumps(["t"] * (MAX_NAMES + 1))):
+        assert parse_names(bad) is None

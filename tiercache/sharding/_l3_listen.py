@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -22,13 +23,13 @@ import asyncpg
 from tiercache.tiers._query_catalog import INT_TYPES, PK_SQL, TEXT_TYPES
 from tiercache.tiers._sql import table_name
 from tiercache.tiers._sql_keys import BUCKET_BITS, BUCKETS
-from tiercache.tiers.query import BUCKET, STAR
+from tiercache.tiers.query import BUCKET, EPOCH, STAR
 
 if TYPE_CHECKING:
     from tiercache.sharding._endpoints import Endpoint
     from tiercache.tiers.query import QueryCache
 
-__all__ = ["CHANNEL", "Listener", "install_triggers"]
+__all__ = ["CHANNEL", "Listener", "install_triggers", "names_payload", "parse_names"]
 
 log = logging.getLogger("tiercache.l3")
 CHANNEL = "tiercache_l3"
@@ -83,6 +84,34 @@ END $$"""
 _EVENTS = (("ins", "INSERT", "NEW TABLE AS tiercache_new"),
            ("upd", "UPDATE", "OLD TABLE AS tiercache_old NEW TABLE AS tiercache_new"),
            ("del", "DELETE", "OLD TABLE AS tiercache_old"))
+
+
+# A writer whose Redis bump failed sends the generation names themselves ("~" + JSON list),
+# so a process whose Redis works applies them for everybody.  Bounded like every payload.
+NAMES_PREFIX = "~"
+MAX_NAMES = 64
+
+
+def names_payload(names: list[str]) -> str:
+    """The payload for ``names`` (the shard epoch if they don't fit: coarser, never less)."""
+    payload = NAMES_PREFIX + json.dumps(sorted(set(names)))
+    if len(names) > MAX_NAMES or len(payload) > 7000:  # NOTIFY payloads stop at 8000 bytes
+        return NAMES_PREFIX + json.dumps([EPOCH])
+    return payload
+
+
+def parse_names(payload: str) -> list[str] | None:
+    """The names of a ``~`` payload, or None if malformed (the caller bumps the epoch)."""
+    if len(payload) > 8000:
+        return None
+    try:
+        names = json.loads(payload[len(NAMES_PREFIX):])
+    except (ValueError, RecursionError):  # deep nesting: hostile, not ours
+        return None
+    if (type(names) is not list or not 0 < len(names) <= MAX_NAMES
+            or not all(type(n) is str and len(n) <= 512 for n in names)):
+        return None
+    return names
 
 
 def parse_payload(payload: str) -> tuple[str, str, list[int] | None]:
@@ -192,6 +221,9 @@ class Listener:
         cache = self._cache
 
         def notified(_c: Any, _pid: int, _channel: str, payload: str) -> None:
+            if payload.startswith(NAMES_PREFIX):
+                cache.notified(shard, parse_names(payload) or [EPOCH])
+                return
             schema, rel, buckets = parse_payload(payload)
             table = table_name(rel, schema)
             if buckets is None:

@@ -450,7 +450,8 @@ class ShardedPool(ShardedPoolBase):
 
     async def _note_copy(self, ep: Endpoint, table_name: str, schema_name: str | None) -> None:
         if self._query_cache is not None:
-            await self._query_cache.bump(ep.shard, [table_name_of(table_name, schema_name)])
+            await self._query_cache.bump(ep.shard, [table_name_of(table_name, schema_name)],
+                                          ep.pool)
 
     # -- pool-wide asyncpg.Pool methods (optional routing; without it: every shard) --------
 

@@ -179,10 +179,19 @@ class SharedStore:
             self._pending.setdefault(shard, set()).update(send)
             return False
         if owed:
-            owed.difference_update(send)
-            if not owed:
-                self._pending.pop(shard, None)
+            self._paid(shard, owed, send)
         return True
+
+    def _paid(self, shard: str, owed: set[str], names: list[str]) -> None:
+        """``names`` of ``owed`` are in Redis now.  The set is dropped only if it is still
+        the shard's: during the await another bump may have paid it and a new one be owed."""
+        owed.difference_update(names)
+        if not owed and self._pending.get(shard) is owed:
+            del self._pending[shard]
+
+    def owe(self, shard: str, names: list[str]) -> None:
+        """Owe ``names`` now (reads of ``shard`` bypass until a bump has applied them)."""
+        self._pending.setdefault(shard, set()).update(names)
 
     async def _settled(self, shard: str) -> bool:
         """No bump owed for ``shard`` (retrying owed ones at most every 100 ms)."""
@@ -197,10 +206,8 @@ class SharedStore:
         reply = await self._eval("l3_bump", BUMP_LUA, self.gens_key(shard), *names)
         if reply is FAILED:
             return False
-        owed.difference_update(names)
-        if not owed:
-            del self._pending[shard]
-        return not owed
+        self._paid(shard, owed, names)
+        return shard not in self._pending
 
     # -- entries -------------------------------------------------------------------------
 

@@ -126,21 +126,41 @@ class QueryCache:
             self._counts["epoch_bumps"] += 1
         return done
 
-    async def bump(self, shard: str, tables: Iterable[str]) -> None:
+    async def bump(self, shard: str, tables: Iterable[str], pool: Any = None) -> None:
         """A write to ``tables`` on ``shard`` committed: older entries become unreachable
-        here at once, and in every process once the shared store has the new generations."""
-        names = self.bump_local(shard, tables)
-        if self._shared is not None and names:
-            await self._shared.bump(shard, names)
+        here at once, and in every process once the shared store has the new generations.
 
-    async def bump_shard(self, shard: str) -> None:
+        ``pool`` (the shard's asyncpg pool): if the shared bump fails, the names go out as a
+        NOTIFY on the shard too, so every process listening there (it called
+        ``install_invalidation_triggers``) applies them -- its Redis may work when ours
+        does not -- instead of serving the old rows until their TTL."""
+        names = self.bump_local(shard, tables)
+        if (self._shared is not None and names and not await self._shared.bump(shard, names)
+                and pool is not None):
+            await self._notify_others(shard, names, pool)
+
+    async def _notify_others(self, shard: str, names: list[str], pool: Any) -> None:
+        from tiercache.sharding._l3_listen import CHANNEL, names_payload
+
+        try:
+            await pool.execute("SELECT pg_notify($1, $2)", CHANNEL, names_payload(names))
+            self._counts["notify_fallbacks"] += 1
+        except Exception:  # Postgres too: nothing more to try (this process still bypasses)
+            self._counts["notify_fallback_errors"] += 1
+
+    async def bump_shard(self, shard: str, pool: Any = None) -> None:
         """A write of unknown reach (unparsable SQL, DDL, a transaction): the whole shard."""
-        await self.bump(shard, [EPOCH])
+        await self.bump(shard, [EPOCH], pool)
 
     def notified(self, shard: str, names: list[str]) -> None:
-        """A NOTIFY from the shard (sync callback): bump now, share in the background."""
+        """A NOTIFY from the shard (sync callback): bump now, share in the background.
+
+        With the shared store the names are owed at once (reads of ``shard`` here bypass
+        until the bump is in Redis): from the notification on, this process never serves an
+        entry of the old generations, not even while its own bump is in flight."""
         self.bump_local(shard, names)
         if self._shared is not None:
+            self._shared.owe(shard, names)
             task = asyncio.ensure_future(self._shared.bump(shard, names))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -173,7 +193,7 @@ class QueryCache:
             # DDL, SET, DO, unparsable -- or a SELECT calling functions that may write.
             if a.kind == "other":
                 self._catalog.forget(shard)
-            await self.bump_shard(shard)
+            await self.bump_shard(shard, pool)
             return
         tables = set(a.tables)
         only: Resolved | None = None
@@ -190,9 +210,9 @@ class QueryCache:
             rows = [args] if not many else list(args) if isinstance(args, list | tuple) else []
             names = row_names(a, only, rows) if rows else None
             if names is not None:
-                await self.bump(shard, names)  # only those keys' buckets, plus the star
+                await self.bump(shard, names, pool)  # only those keys' buckets, plus the star
                 return
-        await self.bump(shard, tables)
+        await self.bump(shard, tables, pool)
 
     # -- plans ---------------------------------------------------------------------------
 
@@ -390,7 +410,9 @@ class QueryCache:
             "bypass": dict(self._bypass), "bypass_total": sum(self._bypass.values()),
             "race_skips": c["race_skips"], "singleflight_waits": c["singleflight_waits"],
             "lease_waits": c["lease_waits"], "invalidations": c["invalidations"],
-            "epoch_bumps": c["epoch_bumps"], "evictions": self._mem.evictions,
+            "epoch_bumps": c["epoch_bumps"], "notify_fallbacks": c["notify_fallbacks"],
+            "notify_fallback_errors": c["notify_fallback_errors"],
+            "evictions": self._mem.evictions,
             "dropped_by_writes": self._mem.dropped, "entries": len(self._mem.entries),
             "bytes": self._mem.nbytes, "max_bytes": self.max_bytes,
             "untrusted_shards": sorted(self._untrusted), "plans": len(self._plans),
