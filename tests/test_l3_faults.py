@@ -242,3 +242,39 @@ def test_names_payload_is_bounded_and_hostile_ones_bump_the_epoch() -> None:
     for bad in ("~", "~{}", "~[]", "~[1]", '~["' + "x" * 600 + '"]', "~" + "[" * 5000,
                 "~" + json.dumps(["t"] * (MAX_NAMES + 1))):
         assert parse_names(bad) is None
+
+
+async def test_race_with_dropped_bumps_zero_stale_in_the_other_process(
+    procs: tuple[ShardedPool, ShardedPool, str],
+) -> None:
+    """The two-process race with the fault seen on a loaded box: a writer commits in a loop
+    and one bump in four hits a dropped connection; readers of the other pool (their Redis
+    fine) check every read that starts after a commit returned against it.  Before the
+    retry this served the old row for every read until the next successful bump."""
+    a, b, table = procs
+    sql = f"SELECT v FROM {table} WHERE id = $1"
+    faults = _faults(a)
+    state = {"committed": 0, "done": 0, "stale": 0, "reads": 0}
+
+    async def writer() -> None:
+        for i in range(1, 121):
+            if i % 4 == 0:
+                faults.fail("l3_bump", 1)
+            await a.execute(f"UPDATE {table} SET v = $1 WHERE id = 1", str(i))
+            state["committed"] = i
+            await asyncio.sleep(0.01)  # entries live between commits: b hits them
+        state["done"] = 1
+
+    async def reader() -> None:
+        while not state["done"]:
+            floor = state["committed"]
+            v = await b.fetchval(sql, 1, cache_ttl=30)
+            state["reads"] += 1
+            state["stale"] += int(v) < floor
+            await asyncio.sleep(0)
+
+    await asyncio.gather(writer(), *(reader() for _ in range(6)))
+    assert faults.raised["l3_bump"] == 30
+    s = _qc(b).stats()
+    assert state["stale"] == 0, (state, s)
+    assert s["hits"] > 0 and state["reads"] > 120, (state, s)
