@@ -31,7 +31,7 @@ _LEAD: Final = object()
 
 
 class _Slot:
-    __slots__ = ("done", "error", "fut", "ids", "lead", "payloads")
+    __slots__ = ("done", "error", "fut", "handed", "ids", "lead", "payloads")
 
     def __init__(self, payloads: list[bytes]) -> None:
         self.payloads = payloads
@@ -40,6 +40,7 @@ class _Slot:
         self.fut: asyncio.Future[Any] | None = None
         self.done: threading.Event | None = None
         self.lead = False
+        self.handed = False  # holds a lead (joined as leader or handed it), batch not taken
 
 
 class GroupCommit:
@@ -54,24 +55,47 @@ class GroupCommit:
         self._lock = threading.Lock()
         self._pending: list[_Slot] = []
         self._inflight = 0
+        self._gatherer: _Slot | None = None
+        self._busy = 0  # entries of puts under way (admission .. tiers), theirs included
         self.batches = 0
         self.appended = 0
+        self.gathers = 0  # leaders that waited one loop turn for company (diagnostics)
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def _join(self, slot: _Slot) -> bool:
-        """Queue ``slot``; True if its caller leads a batch now."""
+    def busy(self, n: int) -> None:
+        """The store's puts say when they start (``n`` entries) and end (``-n``)."""
+        with self._lock:
+            self._busy += n
+
+    def _join(self, slot: _Slot) -> tuple[bool, bool]:
+        """Queue ``slot``; -> (its caller leads a batch now, it first waits one loop turn).
+
+        A leader that finds other appends in flight, or other puts of the store under way,
+        waits one event-loop turn before it takes the batch: concurrent putters are woken in
+        groups (a shared tier update returning, a batch delivered), and the rest of its
+        group joins in that turn instead of the first sending a batch of one. While it
+        gathers, joiners queue for it rather than lead. A lone put sends at once."""
         with self._lock:
             self._pending.append(slot)
-            if self._inflight < MAX_INFLIGHT:
+            if self._inflight < MAX_INFLIGHT and self._gatherer is None:
+                gather = slot.fut is not None and (
+                    self._inflight > 0 or self._busy > len(slot.payloads))
                 self._inflight += 1
-                return True
-            return False
+                slot.handed = True
+                if gather:
+                    self._gatherer = slot
+                    self.gathers += 1
+                return True, gather
+            return False, False
 
     def _take(self, slot: _Slot) -> list[_Slot] | None:
         """Everything queued, or None when another leader already took ``slot`` along (the
         caller then waits for that batch instead, and gives its lead back)."""
         with self._lock:
+            slot.handed = False
+            if self._gatherer is slot:
+                self._gatherer = None
             if slot not in self._pending:
                 self._inflight -= 1
                 self._hand_off_locked()
@@ -79,18 +103,46 @@ class GroupCommit:
             batch, self._pending = self._pending, []
             return batch
 
+    def _abandon(self, slot: _Slot, always: bool) -> None:
+        """A gathering leader (``always``) or a waiter handed the lead was cancelled before it
+        took its batch: its entry is not sent (or, if another leader took it along, its ids
+        are orphans: the future is done), and the lead moves on."""
+        orphans: list[str] = []
+        with self._lock:
+            if not (always or slot.handed):
+                return  # a plain waiter: its cancelled future marks it (hand-off, _deliver)
+            slot.handed = False
+            assert slot.fut is not None
+            if slot.fut.done() and not slot.fut.cancelled() and slot.error is None:
+                orphans = slot.ids or []  # delivered just before the cancellation
+            slot.fut.cancel()
+            if self._gatherer is slot:
+                self._gatherer = None
+            if slot in self._pending:
+                self._pending.remove(slot)
+            self._inflight -= 1
+            self._hand_off_locked()
+        if orphans:
+            self.on_orphans(orphans)
+
     def _finished(self) -> None:
         with self._lock:
             self._inflight -= 1
             self._hand_off_locked()
 
     def _hand_off_locked(self) -> None:
-        """Give the lead to the first live waiter while fewer than MAX_INFLIGHT run."""
-        while self._pending and self._inflight < MAX_INFLIGHT:
-            slot = self._pending[0]
+        """Give the lead to the first live waiter that does not hold one yet, while fewer
+        than MAX_INFLIGHT run (a leader stays queued until it takes its batch, and a
+        gathering one waits a loop turn: a second lead would count a batch that never runs)."""
+        i = 0
+        while i < len(self._pending) and self._inflight < MAX_INFLIGHT:
+            slot = self._pending[i]
+            if slot.handed:
+                i += 1
+                continue
             if slot.fut is not None:
                 if slot.fut.done():  # cancelled while waiting: its entry is never sent
-                    self._pending.pop(0)
+                    self._pending.pop(i)
                     continue
                 old, loop = slot.fut, slot.fut.get_loop()
                 slot.fut = loop.create_future()  # results go to the new one from now on
@@ -100,6 +152,7 @@ class GroupCommit:
                 old_event, slot.done = slot.done, threading.Event()
                 slot.lead = True
                 old_event.set()
+            slot.handed = True
             self._inflight += 1
             return
 
@@ -155,12 +208,23 @@ class GroupCommit:
     async def append_async(self, payloads: list[bytes]) -> list[str]:
         slot = _Slot(payloads)
         slot.fut = asyncio.get_running_loop().create_future()
-        lead = self._join(slot)
+        lead, gather = self._join(slot)
         while True:
             if not lead:
-                got = await slot.fut
+                try:
+                    got = await slot.fut
+                except BaseException:
+                    self._abandon(slot, always=False)
+                    raise
                 if got is not _LEAD:
                     return got  # type: ignore[no-any-return]
+            elif gather:
+                gather = False
+                try:
+                    await asyncio.sleep(0)  # the putters woken with us join meanwhile
+                except BaseException:
+                    self._abandon(slot, always=True)
+                    raise
             batch = self._take(slot)
             if batch is not None:
                 break
@@ -177,7 +241,7 @@ class GroupCommit:
     def append_sync(self, payloads: list[bytes]) -> list[str]:
         slot = _Slot(payloads)
         slot.done = threading.Event()
-        lead = self._join(slot)
+        lead, _ = self._join(slot)  # a thread never gathers: there is no loop turn to wait
         while True:
             if not lead:
                 event = slot.done

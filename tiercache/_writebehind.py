@@ -117,6 +117,17 @@ class WriteBehindEngine(JournalUpkeepMixin, DeadLetterMixin):
         yield from self._tiers([item])
 
     def write(self, op: str, pairs: list[tuple[Any, Any]], rels: list[str]) -> Flow[None]:
+        if not self.policy.journaled:
+            yield from self._write(op, pairs, rels)
+            return
+        gc, n = self.gc, len(pairs)
+        gc.busy(n)  # the group commit's hint that company is coming (see GroupCommit._join)
+        try:
+            yield from self._write(op, pairs, rels)
+        finally:
+            gc.busy(-n)
+
+    def _write(self, op: str, pairs: list[tuple[Any, Any]], rels: list[str]) -> Flow[None]:
         journal, queue, policy = self.journal, self.queue, self.policy
         payloads = ([journal.encode(op, k, v) for k, v in pairs]  # TypeError before I/O
                     if self._encode_early else [])
