@@ -244,7 +244,7 @@ async def run(ctx: BenchContext) -> list[Row]:
     """Both Must-show figures; fan-out needs at least two shards."""
     dsns = ctx.require_pg()
     o_rounds, o_batch = ctx.scale(80, 16), ctx.scale(50, 25)
-    f_rounds, f_batch = ctx.scale(12, 4), ctx.scale(10, 5)
+    f_rounds, f_batch = ctx.scale(20, 4), ctx.scale(10, 5)
     fan = len(dsns) >= 2
     total = o_rounds + (f_rounds * len(FANOUT_QUERIES) if fan else 0)
     with ctx.progress("pool: fetchval overhead, fan-out", total) as bar:
