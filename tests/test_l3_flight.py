@@ -5,34 +5,27 @@ gets its own list."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from tiercache import QueryCache, create_sharded_pool
+from tests._l3_helpers import l3_pool, l3_table
 from tiercache.sharding.pool import ShardedPool
 
 
 @pytest.fixture(params=["memory", "redis"])
 async def pool(request: pytest.FixtureRequest, tiercache_stack: Any
                ) -> AsyncIterator[ShardedPool]:
-    store = "memory" if request.param == "memory" else tiercache_stack.redis_url
-    qc = QueryCache(store, namespace=f"fl{uuid.uuid4().hex[:8]}")
-    dsn = next(iter(tiercache_stack.pg_dsns.values()))
-    async with create_sharded_pool({"s": dsn}, min_size=1, max_size=4, query_cache=qc) as p:
+    async with l3_pool(tiercache_stack, request.param, "fl") as p:
         yield p
-    await qc.close()
 
 
 @pytest.fixture
 async def table(pool: ShardedPool) -> AsyncIterator[str]:
-    name = f"fl_{uuid.uuid4().hex[:8]}"
-    await pool.execute(f"CREATE TABLE {name} (id bigint PRIMARY KEY, v text)")
-    await pool.execute(f"INSERT INTO {name} SELECT i, 'v' || i FROM generate_series(1, 50) i")
-    yield name
-    await pool.execute(f"DROP TABLE {name}")
+    async with l3_table(pool, "fl", "id bigint PRIMARY KEY, v text",
+                        "SELECT i, 'v' || i FROM generate_series(1, 50) i") as name:
+        yield name
 
 
 def _stats(pool: ShardedPool) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tiercache import QueryCache, create_sharded_pool
+from tests._l3_helpers import l3_pool, l3_table
 from tiercache.sharding.pool import ShardedPool
 from tiercache.tiers._sql import analyze
 from tiercache.tiers._sql_keys import bucket
@@ -18,22 +18,15 @@ from tiercache.tiers._sql_keys import bucket
 @pytest.fixture(params=["memory", "redis"])
 async def pool(request: pytest.FixtureRequest, tiercache_stack: Any
                ) -> AsyncIterator[ShardedPool]:
-    store = "memory" if request.param == "memory" else tiercache_stack.redis_url
-    qc = QueryCache(store, namespace=f"rk{uuid.uuid4().hex[:8]}")
-    dsn = next(iter(tiercache_stack.pg_dsns.values()))
-    async with create_sharded_pool({"s": dsn}, min_size=1, max_size=4, query_cache=qc) as p:
+    async with l3_pool(tiercache_stack, request.param, "rk") as p:
         yield p
-    await qc.close()
 
 
 @pytest.fixture
 async def table(pool: ShardedPool) -> AsyncIterator[str]:
-    name = f"rk_{uuid.uuid4().hex[:8]}"
-    await pool.execute(f"CREATE TABLE {name} (id bigint PRIMARY KEY, v text, g int)")
-    await pool.execute(
-        f"INSERT INTO {name} SELECT i, 'v' || i, i % 3 FROM generate_series(1, 20) i")
-    yield name
-    await pool.execute(f"DROP TABLE {name}")
+    async with l3_table(pool, "rk", "id bigint PRIMARY KEY, v text, g int",
+                        "SELECT i, 'v' || i, i % 3 FROM generate_series(1, 20) i") as name:
+        yield name
 
 
 def _stats(pool: ShardedPool) -> dict[str, Any]:
