@@ -218,6 +218,15 @@ def test_readme_section_is_rendered_from_the_json_alone(
     assert "| memory per entry |" in text and "**missed**" in text
     assert "![fake0: fake0-get-latency](../img/fake0-get-latency.png)" in text
     assert (tmp_path / "img" / "fake0-get-latency.png").read_bytes()[:8] == PNG
+    # --readme: the section is replaced in place, what is around it stays
+    doc = tmp_path / "README.md"
+    doc.write_text("# x\n\n## Performance\n\nold figures\n\n## Known limits\n\n- one\n")
+    assert readme.main([str(results), "--readme", str(doc), "--images",
+                        str(tmp_path / "img")]) == 0
+    new = doc.read_text()
+    assert new.startswith("# x\n\n## Performance") and "old figures" not in new
+    assert "### fake0" in new and new.endswith("## Known limits\n\n- one\n")
+    assert "![fake0: fake0-get-latency](img/fake0-get-latency.png)" in new
 
 
 async def _interrupted_run(ctx: BenchContext) -> list[Row]:

@@ -110,6 +110,17 @@ def render(payload: dict[str, Any], images: list[Path], relative_to: Path,
     return "\n".join(lines).rstrip() + "\n"
 
 
+def replace_section(document: str, section: str) -> str:
+    """``document`` with its ``## Performance`` section (up to the next ``## `` heading)
+    replaced by ``section``; ``ValueError`` when it has none."""
+    start = document.find("\n## Performance\n")
+    if start < 0:
+        raise ValueError("no '## Performance' section to replace")
+    end = document.find("\n## ", start + 1)
+    rest = document[end + 1:] if end >= 0 else ""
+    return document[:start + 1] + section + ("\n" + rest if rest else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tiercache.bench.readme",
                                      description=__doc__.split("\n\n")[0])
@@ -117,9 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", help="markdown file to write (default: stdout)")
     parser.add_argument("--images", help="directory to (re)draw the PNG charts into "
                                          "(default: next to the JSON file)")
+    parser.add_argument("--readme", help="a README whose '## Performance' section is "
+                                         "replaced in place by the generated one")
     args = parser.parse_args(argv)
     payload = json.loads(Path(args.results).read_text(encoding="utf-8"))
-    out = Path(args.output) if args.output else None
+    out = Path(args.output) if args.output else Path(args.readme) if args.readme else None
     image_dir = Path(args.images) if args.images else Path(args.results).parent
     try:
         from tiercache.bench.plots import plot_payload
@@ -131,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
                   source=args.results)
     if out is None:
         sys.stdout.write(text)
+    elif args.readme and not args.output:
+        out.write_text(replace_section(out.read_text(encoding="utf-8"), text), encoding="utf-8")
+        print(f"replaced the Performance section of {out} ({len(images)} charts in "
+              f"{image_dir})")
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8")
