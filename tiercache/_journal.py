@@ -30,17 +30,14 @@ from redis.asyncio.cluster import RedisCluster as AsyncCluster
 from redis.cluster import RedisCluster as SyncCluster
 from redis.crc import key_slot
 from redis.exceptions import (
-    AskError,
-    ClusterDownError,
     NoScriptError,
     RedisClusterException,
     RedisError,
-    ResponseError,
-    TryAgainError,
 )
 
 from tiercache import codec
 from tiercache.codec import CodecError, Signer
+from tiercache.tiers._redis_direct import node_command_at, through_dispatch
 from tiercache.tiers.keys import store_key
 
 __all__ = ["BadEntry", "DeadLetter", "Journal", "JournalEntry", "JournalUnavailable",
@@ -112,14 +109,6 @@ class BadEntry(CodecError):
 
 JournalEntry = tuple[str, Any, Any, float]  # (op, key, value, written at)
 DeadLetter = dict[str, Any]
-
-
-def _through_dispatch(exc: BaseException) -> None:
-    """Re-raise a server's answer other than a redirect (a script error, NOSCRIPT for the
-    plan to handle); anything else is retried through redis-py's cluster dispatch."""
-    if isinstance(exc, ResponseError) and not isinstance(
-            exc, (AskError, TryAgainError, ClusterDownError)):
-        raise exc
 
 
 def _text(value: Any) -> str:
@@ -329,25 +318,16 @@ class Journal:
         """
         kind = type(client)
         if kind is AsyncCluster:
-            return self._on_node(client, args)
+            return node_command_at(client, self.slot, *args)
         if kind is SyncCluster:
             nodes = client.nodes_manager.slots_cache.get(self.slot)
             node = nodes[0].redis_connection if nodes else None
             if node is not None:
                 try:
                     return node.execute_command(*args)
-                except (RedisError, RedisClusterException) as exc:
-                    _through_dispatch(exc)
+                except (RedisError, RedisClusterException, OSError) as exc:
+                    through_dispatch(exc)
         return client.execute_command(*args)
-
-    async def _on_node(self, client: AsyncCluster, args: tuple[Any, ...]) -> Any:
-        nodes = client.nodes_manager.slots_cache.get(self.slot)
-        if nodes:  # else not connected yet (or the slot is not covered): the full dispatch
-            try:
-                return await nodes[0].execute_command(*args)
-            except (RedisError, RedisClusterException) as exc:
-                _through_dispatch(exc)
-        return await client.execute_command(*args)
 
     async def run_async(self, plan: Any) -> Any:
         if self.memory is not None:

@@ -31,22 +31,34 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-__all__ = ["node_command", "node_pipeline"]
+__all__ = ["node_command", "node_command_at", "node_pipeline", "through_dispatch"]
 
 
-async def node_command(client: RedisCluster, key: str, *args: Any) -> Any:
-    """One command acting on ``key`` only, sent to the node owning its slot (the dispatch
-    for a redirect, a dead connection or an empty slot map; another error reply raises)."""
-    owners = client.nodes_manager.slots_cache.get(key_slot(key.encode()))
+def through_dispatch(exc: BaseException) -> None:
+    """The one rule for a call sent straight to a node that failed: re-raise a server's
+    answer other than a redirect (WRONGTYPE, a script error, NOSCRIPT for the caller to
+    handle); return for anything else (MOVED/ASK, TRYAGAIN, CLUSTERDOWN, a dead connection),
+    which the caller sends again through redis-py's cluster dispatch."""
+    if isinstance(exc, ResponseError) and not isinstance(
+            exc, AskError | TryAgainError | ClusterDownError):  # MOVED is an AskError
+        raise exc
+
+
+async def node_command_at(client: RedisCluster, slot: int, *args: Any) -> Any:
+    """One command acting on ``slot`` only, sent to the node owning it (the dispatch for a
+    redirect, a dead connection or an empty slot map; another error reply raises)."""
+    owners = client.nodes_manager.slots_cache.get(slot)
     if owners:
         try:
             return await owners[0].execute_command(*args)
-        except ResponseError as exc:  # MOVED is an AskError
-            if not isinstance(exc, AskError | TryAgainError | ClusterDownError):
-                raise
-        except (RedisError, RedisClusterException, OSError):
-            pass
+        except (RedisError, RedisClusterException, OSError) as exc:
+            through_dispatch(exc)
     return await client.execute_command(*args)
+
+
+def node_command(client: RedisCluster, key: str, *args: Any) -> Any:
+    """:func:`node_command_at` for the slot of ``key``."""
+    return node_command_at(client, key_slot(key.encode()), *args)
 
 
 async def node_pipeline(client: RedisCluster, commands: Sequence[tuple[Any, ...]],
